@@ -1,0 +1,317 @@
+"""The ``msrs`` command (also ``python -m msrs``).
+
+  msrs certify --dataset digits --classifier SPEC [--weights PATH] --sigma 0.25 [0.5 1.0] --out PATH ...
+  msrs report FILES... [--radii ...] [--plot out.png]
+  msrs demo / msrs finetune   (in msrs.demo / msrs.finetune)
+
+Adding a subcommand: one entry in COMMANDS, name -> Command(help, module, add_arguments, run).  ``module`` is
+imported only when that subcommand runs (or its --help is asked for), so a slow or optional dependency costs the
+other commands nothing; ``add_arguments(parser)`` registers its options on an argparse parser and ``run(args)``
+executes it, returning an exit status (None means 0).  A command whose module is not installed is left out of
+``msrs --help`` and reports that it is unavailable.
+
+Errors in the input (ValueError, TypeError, missing files...) print one line ``msrs: error: ...`` and exit with
+status 2, without a traceback (set MSRS_DEBUG=1 to see it).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import os
+import sys
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+__all__ = ["COMMANDS", "Command", "build_parser", "main"]
+
+PROG = "msrs"
+
+
+@dataclass(frozen=True)
+class Command:
+    help: str
+    module: str
+    add_arguments: str = "add_arguments"
+    run: str = "run"
+
+    def available(self) -> bool:
+        try:
+            return importlib.util.find_spec(self.module) is not None
+        except (ImportError, ValueError):
+            return False
+
+    def load(self):
+        module = importlib.import_module(self.module)
+        try:
+            return getattr(module, self.add_arguments), getattr(module, self.run)
+        except AttributeError as e:
+            raise RuntimeError(f"{self.module} does not define {self.add_arguments}() and {self.run}(): {e}") from None
+
+
+COMMANDS = {
+    "certify": Command("certify a data set with (denoised, multi-scale) randomized smoothing; writes a TSV log",
+                       __name__, "add_certify_arguments", "run_certify"),
+    "report": Command("certified accuracy table and plot from certification logs",
+                      __name__, "add_report_arguments", "run_report"),
+    "demo": Command("certify the shipped demo models on test digits (before and after diffusion fine-tuning)",
+                    "msrs.demo"),
+    "finetune": Command("diffusion calibration: fine-tune the denoiser for the multi-scale cascade",
+                        "msrs.finetune"),
+}
+
+
+# ------------------------------------------------------------------------------------------------------------- certify
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def add_certify_arguments(p: argparse.ArgumentParser) -> None:
+    from_ = p.add_argument_group("data")
+    from_.add_argument("--dataset", required=True, metavar="SPEC",
+                       help="digits | digits:train | cifar10:DIR | cifar10:train:DIR | folder:DIR")
+    from_.add_argument("--split", choices=("train", "test"), default=None,
+                       help="split of digits / cifar10 when the spec names none (default: test)")
+    from_.add_argument("--image-size", type=_positive_int, nargs="+", default=None, metavar="N",
+                       help="folder: resize images to N (square) or H W")
+    from_.add_argument("--grayscale", action="store_true", help="folder: load images as 1-channel grayscale")
+    from_.add_argument("--skip", type=_positive_int, default=1, metavar="K", help="certify every K-th image")
+    from_.add_argument("--max", type=_positive_int, default=None, metavar="N", dest="max_images",
+                       help="certify at most N images")
+    from_.add_argument("--indices", type=_nonnegative_int, nargs="+", default=None, metavar="I",
+                       help="certify these data-set indices (then --skip / --max apply to them)")
+
+    model = p.add_argument_group("model")
+    model.add_argument("--classifier", required=True, metavar="SPEC",
+                       help="TorchScript file, torch.export .pt2 file, or module:factory (with --weights)")
+    model.add_argument("--weights", default=None, metavar="PATH",
+                       help="weights of a module:factory classifier (.safetensors, .pt, .pth)")
+    model.add_argument("--mean", type=float, nargs="+", default=None, help="classifier input normalisation mean")
+    model.add_argument("--std", type=float, nargs="+", default=None, help="classifier input normalisation std")
+    model.add_argument("--num-classes", type=_positive_int, default=None,
+                       help="number of classifier outputs (default: the data set's)")
+    model.add_argument("--denoiser", default=None, metavar="PATH_OR_HUB_ID",
+                       help="diffusion denoiser (diffusers folder or hub id): diffusion denoised smoothing")
+
+    smoothing = p.add_argument_group("smoothing")
+    smoothing.add_argument("--sigma", type=float, nargs="+", required=True,
+                           help="noise level(s) in [0,1] pixel units; several run the multi-scale cascade")
+    smoothing.add_argument("--n0", type=int, default=100, help="selection samples per image (default 100)")
+    smoothing.add_argument("--n", type=int, default=100_000, help="estimation samples per image (default 100000)")
+    smoothing.add_argument("--alpha", type=float, default=0.001, help="failure probability (default 0.001)")
+    smoothing.add_argument("--p0", type=float, default=0.5, help="certification threshold p0 >= 0.5 (default 0.5)")
+    smoothing.add_argument("--alpha-schedule", choices=("union", "paper"), default="union",
+                           help="cascade error budget: union (alpha/L per stage, valid; default) or paper "
+                                "(alpha/(s+1), as the authors' code)")
+    smoothing.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+
+    run = p.add_argument_group("run")
+    run.add_argument("--out", required=True, metavar="PATH", help="TSV log to write (resumed when interrupted)")
+    run.add_argument("--overwrite", action="store_true", help="replace a finished or differently configured log")
+    run.add_argument("--batch-size", type=int, default=1000, help="Monte Carlo samples per batch (default 1000)")
+    run.add_argument("--group-size", type=int, default=None,
+                     help="images whose samples share batches (default: batch-size // n, at least 1)")
+    run.add_argument("--backend", choices=("auto", "torch", "cpp", "triton"), default="auto",
+                     help="fused-op backend (default: the fastest available)")
+    run.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when available)")
+    run.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                     help="classifier / denoiser compute dtype (default float32)")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _describe_source(path_or_id: str) -> dict:
+    from .models import file_fingerprint
+
+    path = os.path.expanduser(path_or_id)
+    if os.path.exists(path):
+        fingerprint = file_fingerprint(path)
+        fingerprint.pop("path", None)
+        return fingerprint
+    return {"id": path_or_id}
+
+
+def run_certify(args: argparse.Namespace) -> int:
+    from . import runner
+
+    # cheap checks first, before any model is loaded
+    runner.validate_arguments(sigmas=args.sigma, n0=args.n0, n=args.n, alpha=args.alpha, seed=args.seed,
+                              batch_size=args.batch_size, group_size=args.group_size, skip=args.skip,
+                              max_images=args.max_images, p0=args.p0, alpha_schedule=args.alpha_schedule)
+    if os.path.isdir(os.path.expanduser(args.out)):
+        raise IsADirectoryError(f"out: {args.out!r} is a folder; give a file name for the log")
+    if args.image_size is not None and len(args.image_size) > 2:
+        raise ValueError(f"image-size: give N or H W, got {args.image_size}")
+
+    import torch
+
+    from .data import load_dataset
+    from .models import check_normalization, file_fingerprint, load_classifier
+
+    device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available()
+                                                                           else "cpu")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {args.device!r} requested but CUDA is not available here")
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    size = None if args.image_size is None else (args.image_size * 2)[:2]
+    mean, std = check_normalization(args.mean, args.std)
+
+    dataset = load_dataset(args.dataset, split=args.split, size=size, mode="L" if args.grayscale else None)
+    mean, std = check_normalization(mean, std, dataset.images.shape[1])
+    loaded = load_classifier(args.classifier, args.weights, device, mean=mean, std=std)
+    mean, std = check_normalization(loaded.mean, loaded.std, dataset.images.shape[1])
+    num_classes = args.num_classes or dataset.num_classes
+
+    denoiser = None
+    if args.denoiser:
+        from .denoiser import DiffusionDenoiser
+
+        denoiser = DiffusionDenoiser.from_pretrained(args.denoiser).to(device).eval()
+
+    from .smoothing import SmoothedClassifier
+
+    smoothed = SmoothedClassifier(loaded.model, num_classes, denoiser=denoiser, mean=mean, std=std, device=device,
+                                  backend=None if args.backend == "auto" else args.backend, dtype=dtype)
+
+    classifier_files = []
+    for path in loaded.files:
+        fingerprint = file_fingerprint(path)
+        fingerprint.pop("path", None)
+        classifier_files.append(fingerprint)
+    run_info = {
+        "classifier": {"kind": loaded.kind,
+                       "factory": loaded.spec if loaded.kind == "factory" else None,
+                       "files": classifier_files,
+                       "mean": list(mean) if mean else None, "std": list(std) if std else None,
+                       "num_classes": num_classes},
+        "denoiser": None if args.denoiser is None else _describe_source(args.denoiser),
+        "dtype": args.dtype,
+    }
+    extra_info = {"dataset": args.dataset, "classifier": args.classifier, "weights": args.weights,
+                  "denoiser": args.denoiser, "device": str(device), "backend": args.backend}
+    out = runner.certify_dataset(
+        smoothed, dataset, args.out, sigmas=args.sigma, n0=args.n0, n=args.n, alpha=args.alpha, seed=args.seed,
+        batch_size=args.batch_size, group_size=args.group_size, skip=args.skip, max_images=args.max_images,
+        indices=args.indices, p0=args.p0, alpha_schedule=args.alpha_schedule, progress=not args.quiet,
+        overwrite=args.overwrite, run_info=run_info, extra_info=extra_info)
+
+    from . import report
+
+    print(report.format_table(report.summarize([out])))
+    print(f"wrote {out}")
+    return 0
+
+
+# -------------------------------------------------------------------------------------------------------------- report
+def add_report_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("files", nargs="+", metavar="FILE", help="certification logs (TSV)")
+    p.add_argument("--radii", type=float, nargs="+", default=None,
+                   help="radii to add to the default 0 0.25 0.5 0.75 1 1.5 2")
+    p.add_argument("--plot", default=None, metavar="OUT.png", help="write certified accuracy against radius")
+    p.add_argument("--max-radius", type=float, default=None, help="x-axis limit of the plot")
+    p.add_argument("--title", default="Certified accuracy", help="plot title")
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from . import report
+
+    for path in args.files:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"files: {path!r} does not exist" if not os.path.exists(path)
+                                    else f"files: {path!r} is not a file")
+    radii = report.radii_with(args.radii)
+    print(report.format_table(report.summarize(args.files, radii)))
+    if args.plot:
+        if args.max_radius is not None and not args.max_radius > 0:
+            raise ValueError(f"max-radius: must be > 0, got {args.max_radius}")
+        out = report.plot(args.files, args.plot, max_radius=args.max_radius, title=args.title)
+        print(f"wrote {out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------------- main
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``msrs: error: ...`` and exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{PROG}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser(selected: Optional[str] = None) -> argparse.ArgumentParser:
+    """The parser; only the ``selected`` subcommand's module is imported to register its options."""
+    parser = _Parser(prog=PROG, description="Certified robustness by (diffusion denoised, multi-scale) randomized "
+                                            "smoothing.")
+    try:
+        from . import __version__
+    except ImportError:  # pragma: no cover
+        __version__ = "?"
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, command in COMMANDS.items():
+        if name != selected and command.module != __name__ and not command.available():
+            continue
+        p = sub.add_parser(name, help=command.help, description=command.help)
+        if name == selected:
+            add_arguments, run = command.load()
+            add_arguments(p)
+            p.set_defaults(_run=run)
+    return parser
+
+
+def _user_errors() -> tuple:
+    errors = [ValueError, TypeError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
+              PermissionError]
+    dispatch = sys.modules.get("msrs.ops.dispatch")
+    if dispatch is not None and hasattr(dispatch, "BackendUnavailable"):
+        errors.append(dispatch.BackendUnavailable)
+    return tuple(errors)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    selected = next((a for a in argv if not a.startswith("-")), None)
+    if selected is not None and selected not in COMMANDS:
+        selected = None  # argparse reports the invalid choice
+    debug = bool(os.environ.get("MSRS_DEBUG"))
+    try:
+        if selected is not None and COMMANDS[selected].module != __name__ and not COMMANDS[selected].available():
+            raise ValueError(f"the {selected!r} command is not available in this installation "
+                             f"({COMMANDS[selected].module} is missing)")
+        parser = build_parser(selected)
+        args = parser.parse_args(argv)
+        if getattr(args, "_run", None) is None:
+            parser.print_help(sys.stderr)
+            return 2
+        status = args._run(args)
+        return 0 if status is None else int(status)
+    except KeyboardInterrupt:
+        print(f"\n{PROG}: interrupted (rerun the same command to resume a certification)", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - only input errors are reported tersely
+        if debug or not isinstance(e, _user_errors()):
+            raise
+        message = str(e).strip() or type(e).__name__
+        if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)) and \
+                e.filename and str(e.filename) not in message:
+            message = f"{message}: {e.filename}"
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,404 @@
+"""Loading the base classifier to be smoothed.
+
+``load_classifier(spec, weights=None, *, device, mean, std)`` accepts
+  * a TorchScript archive (``torch.jit.save``; any suffix but .pt2), loaded with ``torch.jit.load``;
+  * a torch.export archive (``.pt2``, ``torch.export.save``), loaded with ``torch.export.load(path).module()``.
+    Export it with a dynamic batch dimension (``dynamic_shapes=({0: torch.export.Dim("batch")},)``): the engine
+    feeds batches of varying size.  A program exported in training mode has its BatchNorm / Dropout switched to
+    inference (an exported module cannot be put in eval mode otherwise);
+  * ``module:factory`` (``package.module:function`` or ``path/to/file.py:function``): the factory is called with
+    no arguments (or ``factory_kwargs``) and must return a ``torch.nn.Module``; ``weights`` (``.safetensors``, or a
+    ``.pt`` / ``.pth`` / ``.bin`` state dict read with ``torch.load(weights_only=True)``) are then loaded strictly.
+
+The model is put in eval mode on ``device``.  The classifier's input normalisation (``(x - mean) / std``, applied
+by the engine after the noise, or after the denoiser) is returned beside it: given explicitly (the command
+line's ``--mean`` / ``--std``), or else read from the safetensors metadata keys ``mean`` / ``std``
+(comma-separated floats), or from a JSON file beside the weights with the same stem holding "mean" and "std"
+(how msrs/assets ships its classifier).
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import json
+import os
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import torch
+
+__all__ = ["LoadedClassifier", "load_classifier", "check_normalization", "file_fingerprint", "CLASSIFIER_SPECS"]
+
+PathLike = Union[str, os.PathLike]
+
+CLASSIFIER_SPECS = ("a TorchScript file, a torch.export .pt2 file, or module:factory (package.module:function or "
+                    "file.py:function) together with --weights (.safetensors / .pt / .pth state dict)")
+
+STATE_DICT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+
+
+@dataclass
+class LoadedClassifier:
+    """A classifier ready for the engine: ``model`` (eval mode, on ``device``), its normalisation (``mean``,
+    ``std``: tuples of floats or None), how it was loaded (``kind``: "torchscript" | "export" | "factory") and
+    the files it came from (``files``, for a run's fingerprint)."""
+
+    model: torch.nn.Module
+    mean: Optional[tuple] = None
+    std: Optional[tuple] = None
+    kind: str = ""
+    spec: str = ""
+    files: list = field(default_factory=list)
+
+    def __iter__(self):  # model, mean, std = load_classifier(...)
+        return iter((self.model, self.mean, self.std))
+
+
+def check_normalization(mean, std, channels: Optional[int] = None) -> tuple:
+    """Validates a (mean, std) pair: both None, or equal-length sequences of finite floats, std > 0, of length 1
+    or ``channels``.  Returns them as tuples (or (None, None))."""
+    if mean is None and std is None:
+        return None, None
+    if mean is None or std is None:
+        raise ValueError("mean, std: give both the classifier's mean and std (--mean and --std), or neither")
+
+    def as_tuple(name, value):
+        if isinstance(value, (int, float)):
+            value = [value]
+        if isinstance(value, torch.Tensor):
+            value = value.reshape(-1).tolist()
+        try:
+            values = tuple(float(v) for v in value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name}: expected a list of numbers, got {value!r}") from None
+        if not values:
+            raise ValueError(f"{name}: expected at least one value")
+        if any(v != v or v in (float("inf"), float("-inf")) for v in values):
+            raise ValueError(f"{name}: values must be finite, got {values}")
+        return values
+
+    mean, std = as_tuple("mean", mean), as_tuple("std", std)
+    if len(mean) != len(std):
+        raise ValueError(f"mean, std: different lengths ({len(mean)} and {len(std)})")
+    if any(s <= 0 for s in std):
+        raise ValueError(f"std: values must be > 0, got {std}")
+    if channels is not None and len(mean) not in (1, channels):
+        raise ValueError(f"mean, std: {len(mean)} values for images with {channels} channels (give 1 or {channels})")
+    return mean, std
+
+
+def file_fingerprint(path: PathLike, *, hash_limit: int = 1 << 30) -> dict:
+    """{"path", "size", "sha256"} of a file (files larger than hash_limit bytes: "mtime" instead of "sha256"), or,
+    for a folder, of every file in it (sorted relative paths)."""
+    path = Path(path)
+    if path.is_dir():
+        entries = {}
+        for p in sorted(q for q in path.rglob("*") if q.is_file()):
+            entries[p.relative_to(path).as_posix()] = {k: v for k, v in file_fingerprint(p, hash_limit=hash_limit)
+                                                       .items() if k != "path"}
+        return {"path": str(path.resolve()), "files": entries}
+    stat = path.stat()
+    out = {"path": str(path.resolve()), "size": stat.st_size}
+    if stat.st_size <= hash_limit:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                digest.update(chunk)
+        out["sha256"] = digest.hexdigest()
+    else:
+        out["mtime_ns"] = stat.st_mtime_ns
+    return out
+
+
+def _existing_file(what: str, path: PathLike) -> Path:
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"{what}: {str(p)!r} does not exist")
+    if p.is_dir():
+        raise IsADirectoryError(f"{what}: {str(p)!r} is a folder, expected a file")
+    if not os.access(p, os.R_OK):
+        raise PermissionError(f"{what}: {str(p)!r} is not readable")
+    return p
+
+
+def _looks_like_factory(spec: str) -> bool:
+    if ":" not in spec:
+        return False
+    module, _, attr = spec.rpartition(":")
+    if not module or not attr or not all(part.isidentifier() for part in attr.split(".")):
+        return False
+    if module.endswith(".py"):
+        return True
+    return all(part.isidentifier() for part in module.split("."))
+
+
+def _import_factory(spec: str):
+    module_name, _, attr = spec.rpartition(":")
+    if module_name.endswith(".py"):
+        path = _existing_file("classifier", module_name)
+        name = f"_msrs_factory_{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]}"
+        module_spec = importlib.util.spec_from_file_location(name, path)
+        if module_spec is None or module_spec.loader is None:
+            raise ValueError(f"classifier: cannot import {str(path)!r} as a Python module")
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[name] = module
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception:
+            sys.modules.pop(name, None)
+            raise
+    else:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            raise ValueError(f"classifier: cannot import module {module_name!r} of {spec!r} ({e}); "
+                             f"expected {CLASSIFIER_SPECS}") from None
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ValueError(f"classifier: factory {attr!r} not found in module {module_name!r} (spec {spec!r})")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ValueError(f"classifier: {spec!r} is not callable")
+    return obj
+
+
+def _read_state_dict(path: Path) -> tuple:
+    """(state dict, metadata dict) from a .safetensors file or a torch.save'd state dict."""
+    if path.suffix.lower() == ".safetensors":
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(path), device="cpu")
+            with safe_open(str(path), framework="pt") as f:
+                metadata = dict(f.metadata() or {})
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+            raise ValueError(f"weights: {str(path)!r} is not a readable safetensors file ({e})") from None
+        return state, metadata
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - unpickling errors of every kind
+        raise ValueError(f"weights: cannot read {str(path)!r} as a state dict with torch.load(weights_only=True) "
+                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    if isinstance(state, dict) and not any(isinstance(v, torch.Tensor) for v in state.values()):
+        for key in ("state_dict", "model_state_dict", "model", "ema"):
+            inner = state.get(key)
+            if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+                state = inner
+                break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"weights: {str(path)!r} does not hold a state dict (a dict of tensor names to tensors)")
+    return state, {}
+
+
+def _load_state(model: torch.nn.Module, state: dict, path: Path) -> None:
+    expected = set(model.state_dict().keys())
+    if expected and all(k.startswith("module.") for k in state) and not any(k.startswith("module.") for k in expected):
+        state = {k[len("module."):]: v for k, v in state.items()}  # saved from DataParallel / DDP
+    missing = sorted(expected - set(state))
+    unexpected = sorted(set(state) - expected)
+
+    def show(keys):
+        return ", ".join(keys[:10]) + (f", ... ({len(keys)} in all)" if len(keys) > 10 else "")
+
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {show(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {show(unexpected)}")
+        raise ValueError(f"weights: {str(path)!r} does not match the classifier's parameters ({'; '.join(parts)})")
+    own = model.state_dict()
+    wrong = [f"{k}: file {list(v.shape)} vs model {list(own[k].shape)}" for k, v in state.items()
+             if tuple(v.shape) != tuple(own[k].shape)]
+    if wrong:
+        raise ValueError(f"weights: {str(path)!r} has tensors of the wrong shape ({show(wrong)})")
+    model.load_state_dict(state, strict=True)
+
+
+def _parse_metadata_floats(metadata: dict, key: str):
+    value = metadata.get(key)
+    if value is None:
+        return None
+    try:
+        return tuple(float(v) for v in str(value).replace("[", "").replace("]", "").split(","))
+    except ValueError:
+        raise ValueError(f"weights: metadata {key!r} = {value!r} is not a comma-separated list of numbers") from None
+
+
+def _sibling_config_normalization(weights_path: Path) -> tuple:
+    """(mean, std, path) from a JSON file beside the weights with the same stem (as msrs/assets ships them), when
+    it has both "mean" and "std"; (None, None, None) otherwise."""
+    path = weights_path.with_suffix(".json")
+    if not path.is_file():
+        return None, None, None
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None, None, None
+    if not isinstance(config, dict) or "mean" not in config or "std" not in config:
+        return None, None, None
+    try:
+        mean, std = check_normalization(config["mean"], config["std"])
+    except ValueError as e:
+        raise ValueError(f"weights: the normalisation in {str(path)!r} is invalid ({e})") from None
+    return mean, std, path
+
+
+_TRAIN_ARG = {  # op name -> position of its `train` / `training` flag
+    "aten.batch_norm.default": 5,
+    "aten.dropout.default": 2,
+    "aten.feature_dropout.default": 2,
+    "aten.alpha_dropout.default": 2,
+    "aten.feature_alpha_dropout.default": 2,
+    "aten.instance_norm.default": 5,
+}
+_TRAINING_ONLY = ("aten._native_batch_norm_legit_functional", "aten.native_dropout",
+                  "aten._native_batch_norm_legit.default", "aten.cudnn_batch_norm", "aten.bernoulli")
+
+
+def _exported_to_eval(graph_module, path: Path) -> None:
+    """Switches training-mode BatchNorm / Dropout calls of an exported graph to inference."""
+    changed = False
+    for node in graph_module.graph.nodes:
+        if node.op != "call_function":
+            continue
+        name = str(node.target)
+        position = _TRAIN_ARG.get(name)
+        if position is not None and len(node.args) > position and node.args[position] is True:
+            args = list(node.args)
+            args[position] = False
+            node.args = tuple(args)
+            changed = True
+        elif name.startswith(_TRAINING_ONLY):
+            raise ValueError(f"classifier: {str(path)!r} was exported in training mode ({name}); export it after "
+                             "model.eval()")
+    if changed:
+        graph_module.recompile()
+
+
+def _allow_eval(module) -> None:
+    """An exported module refuses .eval() / .train() (its mode is fixed when exported). Once its graph is in
+    inference mode, let .eval() (which callers such as the engine use) succeed; .train() still refuses."""
+    import types
+
+    def _train(self, mode: bool = True):
+        if mode:
+            raise NotImplementedError("an exported (.pt2) classifier cannot be put in training mode")
+        for sub in self.modules():
+            sub.training = False
+        return self
+
+    def _eval(self):
+        return _train(self, False)
+
+    module.train = types.MethodType(_train, module)
+    module.eval = types.MethodType(_eval, module)
+
+
+def _check_dynamic_batch(program, path: Path) -> None:
+    try:
+        names = set(program.graph_signature.user_inputs)
+        for node in program.graph.nodes:
+            if node.op == "placeholder" and node.name in names:
+                value = node.meta.get("val")
+                shape = getattr(value, "shape", None)
+                if shape is not None and len(shape) >= 1 and isinstance(shape[0], int):
+                    raise ValueError(
+                        f"classifier: {str(path)!r} was exported with a fixed batch size of {shape[0]}; the engine "
+                        "feeds batches of varying size: export with dynamic_shapes=({0: torch.export.Dim('batch')},)")
+                return
+    except ValueError:
+        raise
+    except Exception:  # noqa: BLE001 - metadata layout differs between torch versions: skip the check
+        return
+
+
+def load_classifier(
+    spec: Union[str, torch.nn.Module],
+    weights: Optional[PathLike] = None,
+    device: Union[str, torch.device, None] = "cpu",
+    *,
+    mean: Optional[Sequence[float]] = None,
+    std: Optional[Sequence[float]] = None,
+    factory_kwargs: Optional[dict] = None,
+) -> LoadedClassifier:
+    """Loads a classifier (see the module docstring for the accepted specs) in eval mode on ``device``."""
+    device = torch.device(device if device is not None else "cpu")
+    mean, std = check_normalization(mean, std)
+    if isinstance(spec, torch.nn.Module):
+        if weights is not None:
+            raise ValueError("weights: only for a module:factory classifier spec")
+        return LoadedClassifier(spec.to(device).eval(), mean, std, "module", type(spec).__name__, [])
+    if not isinstance(spec, (str, os.PathLike)) or not str(spec).strip():
+        raise ValueError(f"classifier: expected {CLASSIFIER_SPECS}; got {spec!r}")
+    spec = str(spec)
+    path = Path(spec).expanduser()
+
+    if path.exists() or not _looks_like_factory(spec):
+        path = _existing_file("classifier", path)
+        if weights is not None:
+            raise ValueError(f"weights: {str(path)!r} is a complete saved model; --weights only applies to a "
+                             "module:factory classifier spec")
+        if path.suffix.lower() == ".safetensors":
+            raise ValueError(f"classifier: {str(path)!r} holds weights only; give the architecture as "
+                             f"module:factory and this file as --weights")
+        if path.suffix.lower() == ".pt2":
+            try:
+                program = torch.export.load(str(path))
+            except Exception as e:  # noqa: BLE001
+                raise ValueError(f"classifier: cannot load {str(path)!r} with torch.export.load "
+                                 f"({type(e).__name__}: {e})") from None
+            _check_dynamic_batch(program, path)
+            model = program.module()
+            _exported_to_eval(model, path)
+            _allow_eval(model)
+            model = model.to(device)
+            kind = "export"
+        else:
+            try:
+                with warnings.catch_warnings():  # torch >= 2.10 deprecates TorchScript; loading it still works
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    model = torch.jit.load(str(path), map_location=device)
+            except Exception as e:  # noqa: BLE001
+                hint = ""
+                if path.suffix.lower() in STATE_DICT_SUFFIXES:
+                    hint = (" (if it is a state dict, give the architecture as module:factory and this file "
+                            "as --weights)")
+                raise ValueError(f"classifier: {str(path)!r} is not a TorchScript archive{hint}: "
+                                 f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+            model.eval()
+            kind = "torchscript"
+        return LoadedClassifier(model, mean, std, kind, spec, [path])
+
+    factory = _import_factory(spec)
+    try:
+        model = factory(**(factory_kwargs or {}))
+    except TypeError as e:
+        raise ValueError(f"classifier: calling factory {spec!r} failed: {e}") from None
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError(f"classifier: factory {spec!r} returned {type(model).__name__}, expected a torch.nn.Module")
+    files: list = []
+    if weights is not None:
+        weights_path = _existing_file("weights", weights)
+        state, metadata = _read_state_dict(weights_path)
+        _load_state(model, state, weights_path)
+        if mean is None and std is None:
+            meta_mean, meta_std = _parse_metadata_floats(metadata, "mean"), _parse_metadata_floats(metadata, "std")
+            if meta_mean is None and meta_std is None:
+                meta_mean, meta_std, config_path = _sibling_config_normalization(weights_path)
+                if config_path is not None:
+                    files.append(config_path)
+            if meta_mean is not None or meta_std is not None:
+                mean, std = check_normalization(meta_mean, meta_std)
+        files.append(weights_path)
+    module_file = spec.rpartition(":")[0]
+    if module_file.endswith(".py"):
+        files.insert(0, Path(module_file).expanduser())
+    model = model.to(device).eval()
+    return LoadedClassifier(model, mean, std, "factory", spec, files)

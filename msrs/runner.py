@@ -1,0 +1,325 @@
+"""The resumable data-set certification loop.
+
+``certify_dataset(smoothed, dataset, out_path, sigmas=..., n0=..., n=..., alpha=..., seed=...)`` certifies the
+selected images of ``dataset`` with a :class:`msrs.smoothing.SmoothedClassifier` and writes one row per image to a
+Cohen-style TSV (see msrs.logs): one sigma runs Cohen's CERTIFY, several run the multi-scale cascade (largest
+sigma first).  Images are keyed by their data-set index (the noise key of the engine), so an interrupted run
+resumed with the same command, or a run with another batch or group size, reproduces the same certificates.
+
+Every argument is checked before the log is created, so bad input never leaves a half-written file.
+
+Image selection: ``indices`` (default: the whole data set), then every ``skip``-th of them, then at most
+``max_images`` of those.  (locuslab/smoothing's ``--skip`` is the same stride; its ``--max`` is an index bound,
+here it is a number of images.)
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import sys
+import time
+from numbers import Integral, Real
+from pathlib import Path
+from typing import Mapping, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from . import logs
+from .data import ImageDataset
+
+__all__ = ["certify_dataset", "select_indices", "validate_arguments", "ALPHA_SCHEDULES"]
+
+PathLike = Union[str, os.PathLike]
+ALPHA_SCHEDULES = ("union", "paper")
+MAX_SEED = 2 ** 63  # the engine's seeds are non-negative int64
+
+
+def _int(name: str, value, minimum: Optional[int] = None, maximum: Optional[int] = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        if isinstance(value, Real) and float(value).is_integer():
+            value = int(value)
+        else:
+            raise TypeError(f"{name}: expected an integer, got {value!r}")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name}: must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name}: must be <= {maximum}, got {value}")
+    return value
+
+
+def _float(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name}: expected a number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name}: must be finite, got {value}")
+    return value
+
+
+def validate_arguments(
+    *,
+    sigmas,
+    n0,
+    n,
+    alpha,
+    seed,
+    batch_size,
+    group_size=None,
+    skip=1,
+    max_images=None,
+    p0=0.5,
+    alpha_schedule="union",
+) -> dict:
+    """Checks the numeric arguments of a run; returns them normalised (sigmas sorted largest first).
+    Raises ValueError / TypeError naming the argument."""
+    if isinstance(sigmas, (Real, torch.Tensor)) and not isinstance(sigmas, bool) and (
+            not isinstance(sigmas, torch.Tensor) or sigmas.dim() == 0):
+        sigmas = [sigmas]
+    try:
+        sigma_list = [_float("sigma", float(s) if isinstance(s, (torch.Tensor, np.floating)) else s) for s in sigmas]
+    except TypeError as e:
+        if "expected a number" in str(e):
+            raise
+        raise TypeError(f"sigma: expected a number or a list of numbers, got {sigmas!r}") from None
+    if not sigma_list:
+        raise ValueError("sigma: give at least one noise level")
+    if any(s <= 0 for s in sigma_list):
+        raise ValueError(f"sigma: noise levels must be > 0, got {sigma_list}")
+    if len(set(sigma_list)) != len(sigma_list):
+        raise ValueError(f"sigma: noise levels must be distinct, got {sigma_list}")
+    out = {
+        "sigmas": sorted(sigma_list, reverse=True),
+        "n0": _int("n0", n0, 1),
+        "n": _int("n", n, 1),
+        "seed": _int("seed", seed, 0, MAX_SEED - 1),
+        "batch_size": _int("batch_size", batch_size, 1),
+        "group_size": None if group_size is None else _int("group_size", group_size, 1),
+        "skip": _int("skip", skip, 1),
+        "max_images": None if max_images is None else _int("max_images", max_images, 1),
+    }
+    if out["n0"] > out["n"]:
+        raise ValueError(f"n0: must be <= n (selection samples at most the estimation samples), got n0={out['n0']} "
+                         f"> n={out['n']}")
+    alpha = _float("alpha", alpha)
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha: must lie in (0, 1), got {alpha}")
+    out["alpha"] = alpha
+    p0 = _float("p0", p0)
+    if not 0.5 <= p0 < 1.0:
+        raise ValueError(f"p0: must lie in [0.5, 1), got {p0}")
+    out["p0"] = p0
+    if alpha_schedule not in ALPHA_SCHEDULES:
+        raise ValueError(f"alpha_schedule: expected one of {ALPHA_SCHEDULES}, got {alpha_schedule!r}")
+    out["alpha_schedule"] = alpha_schedule
+    return out
+
+
+def select_indices(num_images: int, *, indices: Optional[Sequence[int]] = None, skip: int = 1,
+                   max_images: Optional[int] = None) -> list:
+    """Data-set indices to certify: ``indices`` (default all), every ``skip``-th, at most ``max_images``."""
+    if indices is None:
+        base = list(range(num_images))
+    else:
+        if isinstance(indices, torch.Tensor):
+            indices = indices.reshape(-1).tolist()
+        base = [_int("indices", i) for i in indices]
+        if not base:
+            raise ValueError("indices: the list is empty")
+        bad = [i for i in base if not 0 <= i < num_images]
+        if bad:
+            raise ValueError(f"indices: {bad[:10]} out of range for a data set of {num_images} images")
+        if len(set(base)) != len(base):
+            raise ValueError("indices: duplicate image indices")
+    chosen = base[::skip]
+    if max_images is not None:
+        chosen = chosen[:max_images]
+    if not chosen:
+        raise ValueError("the image selection is empty (check indices / skip / max)")
+    return chosen
+
+
+def _tensor_digest(*tensors: torch.Tensor) -> str:
+    digest = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().to("cpu").contiguous()
+        digest.update(f"{t.dtype}{list(t.shape)}".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _module_digest(module) -> Optional[str]:
+    if not isinstance(module, torch.nn.Module):
+        return None
+    digest = hashlib.sha256(type(module).__name__.encode())
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(_tensor_digest(tensor).encode())
+    return digest.hexdigest()
+
+
+def _describe(value):
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu").reshape(-1).tolist()
+    if isinstance(value, (torch.dtype, torch.device)):
+        return str(value)
+    return value
+
+
+def _probe(smoothed, image: torch.Tensor, image_id: torch.Tensor, args: dict) -> None:
+    """One Monte Carlo sample of the first image at every sigma, through the whole pipeline (noise, denoiser,
+    classifier), so that a classifier / denoiser that does not fit the data fails before the log is created.
+    Its counts are discarded: they change no certificate."""
+    sample_counts = getattr(smoothed, "sample_counts", None)
+    if not callable(sample_counts):
+        return
+    for sigma in args["sigmas"]:
+        sample_counts(image, image_id, sigma, 1, stream=0, seed=args["seed"], batch_size=1)
+
+
+def certify_dataset(
+    smoothed,
+    dataset: ImageDataset,
+    out_path: PathLike,
+    *,
+    sigmas,
+    n0: int = 100,
+    n: int = 100_000,
+    alpha: float = 0.001,
+    seed: int = 0,
+    batch_size: int = 1000,
+    group_size: Optional[int] = None,
+    skip: int = 1,
+    max_images: Optional[int] = None,
+    indices: Optional[Sequence[int]] = None,
+    p0: float = 0.5,
+    alpha_schedule: str = "union",
+    progress: bool = True,
+    overwrite: bool = False,
+    run_info: Optional[Mapping] = None,
+    extra_info: Optional[Mapping] = None,
+) -> Path:
+    """Certifies the selected images of ``dataset`` and writes their rows to ``out_path`` (resuming it when it was
+    interrupted).  Returns the log's path.
+
+    smoothed:   a msrs.smoothing.SmoothedClassifier (uses .certify for one sigma, .certify_cascade for several).
+    sigmas:     one noise level (Cohen's CERTIFY) or several (the cascade; run largest first).
+    group_size: images whose Monte Carlo samples share batches (default: batch_size // n, at least 1); it changes
+                speed, never the certificates.  The ``time`` column is the group's wall time / its size.
+    run_info:   what identifies the run beyond these arguments (data set spec, model files and hashes, dtype...),
+                recorded in ``<out>.json`` and compared on resume.  Without it, hashes of the classifier's and
+                denoiser's state dicts are recorded instead.  The selected images' content hash is always recorded.
+    extra_info: recorded but not compared (device, backend, command line...).
+    """
+    args = validate_arguments(sigmas=sigmas, n0=n0, n=n, alpha=alpha, seed=seed, batch_size=batch_size,
+                              group_size=group_size, skip=skip, max_images=max_images, p0=p0,
+                              alpha_schedule=alpha_schedule)
+    if not isinstance(dataset, ImageDataset):
+        raise TypeError(f"dataset: expected an msrs.data.ImageDataset, got {type(dataset).__name__}")
+    cascade = len(args["sigmas"]) > 1
+    method = "certify_cascade" if cascade else "certify"
+    if not callable(getattr(smoothed, method, None)):
+        raise TypeError(f"smoothed: {type(smoothed).__name__} has no {method}() method (expected a "
+                        "msrs.smoothing.SmoothedClassifier)")
+    engine_classes = getattr(smoothed, "num_classes", None)
+    if isinstance(engine_classes, Integral) and int(engine_classes) < dataset.num_classes:
+        raise ValueError(f"dataset: {dataset.name} has {dataset.num_classes} classes but the smoothed classifier "
+                         f"has {int(engine_classes)}")
+    if out_path is None or str(out_path) == "":
+        raise ValueError("out: give a path for the log")
+    out_path = Path(out_path).expanduser()
+    if out_path.is_dir():
+        raise IsADirectoryError(f"out: {str(out_path)!r} is a folder; give a file name for the log")
+    ids = select_indices(len(dataset), indices=indices, skip=args["skip"], max_images=args["max_images"])
+    group = args["group_size"] or max(1, args["batch_size"] // args["n"])
+    id_tensor = torch.tensor(ids, dtype=torch.int64)
+    selected = dataset.images[id_tensor]
+    if selected.numel() and (float(selected.min()) < 0.0 or float(selected.max()) > 1.0):
+        raise ValueError(f"dataset: {dataset.name}: images must lie in [0, 1] (the noise is in pixel units), got "
+                         f"values in [{float(selected.min()):g}, {float(selected.max()):g}]")
+    _probe(smoothed, selected[:1], id_tensor[:1], args)
+    config = {
+        "method": "cascade" if cascade else "certify",
+        "sigmas": args["sigmas"],
+        "n0": args["n0"],
+        "n": args["n"],
+        "alpha": args["alpha"],
+        "seed": args["seed"],
+        "p0": args["p0"],
+        "alpha_schedule": args["alpha_schedule"] if cascade else None,
+        "selection": {"indices": None if indices is None else [int(i) for i in indices], "skip": args["skip"],
+                      "max_images": args["max_images"], "count": len(ids), "first": ids[0], "last": ids[-1]},
+        "data": {"name": dataset.name, "num_images": len(dataset), "num_classes": dataset.num_classes,
+                 "image_shape": list(dataset.image_shape),
+                 "selected_sha256": _tensor_digest(dataset.images[id_tensor], dataset.labels[id_tensor])},
+    }
+    if run_info is not None:
+        config["run"] = dict(run_info)
+    else:
+        config["model"] = {
+            "engine": type(smoothed).__name__,
+            "classifier_sha256": _module_digest(getattr(smoothed, "classifier", None)),
+            "denoiser_sha256": _module_digest(getattr(smoothed, "denoiser", None)),
+            "dtype": _describe(getattr(smoothed, "dtype", None)),
+        }
+    info = {"batch_size": args["batch_size"], "group_size": group, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "argv": list(sys.argv)}
+    try:
+        from . import __version__
+        info["msrs_version"] = __version__
+    except ImportError:  # pragma: no cover
+        pass
+    info.update(dict(extra_info or {}))
+    columns = logs.CASCADE_COLUMNS if cascade else logs.COLUMNS
+
+    writer, done = logs.open_run(out_path, columns, config, ids, overwrite=overwrite, info=info)
+    todo = [i for i in ids if i not in done]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(ids), initial=len(ids) - len(todo), unit="img", desc=out_path.name, dynamic_ncols=True,
+                   file=sys.stderr)
+    samples, started = 0, time.perf_counter()
+    try:
+        with writer:
+            for start in range(0, len(todo), group):
+                chunk = todo[start:start + group]
+                chunk_ids = torch.tensor(chunk, dtype=torch.int64)
+                images = dataset.images[chunk_ids]
+                t0 = time.perf_counter()
+                if cascade:
+                    certs = smoothed.certify_cascade(
+                        images, args["sigmas"], args["n0"], args["n"], args["alpha"], seed=args["seed"],
+                        batch_size=args["batch_size"], image_ids=chunk_ids, p0=args["p0"],
+                        alpha_schedule=args["alpha_schedule"])
+                else:
+                    certs = smoothed.certify(
+                        images, args["sigmas"][0], args["n0"], args["n"], args["alpha"], seed=args["seed"],
+                        batch_size=args["batch_size"], image_ids=chunk_ids, p0=args["p0"])
+                elapsed = time.perf_counter() - t0
+                certs = list(certs)
+                if len(certs) != len(chunk):
+                    raise RuntimeError(f"the engine returned {len(certs)} certificates for {len(chunk)} images")
+                per_image = elapsed / len(chunk)
+                for idx, cert in zip(chunk, certs):
+                    label = int(dataset.labels[idx])
+                    prediction = int(cert.prediction)
+                    radius = float(cert.radius) if prediction >= 0 else 0.0
+                    row = {"idx": idx, "label": label, "predict": prediction, "radius": radius,
+                           "correct": int(prediction == label), "time": logs.format_time(per_image)}
+                    if cascade:
+                        row["stage"] = int(cert.stage)
+                        row["sigma"] = float(cert.sigma)
+                    writer.write_row(row)
+                    samples += int(getattr(cert, "samples", 0) or 0)
+                if bar is not None:
+                    bar.update(len(chunk))
+                    rate = samples / max(time.perf_counter() - started, 1e-9)
+                    bar.set_postfix_str(f"{rate:,.0f} samples/s", refresh=False)
+    finally:
+        if bar is not None:
+            bar.close()
+    return out_path

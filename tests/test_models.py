@@ -1,0 +1,183 @@
+"""Classifier loading: tiny models saved in every supported format and loaded back."""
+import json
+import sys
+import textwrap
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from msrs.models import check_normalization, file_fingerprint, load_classifier
+
+
+def tiny(num_classes=3):
+    return nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.BatchNorm2d(2), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(2 * 4 * 4, num_classes), nn.Dropout(0.5))
+
+
+@pytest.fixture()
+def model():
+    torch.manual_seed(0)
+    m = tiny()
+    with torch.no_grad():  # non-trivial batch-norm statistics, so train and eval modes differ
+        m[1].running_mean.uniform_(-1, 1)
+        m[1].running_var.uniform_(0.5, 2)
+    return m.eval()
+
+
+@pytest.fixture()
+def x():
+    return torch.rand(5, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture()
+def factory_module(tmp_path, monkeypatch):
+    (tmp_path / "tiny_factory.py").write_text(textwrap.dedent("""
+        from torch import nn
+
+        def make():
+            return nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.BatchNorm2d(2), nn.ReLU(), nn.Flatten(),
+                                 nn.Linear(2 * 4 * 4, 3), nn.Dropout(0.5))
+
+        def not_a_module():
+            return 42
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield "tiny_factory"
+    sys.modules.pop("tiny_factory", None)
+
+
+def test_torchscript(tmp_path, model, x):
+    path = tmp_path / "m.ts"
+    torch.jit.save(torch.jit.script(model), str(path))
+    loaded = load_classifier(str(path))
+    assert loaded.kind == "torchscript" and not loaded.model.training
+    torch.testing.assert_close(loaded.model(x), model(x))
+    net, mean, std = load_classifier(path, mean=[0.5], std=[0.25])  # unpacks as (model, mean, std)
+    assert mean == (0.5,) and std == (0.25,)
+    with pytest.raises(ValueError, match="weights: .*only applies to a module:factory"):
+        load_classifier(str(path), tmp_path / "w.pt")
+
+
+def test_torch_export_training_mode_is_switched_to_eval(tmp_path, model, x):
+    expected = model(x)
+    model.train()  # exported in training mode by mistake: the loader switches BatchNorm / Dropout to inference
+    batch = torch.export.Dim("batch")
+    program = torch.export.export(model, (x[:2],), dynamic_shapes=({0: batch},))
+    path = tmp_path / "m.pt2"
+    torch.export.save(program, str(path))
+    loaded = load_classifier(str(path))
+    assert loaded.kind == "export"
+    out = loaded.model(x)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(loaded.model(x), out)  # deterministic: no dropout
+
+
+def test_torch_export_fixed_batch_is_refused(tmp_path, model, x):
+    path = tmp_path / "fixed.pt2"
+    torch.export.save(torch.export.export(model, (x[:2],)), str(path))
+    with pytest.raises(ValueError, match="fixed batch size of 2"):
+        load_classifier(str(path))
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt", ".pth"])
+def test_factory_with_weights(tmp_path, factory_module, model, x, suffix):
+    path = tmp_path / f"w{suffix}"
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if suffix == ".safetensors":
+        save_file(state, str(path), metadata={"mean": "0.1", "std": "0.2"})
+    else:
+        torch.save(state, str(path))
+    loaded = load_classifier(f"{factory_module}:make", path)
+    assert loaded.kind == "factory" and not loaded.model.training
+    torch.testing.assert_close(loaded.model(x), model(x))
+    if suffix == ".safetensors":
+        assert (loaded.mean, loaded.std) == ((0.1,), (0.2,))  # from the file's metadata
+        loaded = load_classifier(f"{factory_module}:make", path, mean=[0.3], std=[0.4])
+        assert (loaded.mean, loaded.std) == ((0.3,), (0.4,))  # explicit wins
+    else:
+        assert loaded.mean is None and loaded.std is None
+
+
+def test_factory_from_file_and_wrapped_checkpoint(tmp_path, model, x):
+    (tmp_path / "arch.py").write_text("import torch.nn as nn\n"
+                                      "def make():\n"
+                                      "    return nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.BatchNorm2d(2),"
+                                      " nn.ReLU(), nn.Flatten(), nn.Linear(32, 3), nn.Dropout(0.5))\n")
+    weights = tmp_path / "ckpt.pth"
+    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, str(weights))
+    (tmp_path / "ckpt.json").write_text(json.dumps({"mean": [0.5], "std": [0.5]}))
+    loaded = load_classifier(f"{tmp_path / 'arch.py'}:make", weights)
+    torch.testing.assert_close(loaded.model(x), model(x))
+    assert (loaded.mean, loaded.std) == ((0.5,), (0.5,))  # from the JSON beside the weights
+    assert [p.name for p in loaded.files] == ["arch.py", "ckpt.json", "ckpt.pth"]
+
+
+def test_shipped_demo_classifier_loads():
+    from msrs.zoo import asset_path
+
+    weights = asset_path("digits_classifier.safetensors")
+    if not weights.is_file():
+        pytest.skip("the demo classifier is not shipped in this checkout")
+    loaded = load_classifier("msrs.zoo:digits_classifier", weights)
+    assert loaded.mean is not None and len(loaded.mean) == 1
+    assert loaded.model(torch.rand(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_errors(tmp_path, factory_module, model):
+    with pytest.raises(FileNotFoundError, match="classifier: .*does not exist"):
+        load_classifier(str(tmp_path / "missing.ts"))
+    with pytest.raises(ValueError, match="factory 'nope' not found in module 'tiny_factory'"):
+        load_classifier(f"{factory_module}:nope")
+    with pytest.raises(ValueError, match="cannot import module 'no_such_module_xyz'"):
+        load_classifier("no_such_module_xyz:make")
+    with pytest.raises(ValueError, match="returned int"):
+        load_classifier(f"{factory_module}:not_a_module")
+    with pytest.raises(FileNotFoundError, match="weights: .*does not exist"):
+        load_classifier(f"{factory_module}:make", tmp_path / "missing.pt")
+
+    state = model.state_dict()
+    bad = dict(state)
+    bad.pop("4.weight")
+    bad["extra.weight"] = torch.zeros(1)
+    path = tmp_path / "bad.safetensors"
+    save_file(bad, str(path))
+    with pytest.raises(ValueError, match="missing keys: 4.weight; unexpected keys: extra.weight"):
+        load_classifier(f"{factory_module}:make", path)
+    shaped = dict(state)
+    shaped["4.weight"] = torch.zeros(5, 32)
+    torch.save(shaped, str(tmp_path / "shape.pt"))
+    with pytest.raises(ValueError, match="wrong shape.*4.weight"):
+        load_classifier(f"{factory_module}:make", tmp_path / "shape.pt")
+    torch.save(state, str(tmp_path / "state.pt"))
+    with pytest.raises(ValueError, match="not a TorchScript archive.*module:factory"):
+        load_classifier(str(tmp_path / "state.pt"))
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="weights: cannot read"):
+        load_classifier(f"{factory_module}:make", tmp_path / "junk.pt")
+    with pytest.raises(ValueError, match="holds weights only"):
+        load_classifier(str(path))
+
+
+def test_normalization_checks():
+    assert check_normalization(None, None) == (None, None)
+    assert check_normalization([0.5, 0.4, 0.3], [0.2, 0.2, 0.2], 3) == ((0.5, 0.4, 0.3), (0.2, 0.2, 0.2))
+    with pytest.raises(ValueError, match="both"):
+        check_normalization([0.5], None)
+    with pytest.raises(ValueError, match="different lengths"):
+        check_normalization([0.5, 0.5], [0.2])
+    with pytest.raises(ValueError, match="std: values must be > 0"):
+        check_normalization([0.5], [0.0])
+    with pytest.raises(ValueError, match="2 values for images with 3 channels"):
+        check_normalization([0.5, 0.5], [0.2, 0.2], 3)
+
+
+def test_file_fingerprint(tmp_path):
+    (tmp_path / "a.bin").write_bytes(b"abc")
+    fp = file_fingerprint(tmp_path / "a.bin")
+    assert fp["size"] == 3
+    assert fp["sha256"] == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "x").write_bytes(b"abc")
+    assert file_fingerprint(tmp_path / "d")["files"]["x"]["sha256"] == fp["sha256"]

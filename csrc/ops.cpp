@@ -29,8 +29,11 @@
 namespace msrs {
 namespace {
 
-// Elements per unit of work for the parallel loops (about 32 KiB of fp32 each side).
-constexpr int64_t kGrainElements = 8192;
+// Work below these sizes runs on the calling thread: an OpenMP region costs microseconds when the machine is idle
+// and up to a scheduler time slice when it is oversubscribed, so each thread must get ~50-100 us of work.
+constexpr int64_t kNoiseGrainElements = 65536;      // sample_noisy: ~1.5 ns per element
+constexpr int64_t kFinalizeGrainElements = 131072;  // finalize_denoised: memory bound
+constexpr int64_t kVoteGrainElements = 262144;      // count_votes_: ~0.2 ns per logit
 
 template <typename T>
 inline float to_float(T v) {
@@ -181,7 +184,7 @@ void sample_noisy_kernel(const in_t* __restrict x, const int64_t* __restrict row
   const uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
   const int64_t groups = (numel + 3) / 4;
   const int64_t blocks = (groups + kBlockGroups - 1) / kBlockGroups;
-  const int64_t grain = std::max<int64_t>(1, kGrainElements / kBlockElements);
+  const int64_t grain = std::max<int64_t>(1, kNoiseGrainElements / kBlockElements);
   at::parallel_for(0, num_rows * blocks, grain, [&](int64_t begin, int64_t end) {
     alignas(64) float z[kBlockElements];
     for (int64_t unit = begin; unit < end; ++unit) {
@@ -243,7 +246,7 @@ template <typename in_t, typename out_t>
 void finalize_kernel(const in_t* __restrict xt, const in_t* __restrict eps, const float* __restrict coeffs,
                      const float* __restrict mean, const float* __restrict stdv, out_t* __restrict out, int64_t rows,
                      int64_t channels, int64_t plane) {
-  const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(plane, 1));
+  const int64_t grain = std::max<int64_t>(1, kFinalizeGrainElements / std::max<int64_t>(plane, 1));
   at::parallel_for(0, rows * channels, grain, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
       const int64_t n = p / channels, c = p % channels;
@@ -301,60 +304,161 @@ at::Tensor finalize_denoised(const at::Tensor& x_t, const at::Tensor& eps, const
 // op 3: count_votes_
 
 // torch.argmax's rule: the first maximum wins; a NaN counts as the maximum, so the first NaN wins.
-template <typename T>
-inline int64_t argmax_row(const T* __restrict row, int64_t K) {
-  using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
-  constexpr int kLanes = 16;
-  if (K >= 4 * kLanes) {
-    // Vectorisable pass: per-lane maxima and NaN flags; then one scan for the first index that wins.
-    acc_t best[kLanes];
-    int32_t nan[kLanes];
-    for (int j = 0; j < kLanes; ++j) {
-      best[j] = -std::numeric_limits<acc_t>::infinity();
-      nan[j] = 0;
+
+// fp32 rows: 16 interleaved lanes in four SSE-width vectors (GCC vector extensions: SSE2 on x86-64, NEON on arm64).
+// Each lane keeps its first maximum and its index (lanes see increasing indices); whether a NaN was seen is
+// tracked on the side, and only then is the row scanned again for the first NaN. The lanes' winners are merged
+// with the smallest index first among equal values, then the tail (indices after every lane's) is scanned.
+typedef float f32x4 __attribute__((vector_size(16)));
+typedef int32_t i32x4 __attribute__((vector_size(16)));
+
+inline int64_t argmax_f32(const float* __restrict row, int64_t K) {
+  constexpr int kVecs = 4, kLanes = 4 * kVecs;
+  const int64_t full = K / kLanes * kLanes;
+  float m = row[0];
+  int64_t result = 0;
+  if (full > 0) {
+    f32x4 best[kVecs];
+    i32x4 arg[kVecs], idx[kVecs];
+    i32x4 nan = {0, 0, 0, 0};
+    for (int q = 0; q < kVecs; ++q) {
+      std::memcpy(&best[q], row + 4 * q, sizeof(f32x4));
+      idx[q] = i32x4{0, 1, 2, 3} + 4 * q;
+      arg[q] = idx[q];
+      nan |= best[q] != best[q];
     }
-    const int64_t full = K / kLanes * kLanes;
-    for (int64_t k = 0; k < full; k += kLanes) {
-      for (int j = 0; j < kLanes; ++j) {
-        const acc_t v = static_cast<acc_t>(row[k + j]);
-        best[j] = v > best[j] ? v : best[j];
-        nan[j] |= (v != v);
+    for (int64_t k = kLanes; k < full; k += kLanes) {
+      for (int q = 0; q < kVecs; ++q) {
+        f32x4 v;
+        std::memcpy(&v, row + k + 4 * q, sizeof v);
+        idx[q] += kLanes;
+        const i32x4 take = v > best[q];
+        best[q] = take ? v : best[q];
+        arg[q] = take ? idx[q] : arg[q];
+        nan |= v != v;
       }
     }
-    acc_t m = -std::numeric_limits<acc_t>::infinity();
-    int32_t any_nan = 0;
-    for (int j = 0; j < kLanes; ++j) {
-      m = best[j] > m ? best[j] : m;
-      any_nan |= nan[j];
-    }
-    for (int64_t k = full; k < K; ++k) {
-      const acc_t v = static_cast<acc_t>(row[k]);
-      m = v > m ? v : m;
-      any_nan |= (v != v);
-    }
-    if (any_nan) {
-      for (int64_t k = 0; k < K; ++k) {
-        const acc_t v = static_cast<acc_t>(row[k]);
-        if (v != v) return k;
+    if (nan[0] | nan[1] | nan[2] | nan[3]) {
+      for (int64_t k = 0; k < full; ++k) {
+        if (row[k] != row[k]) return k;
       }
     }
-    for (int64_t k = 0; k < K; ++k) {
-      if (static_cast<acc_t>(row[k]) == m) return k;
+    m = best[0][0];
+    result = arg[0][0];
+    for (int j = 1; j < kLanes; ++j) {
+      const float v = best[j / 4][j % 4];
+      const int64_t at = arg[j / 4][j % 4];
+      if (v > m || (v == m && at < result)) {
+        m = v;
+        result = at;
+      }
     }
-    return 0;  // unreachable
   }
-  int64_t arg = 0;
-  acc_t m = static_cast<acc_t>(row[0]);
-  if (m != m) return 0;
-  for (int64_t k = 1; k < K; ++k) {
-    const acc_t v = static_cast<acc_t>(row[k]);
-    if (v != v) return k;
-    if (v > m) {
+  for (int64_t k = full > 0 ? full : 1; k < K; ++k) {
+    if (m != m) break;
+    const float v = row[k];
+    if (v > m || v != v) {
       m = v;
-      arg = k;
+      result = k;
     }
   }
-  return arg;
+  return result;
+}
+
+// Few classes (K < 16, e.g. CIFAR-10): too short for the lanes above, and a compare-and-branch scan mispredicts.
+// The row is loaded as four 4-float vectors with the lanes past K set to -inf; any NaN -> the first NaN, else the
+// first lane equal to the maximum (lane masks + count-trailing-zeros; no data-dependent branches but the NaN one).
+constexpr int64_t kSmallK = 16;
+
+inline int64_t argmax_small_scalar(const float* __restrict row, int64_t K) {
+  int64_t result = 0;
+  float m = row[0];
+  for (int64_t k = 1; k < K && m == m; ++k) {
+    if (row[k] > m || row[k] != row[k]) {
+      m = row[k];
+      result = k;
+    }
+  }
+  return result;
+}
+
+#if defined(__SSE2__)
+// `padded`: 16 readable floats from row (lanes K.. are overwritten with -inf here).
+inline int64_t argmax_small_sse(const float* __restrict padded, const __m128 keep[4]) {
+  const __m128 ninf = _mm_set1_ps(-std::numeric_limits<float>::infinity());
+  __m128 v[4];
+  int nan_mask = 0;
+  for (int q = 0; q < 4; ++q) {
+    const __m128 x = _mm_loadu_ps(padded + 4 * q);
+    v[q] = _mm_or_ps(_mm_and_ps(keep[q], x), _mm_andnot_ps(keep[q], ninf));
+    nan_mask |= _mm_movemask_ps(_mm_cmpunord_ps(v[q], v[q])) << (4 * q);
+  }
+  if (nan_mask) return __builtin_ctz(static_cast<unsigned>(nan_mask));
+  __m128 m = _mm_max_ps(_mm_max_ps(v[0], v[1]), _mm_max_ps(v[2], v[3]));
+  m = _mm_max_ps(m, _mm_shuffle_ps(m, m, _MM_SHUFFLE(1, 0, 3, 2)));
+  m = _mm_max_ps(m, _mm_shuffle_ps(m, m, _MM_SHUFFLE(2, 3, 0, 1)));
+  int eq_mask = 0;
+  for (int q = 0; q < 4; ++q) eq_mask |= _mm_movemask_ps(_mm_cmpeq_ps(v[q], m)) << (4 * q);
+  return __builtin_ctz(static_cast<unsigned>(eq_mask));  // the first maximum (-0 == +0, like torch)
+}
+#endif
+
+// Row argmaxes of S rows of any float dtype into out[0 .. S): fp16 / bf16 values are widened (exactly) to fp32;
+// fp64 rows are compared as they are.
+template <typename T>
+void argmax_rows(const T* __restrict base, int64_t S, int64_t K, int64_t* __restrict out) {
+  if constexpr (std::is_same_v<T, double>) {
+    for (int64_t s = 0; s < S; ++s) {
+      const double* row = base + s * K;
+      int64_t result = 0;
+      double m = row[0];
+      for (int64_t k = 1; k < K && m == m; ++k) {
+        if (row[k] > m || row[k] != row[k]) {
+          m = row[k];
+          result = k;
+        }
+      }
+      out[s] = result;
+    }
+  } else if (K < kSmallK) {
+    alignas(16) float buffer[kSmallK];
+#if defined(__SSE2__)
+    __m128 keep[4];
+    for (int q = 0; q < 4; ++q) {
+      const __m128i lane = _mm_setr_epi32(4 * q, 4 * q + 1, 4 * q + 2, 4 * q + 3);
+      keep[q] = _mm_castsi128_ps(_mm_cmplt_epi32(lane, _mm_set1_epi32(static_cast<int>(K))));
+    }
+#endif
+    for (int64_t s = 0; s < S; ++s) {
+      const float* row;
+      if constexpr (std::is_same_v<T, float>) {
+        row = base + s * K;
+        if ((s * K + kSmallK > S * K)) {  // the last rows: 16 floats would read past the tensor
+          for (int64_t k = 0; k < K; ++k) buffer[k] = row[k];
+          row = buffer;
+        }
+      } else {
+        for (int64_t k = 0; k < K; ++k) buffer[k] = static_cast<float>(base[s * K + k]);
+        row = buffer;
+      }
+#if defined(__SSE2__)
+      out[s] = argmax_small_sse(row, keep);
+#else
+      out[s] = argmax_small_scalar(row, K);
+#endif
+    }
+  } else {
+    std::vector<float> buffer;
+    for (int64_t s = 0; s < S; ++s) {
+      if constexpr (std::is_same_v<T, float>) {
+        out[s] = argmax_f32(base + s * K, K);
+      } else {
+        buffer.resize(K);
+        for (int64_t k = 0; k < K; ++k) buffer[k] = static_cast<float>(base[s * K + k]);
+        out[s] = argmax_f32(buffer.data(), K);
+      }
+    }
+  }
 }
 
 // Votes at most this many bins are summed in per-thread partial tables (then reduced); larger tables are filled
@@ -386,26 +490,28 @@ void count_votes_(at::Tensor counts, const at::Tensor& scores, const at::Tensor&
   const int64_t* idx = ic.data_ptr<int64_t>();
   std::vector<int64_t> flat(S);
   int64_t* fp = flat.data();
-  const int64_t grain = logits ? std::max<int64_t>(1, kGrainElements / K) : kGrainElements;
+  TORCH_CHECK(K < (int64_t(1) << 31), "scores: expected fewer than 2^31 classes");
+  const int64_t grain = logits ? std::max<int64_t>(1, kVoteGrainElements / K) : kVoteGrainElements;
   // Pass 1 (parallel, read-only): each sample's bin in counts, range-checked before anything is written.
-  auto bins = [&](auto class_of) {
-    at::parallel_for(0, S, grain, [&](int64_t begin, int64_t end) {
-      for (int64_t s = begin; s < end; ++s) {
-        const int64_t row = idx[s], cls = class_of(s);
-        TORCH_CHECK(row >= 0 && row < M, "index: expected rows in [0, ", M, "), got ", row, " at sample ", s);
-        TORCH_CHECK(cls >= 0 && cls < K, "scores: expected class ids in [0, ", K, "), got ", cls, " at sample ", s);
-        fp[s] = row * K + cls;
-      }
-    });
+  auto check_and_store = [&](int64_t s, int64_t cls) {
+    const int64_t row = idx[s];
+    TORCH_CHECK(row >= 0 && row < M, "index: expected rows in [0, ", M, "), got ", row, " at sample ", s);
+    TORCH_CHECK(cls >= 0 && cls < K, "scores: expected class ids in [0, ", K, "), got ", cls, " at sample ", s);
+    fp[s] = row * K + cls;
   };
   if (logits) {
     MSRS_DISPATCH_IN(sc.scalar_type(), "scores", [&] {
       const in_t* base = sc.data_ptr<in_t>();
-      bins([&](int64_t s) { return argmax_row<in_t>(base + s * K, K); });
+      at::parallel_for(0, S, grain, [&](int64_t begin, int64_t end) {
+        argmax_rows<in_t>(base + begin * K, end - begin, K, fp + begin);  // classes first, then their bins
+        for (int64_t s = begin; s < end; ++s) check_and_store(s, fp[s]);
+      });
     });
   } else {
     const int64_t* ids = sc.data_ptr<int64_t>();
-    bins([&](int64_t s) { return ids[s]; });
+    at::parallel_for(0, S, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t s = begin; s < end; ++s) check_and_store(s, ids[s]);
+    });
   }
   // Pass 2: add the votes.
   int64_t* cp = counts.data_ptr<int64_t>();

@@ -22,14 +22,17 @@ Modules
 Each launcher takes the reference's arguments (msrs/ops/reference.py is the contract) on contiguous tensors of one
 device; argument checks are done once by msrs.ops.
 """
-from __future__ import annotations
-
 import os
 
 import triton
-from triton import knobs as _knobs
+import triton.language as tl
 
-INTERPRET: bool = bool(_knobs.runtime.interpret)
+try:  # Triton >= 3.4 reads its settings through triton.knobs
+    from triton import knobs as _knobs
+
+    INTERPRET: bool = bool(_knobs.runtime.interpret)
+except ImportError:  # older Triton reads the variable directly
+    INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 """True when the kernels below were decorated under TRITON_INTERPRET=1 (they then run on CPU tensors, and on CUDA
 tensors through host copies). Decided once, when msrs.kernels is imported."""
 
@@ -83,8 +86,22 @@ class launch_config:  # noqa: N801 - a namespace of the launch heuristics shared
         launch(*best)
 
 
+@triton.jit
+def cast_rne(value, dtype: tl.constexpr):
+    """fp32 `value` rounded to `dtype` to nearest even, as torch's .to() does. For bfloat16 the rounding is written
+    out in integer ops (torch's round-to-nearest-even): the interpreter's own fp32 -> bf16 cast truncates, while
+    the compiled one rounds, and the two must agree with the reference."""
+    if dtype == tl.bfloat16:
+        bits = value.to(tl.uint32, bitcast=True)
+        rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+        rounded = tl.where(value != value, 0x7FC0, rounded)  # NaN stays a (quiet) NaN
+        return rounded.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    else:
+        return value.to(dtype)
+
+
 from .denoise import finalize_denoised  # noqa: E402
 from .noise import sample_noisy  # noqa: E402
 from .votes import count_votes_  # noqa: E402
 
-__all__ = ["INTERPRET", "count_votes_", "finalize_denoised", "sample_noisy", "triton"]
+__all__ = ["INTERPRET", "cast_rne", "count_votes_", "finalize_denoised", "sample_noisy", "triton"]

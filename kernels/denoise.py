@@ -8,11 +8,13 @@ per-channel statistics are loaded once per plane, not per element. fp32 math wha
 (fp16 / bf16 / fp32 / fp64 in, fp16 / bf16 / fp32 out); divisions are the correctly rounded tl.div_rn and the
 clamp propagates NaN, as torch's does.
 """
+from typing import Optional
+
 import torch
 import triton
 import triton.language as tl
 
-from . import launch_config
+from . import cast_rne, launch_config
 
 
 @triton.jit
@@ -37,7 +39,7 @@ def _finalize_denoised_kernel(
     x0 = tl.div_rn(x_t - sqrt_one_minus[:, None] * eps, tl.broadcast_to(sqrt_abar[:, None], (BLOCK_P, BLOCK_E)))
     x0 = tl.clamp(x0, -1.0, 1.0, propagate_nan=tl.PropagateNan.ALL)
     out = tl.div_rn((x0 + 1.0) * 0.5 - mean[:, None], tl.broadcast_to(std[:, None], (BLOCK_P, BLOCK_E)))
-    tl.store(out_ptr + offsets, out.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + offsets, cast_rne(out, out_ptr.dtype.element_ty), mask=mask)
 
 
 def _tile(num_planes: int, plane_size: int, elements: int) -> tuple[int, int]:
@@ -54,8 +56,8 @@ def finalize_denoised(
     std: torch.Tensor,
     out_dtype: torch.dtype,
     *,
-    block_planes: int | None = None,
-    block_elements: int | None = None,
+    block_planes: Optional[int] = None,
+    block_elements: Optional[int] = None,
 ) -> torch.Tensor:
     """Launch the kernel. x_t, eps [N, C, H, W] contiguous; coeffs [N, 2], mean [C], std [C] fp32 contiguous.
     block_planes / block_elements (powers of two) force a tile shape, for tests."""

@@ -1,4 +1,6 @@
-"""sample_noisy as one Triton kernel: out[r] = alpha_r * (x[src_r] + sigma_r * eps(seed, image_r, sample_r, stream_r)) + beta_r.
+"""sample_noisy as one Triton kernel:
+
+  out[r] = alpha_r * (x[src_r] + sigma_r * eps(seed, image_r, sample_r, stream_r)) + beta_r
 
 Grid: (row tiles, element tiles). One program handles a tile of BLOCK_R rows x BLOCK_G Philox groups x 4 lanes,
 so small images (8x8, 32x32) still give programs of a few thousand elements. Per program: the rows'
@@ -10,11 +12,13 @@ Philox counters are uint32 words (group index, sample, image, stream), never int
 or changes sign whatever the row or element count (ENGINEERING.md: tl.randn's int32 offsets would).
 Element offsets into x and out are int64 (R * C*H*W may pass 2^31).
 """
+from typing import Optional
+
 import torch
 import triton
 import triton.language as tl
 
-from . import launch_config
+from . import cast_rne, launch_config
 from .philox import key_words, philox_normals
 
 
@@ -40,11 +44,10 @@ def _sample_noisy_kernel(
     element_mask = element < numel
 
     # Counters (g, sample, image, stream) as uint32 [BLOCK_R, BLOCK_G]; rows' ids are < 2^32 (checked by the API).
-    shape: tl.constexpr = (BLOCK_R, BLOCK_G)
-    c0 = tl.broadcast_to(g.to(tl.uint32)[None, :], shape)
-    c1 = tl.broadcast_to(sample.to(tl.uint32)[:, None], shape)
-    c2 = tl.broadcast_to(image.to(tl.uint32)[:, None], shape)
-    c3 = tl.broadcast_to(stream.to(tl.uint32)[:, None], shape)
+    c0 = tl.broadcast_to(g.to(tl.uint32)[None, :], (BLOCK_R, BLOCK_G))
+    c1 = tl.broadcast_to(sample.to(tl.uint32)[:, None], (BLOCK_R, BLOCK_G))
+    c2 = tl.broadcast_to(image.to(tl.uint32)[:, None], (BLOCK_R, BLOCK_G))
+    c3 = tl.broadcast_to(stream.to(tl.uint32)[:, None], (BLOCK_R, BLOCK_G))
     key0, key1 = key_words(k0, k1)
     z0, z1, z2, z3 = philox_normals(c0, c1, c2, c3, key0, key1)
     lane3 = lane[None, None, :]
@@ -56,7 +59,8 @@ def _sample_noisy_kernel(
     mask = row_mask[:, None, None] & element_mask[None, :, :]
     x = tl.load(x_ptr + src[:, None, None] * numel + element[None, :, :], mask=mask, other=0.0).to(tl.float32)
     out = alpha[:, None, None] * (x + sigma[:, None, None] * z) + beta[:, None, None]
-    tl.store(out_ptr + r64[:, None, None] * numel + element[None, :, :], out.to(out_ptr.dtype.element_ty), mask=mask)
+    out_offsets = r64[:, None, None] * numel + element[None, :, :]
+    tl.store(out_ptr + out_offsets, cast_rne(out, out_ptr.dtype.element_ty), mask=mask)
 
 
 def _candidates(num_rows: int, groups: int, tile_groups: int) -> tuple[int, int]:
@@ -72,8 +76,8 @@ def sample_noisy(
     seed: int,
     out_dtype: torch.dtype,
     *,
-    block_rows: int | None = None,
-    block_groups: int | None = None,
+    block_rows: Optional[int] = None,
+    block_groups: Optional[int] = None,
 ) -> torch.Tensor:
     """Launch the kernel. x [B, C, H, W] (contiguous), rows [R, 4] int64, coeffs [R, 3] fp32 (contiguous).
 

@@ -5,14 +5,16 @@ as the maximum, so the first NaN wins if there is one), or scores[s] itself when
 
 The argmax is written out (running max, first index of the max, first NaN index, over chunks of BLOCK_K classes)
 rather than taken from tl.argmax: the interpreter's tl.argmax ignores NaN (numpy nanargmax) and the compiled one
-need not match torch on NaN, so neither gives torch's rule by itself. Comparisons are in fp32 (fp16 and bf16
-logits widen exactly), fp64 logits are compared in fp64 so no ties appear that torch would not see.
+need not match torch on NaN. Comparisons are in fp32 (fp16 and bf16 logits widen exactly); fp64 logits are
+compared in fp64, so no ties appear that torch would not see.
 
 The votes are added with tl.atomic_add (int64, relaxed: only the final sums matter). ATOMICS: under
 TRITON_INTERPRET=1 programs run one after another, so the CPU tests cannot show a race; that many programs adding
 to the same count at once on a GPU gives exact totals must be checked on a GPU (tests/test_ops_triton.py does
 so on CUDA tensors, with many samples voting into the same few counts).
 """
+from typing import Optional
+
 import torch
 import triton
 import triton.language as tl
@@ -21,6 +23,24 @@ from . import launch_config
 
 _NO_INDEX = tl.constexpr(1 << 30)  # larger than any class index (K < 2^30)
 _NEG_INF = tl.constexpr(float("-inf"))
+
+
+@triton.jit
+def _maximum(a, b):
+    return tl.maximum(a, b)
+
+
+@triton.jit
+def _minimum(a, b):
+    return tl.minimum(a, b)
+
+
+# tl.max / tl.min are triton.language.standard @jit helpers: in the interpreter they refuse to run when triton was
+# imported before TRITON_INTERPRET=1 was set (diffusers imports triton, so a test session often does that). Their
+# combine functions, passed to tl.reduce, are what tl.max / tl.min compile to on a GPU, and the interpreter
+# recognises them and reduces with numpy instead of calling them element by element. Own combines otherwise.
+_MAX_COMBINE = getattr(tl.standard, "_elementwise_max", None) or _maximum
+_MIN_COMBINE = getattr(tl.standard, "_elementwise_min", None) or _minimum
 
 
 @triton.jit
@@ -34,8 +54,9 @@ def _count_votes_kernel(
     if CLASS_IDS:
         vote = tl.load(scores_ptr + s64, mask=sample_mask, other=0)
     else:
+        # running (max, first index of the max, first NaN index) over chunks of BLOCK_K classes
         best = tl.full((BLOCK_S,), _NEG_INF, COMPUTE_DTYPE)
-        best_index = tl.zeros((BLOCK_S,), tl.int32)
+        best_index = tl.full((BLOCK_S,), 0, tl.int32)
         nan_index = tl.full((BLOCK_S,), _NO_INDEX, tl.int32)
         for start in range(0, num_classes, BLOCK_K):
             k = start + tl.arange(0, BLOCK_K)
@@ -45,14 +66,16 @@ def _count_votes_kernel(
                 mask=sample_mask[:, None] & class_mask, other=_NEG_INF,
             ).to(COMPUTE_DTYPE)
             is_nan = (values != values) & class_mask
-            nan_index = tl.minimum(nan_index, tl.min(tl.where(is_nan, k[None, :], _NO_INDEX), axis=1))
-            values = tl.where(is_nan | ~class_mask, _NEG_INF, values)
-            chunk_max = tl.max(values, axis=1)
+            chunk_nan = tl.reduce(tl.where(is_nan, k[None, :], _NO_INDEX), 1, _MIN_COMBINE)
+            nan_index = tl.minimum(nan_index, chunk_nan)
+            values = tl.where(is_nan | ~class_mask, _NEG_INF, values)  # NaN-free from here on
+            chunk_max = tl.reduce(values, 1, _MAX_COMBINE)
             first = (values == chunk_max[:, None]) & class_mask
-            chunk_index = tl.min(tl.where(first, k[None, :], _NO_INDEX), axis=1)
+            chunk_index = tl.reduce(tl.where(first, k[None, :], _NO_INDEX), 1, _MIN_COMBINE)
             better = chunk_max > best  # strictly: an equal maximum in a later chunk does not win
             best = tl.where(better, chunk_max, best)
             best_index = tl.where(better, chunk_index, best_index)
+        # all -inf: best stays -inf and best_index 0, as torch.argmax gives
         vote = tl.where(nan_index < _NO_INDEX, nan_index, best_index).to(tl.int64)
     row = tl.load(index_ptr + s64, mask=sample_mask, other=0)
     one = tl.full((BLOCK_S,), 1, tl.int64)
@@ -64,8 +87,8 @@ def count_votes_(
     scores: torch.Tensor,
     index: torch.Tensor,
     *,
-    block_samples: int | None = None,
-    block_classes: int | None = None,
+    block_samples: Optional[int] = None,
+    block_classes: Optional[int] = None,
 ) -> None:
     """Launch the kernel. counts [M, K] int64 contiguous; scores [S, K] float (rows contiguous) or [S] int64;
     index [S] int64. block_samples / block_classes (powers of two) force a tile shape, for tests."""

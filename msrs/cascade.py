@@ -127,8 +127,10 @@ def pool_groups(basis, exclude: int, min_count: int = POOL_MIN) -> list[list[int
         if pooled >= min_count:
             groups.append(pool)
             pool, pooled = [], 0
-    if pool:
-        groups[-1].extend(pool) if groups else groups.append(pool)
+    if pool and groups:
+        groups[-1].extend(pool)
+    elif pool:
+        groups.append(pool)
     return groups
 
 

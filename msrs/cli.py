@@ -175,6 +175,10 @@ def run_certify(args: argparse.Namespace) -> int:
     mean, std = check_normalization(mean, std, dataset.images.shape[1])
     loaded = load_classifier(args.classifier, args.weights, device, mean=mean, std=std)
     mean, std = check_normalization(loaded.mean, loaded.std, dataset.images.shape[1])
+    if not args.quiet:
+        how = "none" if mean is None else f"mean={list(mean)} std={list(std)} (from {loaded.normalization_source})"
+        print(f"msrs: {dataset!r}; classifier {loaded.kind} {args.classifier!r}, normalisation {how}",
+              file=sys.stderr)
     num_classes = args.num_classes or dataset.num_classes
 
     denoiser = None
@@ -293,7 +297,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise ValueError(f"the {selected!r} command is not available in this installation "
                              f"({COMMANDS[selected].module} is missing)")
         parser = build_parser(selected)
-        args = parser.parse_args(argv)
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as e:  # --help, --version, or a usage error already printed
+            return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
         if getattr(args, "_run", None) is None:
             parser.print_help(sys.stderr)
             return 2

@@ -128,6 +128,10 @@ class DiffusionDenoiser(nn.Module):
 
     # -- the network ----------------------------------------------------------------------------------------------
     def _timesteps(self, timesteps, n: int, device) -> torch.Tensor:
+        if isinstance(timesteps, int) and not isinstance(timesteps, bool):  # the engine's case: no device sync
+            if not 0 <= timesteps < self.num_train_timesteps:
+                raise ValueError(f"timesteps: expected values in [0, {self.num_train_timesteps}), got {timesteps}")
+            return torch.full((n,), timesteps, dtype=torch.int64, device=device)
         t = torch.as_tensor(timesteps, device=device)
         if t.is_floating_point() or t.dtype == torch.bool:
             raise ValueError(f"timesteps: expected integers, got dtype {t.dtype}")
@@ -251,8 +255,9 @@ class DiffusionDenoiser(nn.Module):
             sched_config = json.loads(sched_file.read_text())
         else:
             unet = UNet2DModel.from_pretrained(str(path_or_hub_id), subfolder="unet", **kwargs)
-            sched_config = dict(diffusers.DDPMScheduler.load_config(str(path_or_hub_id), subfolder="scheduler",
-                                                                    **kwargs))
+            hub_keys = ("cache_dir", "local_files_only", "revision", "token", "force_download", "proxies")
+            sched_config = dict(diffusers.DDPMScheduler.load_config(
+                str(path_or_hub_id), subfolder="scheduler", **{k: v for k, v in kwargs.items() if k in hub_keys}))
         cls_name = sched_config.get("_class_name", "DDPMScheduler")
         sched_cls = getattr(diffusers, cls_name, None)
         if sched_cls is None or not hasattr(sched_cls, "from_config"):

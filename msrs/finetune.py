@@ -84,13 +84,15 @@ state, so the caller's RNG is left untouched. A checkpoint (every checkpoint_eve
 and a run started again with the same settings continues from the last checkpoint with bit-for-bit the same
 weights as an uninterrupted run (checked on CPU; on CUDA it additionally needs deterministic kernels, e.g.
 torch.use_deterministic_algorithms(True)). Settings that change the trajectory must match the checkpoint's (a
-ValueError names those that differ); steps may be raised to continue training.
+ValueError names those that differ; the data, the classifier and the initial denoiser are compared by a digest
+of their tensors); steps may be raised to continue training.
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import csv
+import hashlib
 import inspect
 import json
 import math
@@ -260,6 +262,16 @@ def _dataset_tensors(dataset) -> tuple:
     if int(labels.min()) < 0:
         raise ValueError("dataset: expected labels >= 0")
     return images.to(torch.float32).contiguous(), labels.to(torch.int64).contiguous()
+
+
+def _digest(tensors) -> str:
+    """A short sha256 of tensors' values (for refusing to resume against other data or models)."""
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().to("cpu").contiguous()
+        h.update(str((t.dtype, tuple(t.shape))).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
 
 
 def batch_indices(seed: int, step: int, batch_size: int, num_images: int) -> torch.Tensor:
@@ -604,6 +616,9 @@ def finetune(
         "dtype": _dtype_name(autocast), "gradient_checkpointing": bool(gradient_checkpointing), "seed": seed,
         "checkpoint_every": checkpoint_every, "mean": mean_t.tolist(), "std": std_t.tolist(),
         "num_images": int(images.shape[0]),
+        "data_digest": _digest((images, labels)),
+        "classifier_digest": _digest(classifier.state_dict().values()),
+        "denoiser_digest": _digest(denoiser.state_dict().values()),
     }
     info = {"torch": torch.__version__, "python": platform.python_version(),
             "objective": "msrs.finetune (Brier on recoverable, anti-consistency otherwise, eps-MSE)"}

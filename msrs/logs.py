@@ -113,14 +113,20 @@ def _fsync_dir(path: Path) -> None:
 
 
 class TSVWriter:
-    """Appends rows to a log: each row is one write of a whole line on an unbuffered descriptor, then fsync."""
+    """Appends rows to a log: each row is one write of a whole line on an unbuffered descriptor, then fsync.
 
-    def __init__(self, path: PathLike, columns: Sequence[str], *, fresh: bool):
+    fresh=True truncates the file and writes the header.  ``fd``: an already open (O_APPEND) descriptor of the file
+    to take over (open_run passes its locked one); by default the file is opened here.
+    """
+
+    def __init__(self, path: PathLike, columns: Sequence[str], *, fresh: bool, fd: Optional[int] = None):
         self.path = Path(path)
         self.columns = tuple(columns)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | (os.O_TRUNC if fresh else 0)
-        self._fd: Optional[int] = os.open(str(self.path), flags, 0o644)
+        if fd is None:
+            fd = os.open(str(self.path), os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        self._fd: Optional[int] = fd
         if fresh:
+            os.ftruncate(fd, 0)
             self._write_line("\t".join(self.columns) + "\n")
             _fsync_dir(self.path.parent)
 
@@ -135,7 +141,7 @@ class TSVWriter:
 
     def close(self) -> None:
         if self._fd is not None:
-            os.close(self._fd)
+            os.close(self._fd)  # also releases open_run's lock
             self._fd = None
 
     def __enter__(self):
@@ -149,6 +155,22 @@ class TSVWriter:
             self.close()
         except Exception:  # noqa: BLE001
             pass
+
+
+def _lock(fd: int, out: Path) -> None:
+    """An exclusive advisory lock on the open log (released when it is closed or the process dies), so that two
+    runs started on the same --out cannot interleave their rows."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no locking
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise ValueError(f"out: {str(out)!r} is being written by another running msrs certify; wait for it to "
+                         "finish or choose another --out") from None
+    except OSError:  # a file system without flock support: go on unlocked
+        return
 
 
 def sidecar_path(out: PathLike) -> Path:
@@ -316,38 +338,50 @@ def open_run(
     if out.is_dir():
         raise IsADirectoryError(f"out: {str(out)!r} is a folder; give a file name for the log")
     sidecar = sidecar_path(out)
-
-    if out.exists() and not overwrite:
-        recorded = read_sidecar(out)
-        if recorded is None:
-            raise ValueError(f"out: {str(out)!r} exists but has no run configuration ({sidecar.name}), so it cannot "
-                             "be resumed safely; choose another --out or pass --overwrite to replace it")
-        diffs = config_differences(recorded["run"], config)
-        if list(recorded.get("columns", columns)) != list(columns):
-            diffs.insert(0, f"columns: was {recorded.get('columns')}, now {list(columns)}")
-        if diffs:
-            raise ValueError(f"out: {str(out)!r} was started with a different configuration ({'; '.join(diffs)}); "
-                             "rerun with the original arguments to resume it, choose another --out, or pass "
-                             "--overwrite to start afresh")
-        recover_partial_line(out)
-        if out.stat().st_size == 0:  # killed while writing the header
-            return TSVWriter(out, columns, fresh=True), set()
-        log = read_log(out, required=columns)
-        if log["columns"] != columns:
-            raise ValueError(f"out: {str(out)!r} has columns {list(log['columns'])}, expected {list(columns)}; "
-                             "pass --overwrite to start afresh")
-        done = {row["idx"] for row in log["rows"]}
-        foreign = sorted(done - wanted)
-        if foreign:
-            raise ValueError(f"out: {str(out)!r} holds images {foreign[:10]} that this run does not request; "
-                             "pass --overwrite to start afresh")
-        if wanted <= done:
-            raise ValueError(f"out: {str(out)!r} is already complete ({len(done)} images); pass --overwrite to "
-                             "recompute it, or choose another --out")
-        return TSVWriter(out, columns, fresh=False), done
-
     out.parent.mkdir(parents=True, exist_ok=True)
-    if out.exists():  # overwrite: drop the old rows before a new configuration can be paired with them
-        out.unlink()
-    write_json_atomic(sidecar, payload)
-    return TSVWriter(out, columns, fresh=True), set()
+    fd = os.open(str(out), os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        _lock(fd, out)
+        if os.fstat(fd).st_size > 0 and not overwrite:
+            done = _check_resume(out, columns, config, wanted)
+            return TSVWriter(out, columns, fresh=os.fstat(fd).st_size == 0, fd=fd), done
+        # a new log, an empty one (killed before its header), or --overwrite: drop old rows first, so that a new
+        # configuration is never paired with them, then the configuration, then the header
+        os.ftruncate(fd, 0)
+        write_json_atomic(sidecar, payload)
+        return TSVWriter(out, columns, fresh=True, fd=fd), set()
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _check_resume(out: Path, columns: tuple, config: dict, wanted: set) -> set:
+    """The ids already in an existing, non-empty log that may be resumed under ``config``; ValueError otherwise."""
+    sidecar = sidecar_path(out)
+    recorded = read_sidecar(out)
+    if recorded is None:
+        raise ValueError(f"out: {str(out)!r} exists but has no run configuration ({sidecar.name}), so it cannot "
+                         "be resumed safely; choose another --out or pass --overwrite to replace it")
+    diffs = config_differences(recorded["run"], config)
+    if list(recorded.get("columns", columns)) != list(columns):
+        diffs.insert(0, f"columns: was {recorded.get('columns')}, now {list(columns)}")
+    if diffs:
+        raise ValueError(f"out: {str(out)!r} was started with a different configuration ({'; '.join(diffs)}); "
+                         "rerun with the original arguments to resume it, choose another --out, or pass "
+                         "--overwrite to start afresh")
+    recover_partial_line(out)
+    if out.stat().st_size == 0:  # killed while writing the header
+        return set()
+    log = read_log(out, required=columns)
+    if log["columns"] != columns:
+        raise ValueError(f"out: {str(out)!r} has columns {list(log['columns'])}, expected {list(columns)}; "
+                         "pass --overwrite to start afresh")
+    done = {row["idx"] for row in log["rows"]}
+    foreign = sorted(done - wanted)
+    if foreign:
+        raise ValueError(f"out: {str(out)!r} holds images {foreign[:10]} that this run does not request; "
+                         "pass --overwrite to start afresh")
+    if wanted <= done:
+        raise ValueError(f"out: {str(out)!r} is already complete ({len(done)} images); pass --overwrite to "
+                         "recompute it, or choose another --out")
+    return done

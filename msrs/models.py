@@ -45,7 +45,7 @@ STATE_DICT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 class LoadedClassifier:
     """A classifier ready for the engine: ``model`` (eval mode, on ``device``), its normalisation (``mean``,
     ``std``: tuples of floats or None), how it was loaded (``kind``: "torchscript" | "export" | "factory") and
-    the files it came from (``files``, for a run's fingerprint)."""
+    the files it came from (``files``, for a run's fingerprint) and where the normalisation came from."""
 
     model: torch.nn.Module
     mean: Optional[tuple] = None
@@ -53,6 +53,7 @@ class LoadedClassifier:
     kind: str = ""
     spec: str = ""
     files: list = field(default_factory=list)
+    normalization_source: Optional[str] = None  # "arguments", "safetensors metadata" or the JSON file's path
 
     def __iter__(self):  # model, mean, std = load_classifier(...)
         return iter((self.model, self.mean, self.std))
@@ -331,10 +332,11 @@ def load_classifier(
     """Loads a classifier (see the module docstring for the accepted specs) in eval mode on ``device``."""
     device = torch.device(device if device is not None else "cpu")
     mean, std = check_normalization(mean, std)
+    source = None if mean is None else "arguments"
     if isinstance(spec, torch.nn.Module):
         if weights is not None:
             raise ValueError("weights: only for a module:factory classifier spec")
-        return LoadedClassifier(spec.to(device).eval(), mean, std, "module", type(spec).__name__, [])
+        return LoadedClassifier(spec.to(device).eval(), mean, std, "module", type(spec).__name__, [], source)
     if not isinstance(spec, (str, os.PathLike)) or not str(spec).strip():
         raise ValueError(f"classifier: expected {CLASSIFIER_SPECS}; got {spec!r}")
     spec = str(spec)
@@ -374,7 +376,7 @@ def load_classifier(
                                  f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
             model.eval()
             kind = "torchscript"
-        return LoadedClassifier(model, mean, std, kind, spec, [path])
+        return LoadedClassifier(model, mean, std, kind, spec, [path], source)
 
     factory = _import_factory(spec)
     try:
@@ -390,15 +392,18 @@ def load_classifier(
         _load_state(model, state, weights_path)
         if mean is None and std is None:
             meta_mean, meta_std = _parse_metadata_floats(metadata, "mean"), _parse_metadata_floats(metadata, "std")
+            found = "safetensors metadata"
             if meta_mean is None and meta_std is None:
                 meta_mean, meta_std, config_path = _sibling_config_normalization(weights_path)
                 if config_path is not None:
                     files.append(config_path)
+                    found = str(config_path)
             if meta_mean is not None or meta_std is not None:
                 mean, std = check_normalization(meta_mean, meta_std)
+                source = found
         files.append(weights_path)
     module_file = spec.rpartition(":")[0]
     if module_file.endswith(".py"):
         files.insert(0, Path(module_file).expanduser())
     model = model.to(device).eval()
-    return LoadedClassifier(model, mean, std, "factory", spec, files)
+    return LoadedClassifier(model, mean, std, "factory", spec, files, source)

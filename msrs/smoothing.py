@@ -103,7 +103,8 @@ class SmoothedClassifier:
 
     mean/std: the classifier's input normalisation (one value per channel or one for all), applied to the noisy
     (plain) or denoised (denoiser) image in [0, 1]. dtype: torch.float32, or torch.bfloat16 / torch.float16 to run
-    the denoiser and classifier under torch.autocast. backend: the msrs.ops backend (None: automatic).
+    the denoiser and classifier under torch.autocast. backend: the msrs.ops backend (None: automatic). device: where
+    images, noise and counts live (default: the classifier module's device, else CPU).
     Modules are put in eval mode during sampling and restored afterwards.
     """
 
@@ -112,7 +113,8 @@ class SmoothedClassifier:
         if not callable(classifier):
             raise TypeError(f"classifier: expected an nn.Module or a callable [N, C, H, W] -> logits [N, K], "
                             f"got {type(classifier).__name__}")
-        if denoiser is not None and not all(callable(getattr(denoiser, m, None)) for m in ("timestep_for", "predict_eps")):
+        methods = ("timestep_for", "predict_eps")
+        if denoiser is not None and not all(callable(getattr(denoiser, m, None)) for m in methods):
             raise TypeError(f"denoiser: expected an object with timestep_for(sigma) and predict_eps(x_t, t), "
                             f"got {type(denoiser).__name__}")
         if dtype not in _DTYPES:
@@ -137,7 +139,8 @@ class SmoothedClassifier:
         self._check_run(seed, batch_size)
         start = torch.as_tensor(sample_start, device=self.device)
         if start.dtype.is_floating_point or start.dtype == torch.bool or start.shape not in ((), (x.shape[0],)):
-            raise ValueError(f"sample_start: expected an int or {x.shape[0]} ints (one per image), got {sample_start!r}")
+            raise ValueError(f"sample_start: expected an int or {x.shape[0]} ints (one per image), "
+                             f"got {sample_start!r}")
         start = start.to(torch.int64).expand(x.shape[0])
         if start.numel() and (int(start.min()) < 0 or int(start.max()) + num_samples > MASK32 + 1):
             raise ValueError(f"sample_start: expected starts >= 0 with start + num_samples <= 2^32, got {sample_start}")
@@ -162,7 +165,8 @@ class SmoothedClassifier:
         out = []
         for c0, c in zip(counts0, counts):
             d = cascade.cohen_certify_from_counts(c0, c, alpha, sigma, p0)
-            out.append(Certificate(d.prediction, d.radius, sigma, d.stage, c[None], c0[None], d.p_lower, n0 + n))
+            out.append(Certificate(d.prediction, d.radius, sigma, d.stage, c[None].copy(), c0[None].copy(), d.p_lower,
+                                   n0 + n))
         return out
 
     def certify_cascade(self, images, sigmas, n0, n, alpha, *, seed, batch_size, image_ids=None, p0=0.5,
@@ -185,7 +189,7 @@ class SmoothedClassifier:
         out = []
         for c0, c in zip(counts0, counts):
             d = cascade.cascade_certify_from_counts(c0, c, sigmas, alpha, p0, alpha_schedule)
-            out.append(Certificate(d.prediction, d.radius, sigmas[d.last], d.stage, c, c0, d.p_lower,
+            out.append(Certificate(d.prediction, d.radius, sigmas[d.last], d.stage, c.copy(), c0.copy(), d.p_lower,
                                    (d.last + 1) * (n0 + n)))
         return out
 
@@ -221,7 +225,8 @@ class SmoothedClassifier:
         v.expect_int("n0", n0, 1, MASK32 + 1)
         v.expect_int("n", n, 1, MASK32 + 1)
         if n0 > n:
-            raise ValueError(f"n0: expected n0 <= n (selection samples at most the estimation samples), got n0={n0} > n={n}")
+            raise ValueError(f"n0: expected n0 <= n (at most as many selection as estimation samples), "
+                             f"got n0={n0} > n={n}")
         alpha = _number("alpha", alpha, 0.0, 1.0)
         p0 = _number("p0", p0, 0.5, 1.0, low_open=False)
         self._check_run(seed, batch_size)

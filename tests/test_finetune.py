@@ -118,7 +118,8 @@ def test_objective_terms_follow_the_recoverability_rule():
     _, wrong = ft.calibration_loss(den, Constant(7), images, labels, torch.arange(4), **kw)
     p_wrong = torch.softmax(torch.tensor([5.0] + [0.0] * 9), 0)[0].item()  # the one wrong class's probability
     assert wrong["recoverable"] == 0.0 and wrong["brier"] == 0.0
-    assert wrong["anti_consistency"] == pytest.approx(p_wrong ** 2, rel=1e-5)
+    # wrong classes: 7 with p, the 8 others except the label 3 with (1 - p) / 9 each
+    assert wrong["anti_consistency"] == pytest.approx(p_wrong ** 2 + 8 * ((1 - p_wrong) / 9) ** 2, rel=1e-5)
     p_right = p_wrong  # Brier of a correct answer with probability p: (1 - p)^2 + 9 ((1 - p) / 9)^2
     assert right["brier"] == pytest.approx((1 - p_right) ** 2 + (1 - p_right) ** 2 / 9, rel=1e-5)
 

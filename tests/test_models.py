@@ -48,6 +48,7 @@ def factory_module(tmp_path, monkeypatch):
     sys.modules.pop("tiny_factory", None)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.script / save are deprecated
 def test_torchscript(tmp_path, model, x):
     path = tmp_path / "m.ts"
     torch.jit.save(torch.jit.script(model), str(path))
@@ -72,6 +73,9 @@ def test_torch_export_training_mode_is_switched_to_eval(tmp_path, model, x):
     out = loaded.model(x)
     torch.testing.assert_close(out, expected)
     torch.testing.assert_close(loaded.model(x), out)  # deterministic: no dropout
+    assert loaded.model.eval() is loaded.model  # the engine calls .eval(); an exported module normally refuses
+    with pytest.raises(NotImplementedError, match="training mode"):
+        loaded.model.train()
 
 
 def test_torch_export_fixed_batch_is_refused(tmp_path, model, x):
@@ -111,6 +115,7 @@ def test_factory_from_file_and_wrapped_checkpoint(tmp_path, model, x):
     loaded = load_classifier(f"{tmp_path / 'arch.py'}:make", weights)
     torch.testing.assert_close(loaded.model(x), model(x))
     assert (loaded.mean, loaded.std) == ((0.5,), (0.5,))  # from the JSON beside the weights
+    assert loaded.normalization_source == str(tmp_path / "ckpt.json")
     assert [p.name for p in loaded.files] == ["arch.py", "ckpt.json", "ckpt.pth"]
 
 
@@ -125,6 +130,7 @@ def test_shipped_demo_classifier_loads():
     assert loaded.model(torch.rand(2, 1, 8, 8)).shape == (2, 10)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_errors(tmp_path, factory_module, model):
     with pytest.raises(FileNotFoundError, match="classifier: .*does not exist"):
         load_classifier(str(tmp_path / "missing.ts"))

@@ -164,6 +164,12 @@ def test_open_run_lifecycle(tmp_path):
     assert done == set() and len(out.read_text().splitlines()) == 1
     assert json.loads(logs.sidecar_path(out).read_text())["run"]["n"] == 200
 
+    empty = tmp_path / "empty.tsv"  # created, then killed before the configuration was written: a new run
+    empty.write_text("")
+    writer, done = logs.open_run(empty, logs.COLUMNS, config, [0])
+    writer.close()
+    assert done == set() and logs.sidecar_path(empty).exists()
+
     foreign = tmp_path / "foreign.tsv"
     foreign.write_text("something else\n")
     with pytest.raises(ValueError, match="no run configuration.*--overwrite"):
@@ -171,6 +177,18 @@ def test_open_run_lifecycle(tmp_path):
     assert foreign.read_text() == "something else\n"
     with pytest.raises(IsADirectoryError, match="out: .*folder"):
         logs.open_run(tmp_path, logs.COLUMNS, config, [0])
+
+
+def test_two_runs_cannot_write_the_same_log(tmp_path):
+    pytest.importorskip("fcntl")
+    out = tmp_path / "run.tsv"
+    first, _ = logs.open_run(out, logs.COLUMNS, {"n": 1}, [0, 1])
+    with pytest.raises(ValueError, match="being written by another running msrs certify"):
+        logs.open_run(out, logs.COLUMNS, {"n": 1}, [0, 1])
+    first.close()
+    second, done = logs.open_run(out, logs.COLUMNS, {"n": 1}, [0, 1])  # the lock goes with the writer
+    second.close()
+    assert done == set()
 
 
 # ------------------------------------------------------------------------------------------------------------- runner

@@ -23,7 +23,8 @@ def test_clopper_pearson_matches_statsmodels(alpha):
         assert stats.clopper_pearson_lower(n_a, n, alpha) == pytest.approx(lo2, rel=1e-12, abs=0)
         assert stats.clopper_pearson_upper(n_a, n, alpha) == pytest.approx(hi2, rel=1e-12, abs=0)
         lo, hi = proportion_confint(n_a, n, alpha=alpha, method="beta")
-        assert stats.clopper_pearson_interval(n_a, n, alpha) == (pytest.approx(lo, rel=1e-12), pytest.approx(hi, rel=1e-12))
+        interval = stats.clopper_pearson_interval(n_a, n, alpha)
+        assert interval == (pytest.approx(lo, rel=1e-12), pytest.approx(hi, rel=1e-12))
 
 
 def test_clopper_pearson_known_answers():
@@ -173,7 +174,8 @@ def public_cascade(counts0, counts, sigmas, alpha, p0):
 
 def random_cascade_counts(rng, num_stages, num_classes, n0, n):
     probs = rng.dirichlet(np.full(num_classes, 0.3), size=num_stages)
-    probs[-1] = 0.5 * probs[-1] + 0.5 * np.eye(num_classes)[rng.integers(num_classes)]  # the last stage often certifies
+    # the last stage often certifies
+    probs[-1] = 0.5 * probs[-1] + 0.5 * np.eye(num_classes)[rng.integers(num_classes)]
     counts0 = np.stack([rng.multinomial(n0, p) for p in probs])
     counts = np.stack([rng.multinomial(n, p) for p in probs])
     return counts0, counts
@@ -213,7 +215,7 @@ def test_paper_schedule_matches_public_code(p0):
 def test_union_schedule_levels_sum_to_alpha():
     for num_stages in (1, 2, 3, 5):
         cert, off = cascade.schedule_levels(0.01, num_stages, "union")
-        # every statement a certificate may rest on: one lower bound per stage, one off-class bound per stage but the last
+        # the statements a certificate may rest on: a lower bound per stage, an off-class bound per stage but the last
         assert cert.sum() + off[: num_stages - 1, 0].sum() == pytest.approx(0.01, rel=1e-12)
     cert, off = cascade.schedule_levels(0.01, 3, "paper")
     np.testing.assert_allclose(cert, [0.01, 0.005, 0.01 / 3])

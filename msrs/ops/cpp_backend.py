@@ -142,6 +142,8 @@ def _summarise(exc: BaseException) -> str:
 
 def _load() -> None:
     global _module, _error, _tried
+    if _tried:  # checked before taking the lock too: cheap, and torch.compile can trace it
+        return
     with _lock:
         if _tried:
             return

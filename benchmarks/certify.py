@@ -1,0 +1,415 @@
+"""End-to-end throughput of diffusion denoised smoothing: the field's per-image loop against msrs's engine.
+
+    python benchmarks/certify.py                               # table on stdout
+    python benchmarks/certify.py --json out.json               # also a list of records
+    python benchmarks/certify.py --workloads demo --n 2000 --images 16 --impls reference,msrs,msrs+compile
+
+Records: {"workload", "device", "impl", "samples_per_s", "speedup_vs_reference", "unet_time_fraction",
+"peak_memory_bytes", "batch_size", ...} (plus the run's settings). samples_per_s = images * (n0 + n) / seconds of
+one CERTIFY of the whole group (selection + estimation samples, Clopper-Pearson, radius).
+
+Workloads
+  demo          the shipped demo models (msrs.zoo: load_demo_classifier, load_demo_denoiser), 8x8 digits, test
+                images. Where a shipped model is missing, a random-weights stand-in of the same architecture (the
+                classifier: msrs.zoo.digits_classifier; the DDPM: scripts/train_ddpm.py's UNet2DModel, width 32,
+                2 layers per block, 1000-step linear schedule); the record's "models" field says which.
+  cifar10-ddpm  a diffusers UNet2DModel with the public 36M-parameter CIFAR-10 DDPM config (random weights; the
+                throughput does not depend on them) and a ResNet-18 (CIFAR variant, 11M parameters, written below)
+                at 32x32. About 23 UNet images/s on 2 CPU cores: keep n small on a CPU.
+
+Implementations (same models, same images, same n0 / n / sigma / alpha, timed round-robin in the same run)
+  reference     the field's loop (Cohen et al.'s core.Smooth as used by Carlini et al.'s and the multi-scale code):
+                per image, batches of batch_size: x.repeat, torch.randn_like * sigma, add, scale to the timestep
+                a (2 x - 1), UNet, the one-step denoise formula as separate ops, clamp, (x + 1) / 2, normalise,
+                classifier, argmax, .cpu(), numpy bincount; under torch.no_grad (and autocast for --dtype).
+  msrs          msrs.smoothing.SmoothedClassifier(...).certify with msrs.denoiser.DiffusionDenoiser: rows of all
+                images share batches (counter-based Philox noise), fused ops (msrs.ops), counts accumulated on the
+                device, inference_mode; --channels-last runs the UNet in channels_last.
+  msrs+compile  msrs with torch.compile of the UNet (compile time reported separately, not in samples_per_s).
+unet_time_fraction: the UNet calls alone, timed in a separate pass over batches of the same shapes (recorded during
+the timed run), divided by the impl's time. peak_memory_bytes: torch.cuda.max_memory_allocated on a GPU, the
+process's peak RSS on a CPU (msrs.autobatch.peak_memory_bytes, reset before each impl where Linux allows).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+from msrs.autobatch import _reset_peak, peak_memory_bytes  # noqa: E402
+
+IMPLS = ("reference", "msrs", "msrs+compile")
+DEFAULTS = {
+    # workload: images, n0, n, batch size, sigma
+    "demo": dict(images=8, n0=100, n=1000, batch_size=400, sigma=0.5),
+    "cifar10-ddpm": dict(images=1, n0=16, n=80, batch_size=32, sigma=0.5),
+}
+ALPHA = 0.001
+SEED = 0
+
+
+# ------------------------------------------------------------------------------------------------- models
+class BasicBlock(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+class ResNet18(nn.Module):
+    """ResNet-18, CIFAR variant (3x3 stem, no max-pool), 11.2M parameters, for 32x32 inputs."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU())
+        layers, cin = [], 64
+        for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            layers += [BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)]
+            cin = cout
+        self.layers = nn.Sequential(*layers)
+        self.fc = nn.Linear(512, num_classes)
+
+    def forward(self, x):
+        out = self.layers(self.stem(x))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(out, 1), 1))
+
+
+def cifar10_ddpm_unet():
+    """The public CIFAR-10 DDPM (google/ddpm-cifar10-32) architecture, 35.7M parameters, random weights."""
+    from diffusers import UNet2DModel
+
+    return UNet2DModel(
+        sample_size=32, in_channels=3, out_channels=3, layers_per_block=2,
+        block_out_channels=(128, 256, 256, 256),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+        dropout=0.1, attention_head_dim=None, norm_eps=1e-6, resnet_time_scale_shift="default",
+        flip_sin_to_cos=False, freq_shift=1, downsample_padding=0,
+    )
+
+
+def digits_unet_stand_in():
+    """scripts/train_ddpm.py's demo UNet (width 32, 2 layers per block, no attention), random weights."""
+    from diffusers import UNet2DModel
+
+    return UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(32, 64), layers_per_block=2,
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                       norm_num_groups=32)
+
+
+def linear_scheduler():
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
+
+
+def build_workload(name: str, device: torch.device, images: int) -> dict:
+    """unet, scheduler (alphas_cumprod), classifier, mean, std, num_classes, images [B, C, H, W], models note."""
+    torch.manual_seed(0)
+    if name == "demo":
+        from msrs import zoo
+
+        notes = []
+        try:
+            classifier, mean, std, num_classes = zoo.load_demo_classifier(device)
+            notes.append("classifier: shipped")
+        except FileNotFoundError:
+            classifier, mean, std, num_classes = zoo.digits_classifier(), (0.5,), (0.5,), 10
+            notes.append("classifier: random stand-in")
+        try:
+            den = zoo.load_demo_denoiser(False, device)
+            unet, abar = den.unet, den.alphas_cumprod.detach().cpu().double()
+            scheduler = den._scheduler()
+            notes.append("denoiser: shipped digits_ddpm")
+        except (FileNotFoundError, ImportError, AttributeError):
+            unet, scheduler = digits_unet_stand_in(), linear_scheduler()
+            notes.append("denoiser: random stand-in (train_ddpm.py architecture)")
+        x, _ = zoo.digits_split("test")
+        x = x[:images]
+    elif name == "cifar10-ddpm":
+        unet, scheduler = cifar10_ddpm_unet(), linear_scheduler()
+        classifier, num_classes = ResNet18(10), 10
+        mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+        x = torch.rand(images, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+        notes = ["random weights (public DDPM config, ResNet-18)"]
+    else:
+        raise ValueError(f"workload: expected one of {', '.join(DEFAULTS)}, got {name!r}")
+    return dict(unet=unet.to(device).eval(), scheduler=scheduler, classifier=classifier.to(device).eval(), mean=mean,
+                std=std, num_classes=num_classes, images=x.to(device), models="; ".join(notes))
+
+
+class Recorder(nn.Module):
+    """Passes calls to the UNet and records the input shapes (for the separate UNet-only timing pass)."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.inner = unet
+        self.config = unet.config
+        self.shapes: list[tuple] | None = None
+
+    def forward(self, x, t, **kwargs):
+        if self.shapes is not None:
+            self.shapes.append((tuple(x.shape), x.dtype, x.is_contiguous(memory_format=torch.channels_last)))
+        return self.inner(x, t, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------- implementations
+def timestep_reference(abar: torch.Tensor, sigma: float) -> tuple[int, float]:
+    """The field's rule: the first t with sqrt(abar_t) <= 1 / sqrt(1 + (2 sigma)^2)."""
+    target = 1.0 / math.sqrt(1.0 + 4.0 * sigma * sigma)
+    t = int(torch.nonzero(abar.double().sqrt() <= target)[0, 0])
+    return t, float(abar[t].double().sqrt())
+
+
+class ReferenceSmooth:
+    """The field's Smooth (Cohen et al.'s core.py) around the denoise-then-classify model (Carlini et al.)."""
+
+    def __init__(self, w: dict, unet, sigma: float, dtype: torch.dtype):
+        self.unet, self.classifier, self.num_classes, self.sigma = unet, w["classifier"], w["num_classes"], sigma
+        device = w["images"].device
+        self.mean = torch.tensor(w["mean"], device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(w["std"], device=device).view(1, -1, 1, 1)
+        self.t, self.a = timestep_reference(torch.as_tensor(w["scheduler"].alphas_cumprod), sigma)
+        self.dtype = dtype
+
+    def base_classify(self, noisy):
+        x_t = self.a * (2 * noisy - 1)
+        eps = self.unet(x_t, torch.full((noisy.shape[0],), self.t, device=noisy.device)).sample
+        x0 = (x_t - math.sqrt(1 - self.a ** 2) * eps) / self.a
+        x0 = torch.clamp(x0, -1, 1)
+        img = (x0 + 1) / 2
+        img = (img - self.mean) / self.std
+        return self.classifier(img)
+
+    def sample_noise(self, x, num, batch_size):
+        with torch.no_grad():
+            counts = np.zeros(self.num_classes, dtype=int)
+            for _ in range(math.ceil(num / batch_size)):
+                this = min(batch_size, num)
+                num -= this
+                batch = x.repeat((this, 1, 1, 1))
+                noise = torch.randn_like(batch) * self.sigma
+                if self.dtype != torch.float32:
+                    with torch.autocast(batch.device.type, dtype=self.dtype):
+                        predictions = self.base_classify(batch + noise).argmax(1)
+                else:
+                    predictions = self.base_classify(batch + noise).argmax(1)
+                counts += np.bincount(predictions.cpu().numpy(), minlength=self.num_classes)
+            return counts
+
+    def certify(self, x, n0, n, alpha, batch_size):
+        from scipy.stats import beta, norm
+
+        counts0 = self.sample_noise(x, n0, batch_size)
+        c_a = int(counts0.argmax())
+        counts = self.sample_noise(x, n, batch_size)
+        n_a = int(counts[c_a])
+        p_lower = beta.ppf(alpha, n_a, n - n_a + 1) if n_a > 0 else 0.0
+        return (-1, 0.0) if p_lower < 0.5 else (c_a, self.sigma * norm.ppf(p_lower))
+
+
+def make_runner(impl: str, w: dict, args, unet) -> tuple:
+    """(run() -> predictions, context for the UNet-only pass, extra record fields)."""
+    images, sigma = w["images"], args.sigma
+    dtype = args.torch_dtype
+    if impl == "reference":
+        torch.manual_seed(SEED)
+        smooth = ReferenceSmooth(w, unet, sigma, dtype)
+
+        def run():
+            return [smooth.certify(images[i: i + 1], args.n0, args.n, ALPHA, args.batch_size)[0]
+                    for i in range(images.shape[0])]
+
+        return run, dict(grad=False), {"batch_size": args.batch_size}
+    from msrs.denoiser import DiffusionDenoiser
+    from msrs.smoothing import SmoothedClassifier
+
+    den = DiffusionDenoiser(unet, w["scheduler"], channels_last=args.channels_last).to(images.device).eval()
+    extra = {"batch_size": args.msrs_batch_size, "channels_last": args.channels_last}
+    if impl == "msrs+compile":
+        compiled = torch.compile(unet.inner if isinstance(unet, Recorder) else unet, dynamic=False)
+        if isinstance(unet, Recorder):
+            unet.inner = compiled
+        else:
+            den.unet = compiled
+    sm = SmoothedClassifier(w["classifier"], w["num_classes"], denoiser=den, mean=w["mean"], std=w["std"],
+                            device=images.device, dtype=dtype)
+
+    def run():
+        certs = sm.certify(images, sigma, args.n0, args.n, ALPHA, seed=SEED, batch_size=args.msrs_batch_size)
+        return [c.prediction for c in certs]
+
+    if impl == "msrs+compile":
+        t0 = time.perf_counter()
+        run()  # compiles (every batch shape of the run)
+        extra["compile_s"] = round(time.perf_counter() - t0, 2)
+    return run, dict(grad=False, channels_last=args.channels_last), extra
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def unet_only_pass(unet, shapes, t: int, device, dtype) -> float:
+    """Seconds of the UNet alone on fresh inputs of the recorded shapes (same dtype, memory format, autocast)."""
+    inputs = []
+    for shape, xdtype, cl in shapes:
+        x = torch.randn(shape, device=device, dtype=xdtype)
+        inputs.append(x.contiguous(memory_format=torch.channels_last) if cl else x)
+    _sync(device)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for x in inputs:
+            steps = torch.full((x.shape[0],), t, dtype=torch.int64, device=device)
+            if dtype != torch.float32:
+                with torch.autocast(device.type, dtype=dtype):
+                    unet(x, steps)
+            else:
+                unet(x, steps)
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def bench_workload(name: str, args) -> list[dict]:
+    device = torch.device(args.device)
+    w = build_workload(name, device, args.images)
+    runners, passes, extras = {}, {}, {}
+    samples = w["images"].shape[0] * (args.n0 + args.n)
+    for impl in args.impls:
+        rec = Recorder(copy.deepcopy(w["unet"]))  # each impl its own copy (memory format, compilation)
+        try:
+            run, _, extra = make_runner(impl, w, args, rec)
+        except Exception as exc:  # noqa: BLE001 - a variant that cannot run here is reported, not fatal
+            print(f"# {name}/{impl}: skipped ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})", file=sys.stderr)
+            continue
+        runners[impl], extras[impl], passes[impl] = run, extra, rec
+    # round-robin: warm-up once each, then `repeat` rounds; the UNet-only pass follows each timed run
+    times = {impl: [] for impl in runners}
+    unet_times = {impl: [] for impl in runners}
+    peaks = {impl: 0 for impl in runners}
+    preds = {}
+    t_step = timestep_reference(torch.as_tensor(w["scheduler"].alphas_cumprod), args.sigma)[0]
+    for impl, run in runners.items():
+        run()
+    for round_index in range(args.repeat):
+        for impl, run in runners.items():
+            rec = passes[impl]
+            rec.shapes = []
+            _sync(device)
+            _reset_peak(device if device.type == "cuda" else None)
+            t0 = time.perf_counter()
+            preds[impl] = run()
+            _sync(device)
+            times[impl].append(time.perf_counter() - t0)
+            peaks[impl] = max(peaks[impl], peak_memory_bytes(device if device.type == "cuda" else None))
+            shapes, rec.shapes = rec.shapes, None
+            unet_times[impl].append(unet_only_pass(rec.inner, shapes, t_step, device, args.torch_dtype))
+            rec.batches = len(shapes)
+        print(f"# {name} round {round_index + 1}/{args.repeat}: "
+              + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()), file=sys.stderr, flush=True)
+    records = []
+    ref = statistics.median(times["reference"]) if "reference" in times else None
+    for impl in runners:
+        seconds = statistics.median(times[impl])
+        rec = dict(
+            workload=name, device=_device_name(device), impl=impl,
+            samples_per_s=round(samples / seconds, 1),
+            speedup_vs_reference=round(ref / seconds, 3) if ref else None,
+            unet_time_fraction=round(statistics.median(unet_times[impl]) / seconds, 3),
+            peak_memory_bytes=int(peaks[impl]),
+            batch_size=extras[impl].get("batch_size"),
+            seconds=round(seconds, 3), seconds_all=[round(s, 3) for s in times[impl]],
+            images=int(w["images"].shape[0]), n0=args.n0, n=args.n, sigma=args.sigma, dtype=args.dtype,
+            threads=torch.get_num_threads(), unet_batches=getattr(passes[impl], "batches", None), models=w["models"],
+            abstain_fraction=round(float(np.mean(np.asarray(preds[impl]) == -1)), 3),
+        )
+        rec.update({k: v for k, v in extras[impl].items() if k != "batch_size"})
+        records.append(rec)
+    return records
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def print_table(records: list[dict]) -> None:
+    cols = ("workload", "impl", "device", "batch_size", "samples_per_s", "speedup_vs_reference", "unet_time_fraction",
+            "peak_memory_bytes", "seconds")
+    rows = [[str(r.get(c)) if c != "peak_memory_bytes" else f"{r[c] / 2**20:.0f} MiB" for c in cols] for r in records]
+    widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(cols)]
+    print("  ".join(c.ljust(wd) for c, wd in zip(cols, widths)))
+    for row in rows:
+        print("  ".join(v.ljust(wd) for v, wd in zip(row, widths)))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workloads", default="demo,cifar10-ddpm", help="comma-separated: " + ", ".join(DEFAULTS))
+    p.add_argument("--impls", default="reference,msrs", help="comma-separated: " + ", ".join(IMPLS))
+    p.add_argument("--n", type=int, default=None, help="estimation samples per image (default: per workload)")
+    p.add_argument("--n0", type=int, default=None, help="selection samples per image (default: per workload)")
+    p.add_argument("--images", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None, help="the reference's per-image batch (and msrs's)")
+    p.add_argument("--msrs-batch-size", type=int, default=None, help="msrs's batch (rows of several images)")
+    p.add_argument("--sigma", type=float, default=None)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
+                   help="autocast dtype of both impls (default: bfloat16 on a GPU, float32 on a CPU)")
+    p.add_argument("--channels-last", action="store_true", help="msrs impls: UNet in channels_last")
+    p.add_argument("--repeat", type=int, default=3, help="timed rounds (median reported)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    p.add_argument("--json", type=Path, default=None, help="write the records to this file")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
+    impls = [i.strip() for i in args.impls.split(",") if i.strip()]
+    unknown = set(impls) - set(IMPLS)
+    if unknown:
+        p.error(f"--impls: unknown {sorted(unknown)}; expected {', '.join(IMPLS)}")
+    records = []
+    for name in [w.strip() for w in args.workloads.split(",") if w.strip()]:
+        if name not in DEFAULTS:
+            p.error(f"--workloads: unknown {name!r}; expected {', '.join(DEFAULTS)}")
+        wargs = argparse.Namespace(**vars(args))
+        for key, value in DEFAULTS[name].items():
+            if getattr(wargs, key) is None:
+                setattr(wargs, key, value)
+        wargs.msrs_batch_size = args.msrs_batch_size or wargs.batch_size
+        wargs.torch_dtype = getattr(torch, args.dtype)
+        wargs.impls = impls
+        records += bench_workload(name, wargs)
+    print_table(records)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(records, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,303 @@
+"""msrs.sequential: the confidence sequence's bounds, its coverage under optional stopping (and the failure of the
+invalid fixed-n Clopper-Pearson re-evaluated after every sample, on the same simulation), the stopping rule, and the
+validity of the sequential certified radius on the linear classifier of SCIENCE.md section 4."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import beta, binom, norm
+
+from msrs import sequential as Q
+
+
+def _se(alpha, n):
+    return math.sqrt(alpha * (1 - alpha) / n)
+
+
+# ------------------------------------------------------------------------------------------------------ bounds
+def test_bounds_contain_the_estimate_and_are_sane():
+    rng = np.random.default_rng(1)
+    t = rng.integers(1, 200_000, size=3000)
+    s = rng.binomial(t, rng.random(3000))
+    s[:50], s[50:100] = 0, t[50:100]
+    for alpha in (0.001, 0.05):
+        lo, hi = Q.cs_bounds(s, t, alpha)
+        phat = s / t
+        assert np.all((0 <= lo) & (lo <= phat + 1e-12) & (phat - 1e-12 <= hi) & (hi <= 1))
+        assert np.all(lo[:50] == 0) and np.all(hi[50:100] == 1)
+        assert np.all(lo[s > 0] > 0) and np.all(hi[s < t] < 1)
+        # the CS is wider than the fixed-n Clopper-Pearson interval at the same level (the price of anytime validity)
+        cp_lo = np.where(s > 0, beta.ppf(alpha / 2, np.maximum(s, 1), t - s + 1), 0.0)
+        cp_hi = np.where(s < t, beta.ppf(1 - alpha / 2, s + 1, np.maximum(t - s, 1)), 1.0)
+        assert np.all(lo <= cp_lo + 1e-12) and np.all(hi >= cp_hi - 1e-12)
+        # the ends are where the martingale crosses 1/alpha
+        inner = (s > 0) & (s < t)
+        level = math.log(1 / alpha)
+        assert np.all(Q.log_martingale(s[inner], t[inner], lo[inner]) >= level - 1e-6)
+        assert np.all(Q.log_martingale(s[inner], t[inner], hi[inner]) >= level - 1e-6)
+
+
+def test_bounds_monotone():
+    t = 5000
+    s = np.arange(t + 1)
+    lo, hi = Q.cs_bounds(s, t, 0.01)
+    assert np.all(np.diff(lo) > 0) and np.all(np.diff(hi) > 0)  # more successes: both ends move up
+    # more data at the same rate: the interval shrinks
+    ts = np.array([100, 1000, 10_000, 100_000, 1_000_000])
+    lo, hi = Q.cs_bounds(ts * 9 // 10, ts, 0.01)
+    assert np.all(np.diff(hi - lo) < 0)
+    # smaller alpha: wider
+    a = Q.cs_bounds(900, 1000, 0.01)
+    b = Q.cs_bounds(900, 1000, 0.001)
+    assert b[0] < a[0] and b[1] > a[1]
+
+
+def test_bisection_matches_brentq_and_handles_edges():
+    cases = np.array([[0, 0], [0, 1], [1, 1], [0, 10], [10, 10], [5, 10], [999_990, 1_000_000], [3, 1000],
+                      [50_000, 100_000], [100_000, 100_000]])
+    lo, hi = Q.cs_bounds(cases[:, 0], cases[:, 1], 0.001)
+    lo2, hi2 = Q.cs_bounds(cases[:, 0], cases[:, 1], 0.001, method="brentq")
+    np.testing.assert_allclose(lo, lo2, rtol=1e-10, atol=1e-300)
+    np.testing.assert_allclose(hi, hi2, rtol=1e-10)
+    assert Q.cs_bounds(0, 0, 0.05) == (0.0, 1.0)
+    assert isinstance(Q.cs_bounds(3, 10, 0.05)[0], float)
+    with pytest.raises(ValueError, match="successes"):
+        Q.cs_bounds(11, 10, 0.05)
+    with pytest.raises(ValueError, match="alpha"):
+        Q.cs_bounds(1, 10, 1.5)
+    with pytest.raises(ValueError, match="prior"):
+        Q.cs_bounds(1, 10, 0.05, prior=(0, 1))
+    with pytest.raises(ValueError, match="integer"):
+        Q.cs_bounds(1.5, 10, 0.05)
+
+
+# ---------------------------------------------------------------------------------- coverage under optional stopping
+@pytest.mark.parametrize("p", [0.5, 0.9])
+def test_cs_covers_under_adversarial_optional_stopping_and_cp_does_not(p):
+    """Stop each sequence at the first t where the lower bound exceeds the true p (the stopping time that
+    maximises the error), else at T. The CS errs with probability <= alpha; the fixed-n Clopper-Pearson bound
+    re-evaluated after every sample errs far more often on the same sequences, so the test has power."""
+    rng = np.random.default_rng(12345 + int(p * 100))
+    sequences, horizon, alpha = 2000, 1000, 0.05
+    x = rng.random((sequences, horizon)) < p
+    s = np.cumsum(x, axis=1)
+    t = np.arange(1, horizon + 1)
+    # CS: p < lower_t  <=>  M_t(p) >= 1/alpha on the side p < S_t / t (exact, every t)
+    cs_wrong = ((Q.log_martingale(s, t, p) >= math.log(1 / alpha)) & (s > p * t)).any(axis=1)
+    # Clopper-Pearson one-sided lower bound at level alpha: lower_t > p  <=>  P(Bin(t, p) >= S_t) <= alpha
+    cp_wrong_any = (binom.sf(s - 1, t, p) <= alpha).any(axis=1)
+    cp_wrong_fixed = binom.sf(s[:, -1] - 1, horizon, p) <= alpha  # CP at the fixed n: valid
+    bound = alpha + 3 * _se(alpha, sequences)
+    assert cs_wrong.mean() <= bound
+    assert cp_wrong_fixed.mean() <= bound
+    assert cp_wrong_any.mean() > bound + 0.05, cp_wrong_any.mean()  # optional stopping breaks CP
+
+
+def test_cs_bounds_cover_at_a_data_dependent_checkpoint():
+    """The same through cs_bounds itself, at geometric checkpoints, with a realistic stopping time: stop once the
+    interval is narrower than 0.05 or the lower bound passes 0.85 (p = 0.8)."""
+    rng = np.random.default_rng(7)
+    sequences, p, alpha = 4000, 0.8, 0.1
+    points = Q.checkpoints(4096, first=16, growth=1.5)
+    x = rng.random((sequences, points[-1])) < p
+    s_all = np.cumsum(x, axis=1)
+    stopped = np.zeros(sequences, dtype=bool)
+    lower_at_stop = np.zeros(sequences)
+    running = np.zeros(sequences)
+    for point in points:
+        lo, hi = Q.cs_bounds(s_all[:, point - 1], point, alpha)
+        running = np.maximum(running, lo)  # the running intersection is covered too
+        stop = ~stopped & ((hi - lo < 0.05) | (running > 0.85) | (point == points[-1]))
+        lower_at_stop[stop] = running[stop]
+        stopped |= stop
+    assert stopped.all()
+    wrong = (lower_at_stop > p).mean()
+    assert wrong <= alpha + 3 * _se(alpha, sequences), wrong
+
+
+# ---------------------------------------------------------------------------------------------- stopping rule
+RADII = [0.0, 0.25, 0.5, 0.75, 1.0]
+
+
+def test_thresholds_and_radius():
+    ths = Q.thresholds(RADII, 0.25)
+    np.testing.assert_allclose(ths, [0.5, norm.cdf(1), norm.cdf(2), norm.cdf(3), norm.cdf(4)])
+    ths = Q.thresholds([0.5], 0.5, p0=0.6)
+    np.testing.assert_allclose(ths, [0.6, norm.cdf(1 + norm.ppf(0.6))])
+    np.testing.assert_allclose(Q.radius_from_lower([0.4, 0.5, norm.cdf(2)], 0.25), [0, 0, 0.5])
+    with pytest.raises(ValueError, match="p0"):
+        Q.thresholds(RADII, 0.25, p0=0.4)
+
+
+def test_decide_outcomes():
+    n_max, sigma, alpha = 100_000, 0.25, 0.001
+    assert Q.decide(300, 1000, n_max, sigma, alpha, RADII, prediction=7) == (-1, 0.0)  # upper < 0.5: abstain
+    assert Q.decide(520, 1000, n_max, sigma, alpha, RADII, prediction=7) == "continue"
+    assert Q.decide(520, 1000, 1000, sigma, alpha, RADII, prediction=7) == (-1, 0.0)  # budget spent, undecided
+    assert Q.decide(990, 1000, n_max, sigma, alpha, RADII, prediction=7) == "continue"
+    # p about 0.9 after 10^4 samples: lower > Phi(1) (radius 0.25), upper < Phi(2) (radius 0.5): settled
+    pred, radius = Q.decide(9000, 10_000, n_max, sigma, alpha, RADII, prediction=7)
+    lo, hi = Q.cs_bounds(9000, 10_000, alpha)
+    assert pred == 7 and radius == pytest.approx(sigma * norm.ppf(lo)) and 0.25 <= radius < 0.5
+    assert hi < norm.cdf(2)
+    # the top bucket reached: stop
+    pred, radius = Q.decide(20_000, 20_000, n_max, sigma, alpha, [0.25, 0.5, 0.75], prediction=2)
+    assert pred == 2 and radius >= 0.75
+    # the next radius is out of reach within n_max even if every remaining sample succeeds
+    pred, radius = Q.decide(19_900, 20_000, 30_000, sigma, alpha, RADII, prediction=1)
+    assert pred == 1 and 0.5 <= radius < 0.75
+    # at n_max with lower >= p0: certified with the CS radius
+    pred, radius = Q.decide(600, 1000, 1000, sigma, alpha, None, prediction=4)
+    assert pred == 4 and radius == pytest.approx(sigma * norm.ppf(Q.cs_bounds(600, 1000, alpha)[0]))
+    # no target radii: never stops early while it can still certify
+    assert Q.decide(9990, 10_000, n_max, sigma, alpha, None) == "continue"
+    assert Q.decide(200, 1000, n_max, sigma, alpha, None) == (-1, 0.0)
+
+
+def test_route_stage():
+    n = 10_000
+    assert Q.route_stage(900, 1000, n, 0.001) == "certify"
+    assert Q.route_stage(300, 1000, n, 0.001) == "fall_through"
+    assert Q.route_stage(510, 1000, n, 0.001) == "continue"
+    assert Q.route_stage(5000, 10_000, n, 0.001) == "undecided"  # budget spent
+    assert Q.route_stage(510, 1000, 1050, 0.001) == "undecided"  # neither side reachable any more
+    codes = Q.route_stage_many([900, 300, 510], [1000, 1000, 1000], n, 0.001)
+    assert codes.tolist() == [Q.ROUTE_CERTIFY, Q.ROUTE_FALL_THROUGH, Q.ROUTE_CONTINUE]
+
+
+def test_other_classes_upper():
+    counts = np.array([[900, 60, 40], [10, 20, 970]])
+    up = Q.other_classes_upper(counts, [0, 2], 0.002)
+    np.testing.assert_allclose(up, [Q.cs_bounds(60, 1000, 0.001)[1], Q.cs_bounds(20, 1000, 0.001)[1]])
+    assert Q.other_classes_upper(counts[0], 1, 0.002) == pytest.approx(Q.cs_bounds(900, 1000, 0.001)[1])
+    # groups (pooled on selection counts): one CS per group on its summed votes, Bonferroni over the groups
+    many = np.array([800, 100, 50, 20, 10, 10, 5, 3, 1, 1])
+    grouped = Q.other_classes_upper(many, 0, 0.002, groups=[[1], [2], [3, 4, 5, 6, 7, 8, 9]])
+    assert grouped == pytest.approx(Q.cs_bounds(100, 1000, 0.002 / 3)[1])
+    assert grouped < Q.other_classes_upper(many, 0, 0.002)  # fewer groups than classes: a smaller split
+    with pytest.raises(ValueError, match="groups"):
+        Q.other_classes_upper(many, 0, 0.002, groups=[[0, 1]])
+    # valid under optional stopping: simulated 3-class votes, stop at the first time the bound on the two small
+    # classes drops below their true max, else at the horizon
+    rng = np.random.default_rng(3)
+    p, level, runs = np.array([0.7, 0.2, 0.1]), 0.1, 2000
+    points = Q.checkpoints(2048, first=16, growth=1.5)
+    votes = rng.multinomial(1, p, size=(runs, points[-1]))
+    cum = np.cumsum(votes, axis=1)
+    wrong = np.zeros(runs, dtype=bool)
+    for point in points:
+        wrong |= Q.other_classes_upper(cum[:, point - 1], 0, level) < 0.2
+    assert wrong.mean() <= level + 3 * _se(level, runs)
+
+
+def test_checkpoints():
+    assert Q.checkpoints(1000) == [64, 128, 256, 512, 1000]
+    assert Q.checkpoints(100_000)[-2:] == [49_920, 100_000]
+    assert Q.checkpoints(10, "fixed", chunk=4) == [4, 8, 10]
+    for pts in (Q.checkpoints(12345, first=7, growth=1.3), Q.checkpoints(5)):
+        assert pts == sorted(set(pts)) and pts[-1] in (12345, 5)
+
+
+# ------------------------------------------------------------------------------- sequential certify, simulated
+def _linear_case(margins, sigma):
+    """A linear classifier f(x) = [w.x + b > 0] in 16 dimensions at points with the given signed distances to the
+    boundary: pA = Phi(|d| / sigma), true radius |d| (SCIENCE.md section 4)."""
+    w = np.linspace(1.0, 2.0, 16)
+    w_norm = np.linalg.norm(w)
+    b = 0.3
+    x = np.outer(margins, w / w_norm) - b * w / w_norm**2  # w.x + b = margin * ||w||
+    distance = (x @ w + b) / w_norm
+    np.testing.assert_allclose(distance, margins, atol=1e-12)
+    return norm.cdf(np.abs(distance) / sigma), np.abs(distance)
+
+
+def test_sequential_radius_is_valid_on_the_linear_classifier():
+    """Many independent runs per point (one simulated image per run), Bernoulli(pA) votes drawn through the draw
+    callback; the certified radius may exceed the true radius in at most an alpha fraction of runs, per point."""
+    rng = np.random.default_rng(2024)
+    sigma, alpha, n0, n_max, runs = 0.5, 0.1, 100, 20_000, 1500
+    margins = np.array([0.05, 0.3, 0.6, 1.0, 1.5])
+    p_a, true_radius = _linear_case(margins, sigma)
+    point = np.repeat(np.arange(margins.size), runs)
+    p_true = p_a[point]
+    # selection on an independent sample: the true class when it gets the majority of n0 votes
+    correct = rng.binomial(n0, p_true) > n0 / 2
+    p_selected = np.where(correct, p_true, 1 - p_true)  # two classes: the other class has 1 - pA
+    calls = []
+
+    def draw(idx, num, start):
+        calls.append((idx.size, num, start))
+        return rng.binomial(num, p_selected[idx])
+
+    res = Q.run_sequential(draw, np.where(correct, 1, 0), n_max, sigma, alpha, RADII, prior=(0.5, 0.5))
+    assert len(res) == point.size
+    assert calls[0] == (point.size, 78, 0)  # first checkpoint max(64, n_max // 256) = 78, sample_start 0
+    assert all(c[2] == sum(d[1] for d in calls[:i]) for i, c in enumerate(calls))  # contiguous sample ranges
+    wrong = (res.prediction == 1) & (res.radius > true_radius[point])
+    wrong |= (res.prediction == 0) & (res.radius > 0)  # certifying the wrong class at any radius is an error
+    bound = alpha + 3 * _se(alpha, runs)
+    for k in range(margins.size):
+        assert wrong[point == k].mean() <= bound, (k, wrong[point == k].mean())
+    # the certificates are informative and cheap: certified where pA is clearly above 1/2, with far fewer samples
+    assert (res.prediction[point == 4] == 1).mean() > 0.99
+    assert res.samples.mean() < 0.5 * n_max
+    for pred, radius, used in list(res)[:5]:
+        assert pred in (-1, 0, 1) and radius >= 0 and 0 < used <= n_max
+    # the certified radius lands in the same target bucket as the fixed-n (n_max samples) Clopper-Pearson radius
+    # in most runs (among runs whose selection found the true class), never more than one bucket lower
+    for k in range(margins.size):
+        s_fixed = rng.binomial(n_max, p_a[k], size=runs)
+        lo_fixed = beta.ppf(alpha, s_fixed, n_max - s_fixed + 1)
+        fixed = np.where(lo_fixed >= 0.5, sigma * norm.ppf(lo_fixed), -1.0)
+        sel = (point == k) & correct  # the fixed-n side is given the right class: compare like with like
+        mine = np.where(res.prediction[sel] == 1, res.radius[sel], -1.0)
+        bucket_fixed = np.searchsorted(RADII, fixed[: sel.sum()], "right")
+        bucket_mine = np.searchsorted(RADII, mine, "right")
+        assert (bucket_mine == bucket_fixed).mean() > 0.85, k
+        assert (bucket_mine >= bucket_fixed - 1).mean() > 0.99, k
+
+
+def test_sequential_full_budget_equals_fixed_n_samples():
+    """With the real Philox noise and msrs.ops: a run that never stops early draws exactly samples 0..n_max-1,
+    so its vote count equals the fixed-n count, and each image's count is the count over its own prefix."""
+    from msrs.ops import add_noise, count_votes_
+
+    BACKEND = "torch"  # the reference ops: no C++ build needed for this plumbing test
+    torch.manual_seed(0)
+    images = torch.rand(4, 1, 4, 4)
+    images[0] = 0.0  # a point on one side of the boundary, for variety
+    ids = torch.tensor([3, 8, 11, 12])
+    w = torch.linspace(-1.0, 1.0, 16, dtype=torch.float64)
+    sigma, seed, stream, n_max = 0.5, 99, 1, 600
+
+    def votes(idx, num, start):
+        x = images[idx]
+        noisy = add_noise(x, sigma, num, seed=seed, image_ids=ids[idx], sample_start=start, stream=stream,
+                          backend=BACKEND)
+        logits = noisy.reshape(noisy.shape[0], -1).to(torch.float64) @ w
+        logits = torch.stack((-logits, logits), dim=1)
+        counts = torch.zeros(len(idx), 2, dtype=torch.int64)
+        count_votes_(counts, logits, torch.arange(len(idx)).repeat_interleave(num), backend=BACKEND)
+        return counts
+
+    cls = votes(np.arange(4), 50, 0).argmax(1).numpy()  # stand-in selection (another sample range)
+
+    def draw(idx, num, start):
+        return votes(torch.as_tensor(idx), num, start).numpy()[np.arange(len(idx)), cls[idx]]
+
+    res = Q.run_sequential(draw, cls, n_max, sigma, 0.001, None)
+    full = votes(np.arange(4), n_max, 0).numpy()[np.arange(4), cls]
+    stopped = res.samples < n_max
+    np.testing.assert_array_equal(res.successes[~stopped], full[~stopped])
+    for i in np.flatnonzero(stopped):  # stopped early (abstain): the count over the prefix it drew
+        assert res.successes[i] == votes(np.array([i]), int(res.samples[i]), 0).numpy()[0, cls[i]]
+
+
+def test_run_sequential_abstains_without_sampling_and_checks_draw():
+    res = Q.run_sequential(lambda idx, n, s: np.zeros(len(idx), dtype=int), [-1, -1], 100, 0.25, 0.01)
+    assert res.prediction.tolist() == [-1, -1] and res.samples.tolist() == [0, 0]
+    with pytest.raises(ValueError, match="draw"):
+        Q.run_sequential(lambda idx, n, s: np.full(len(idx), n + 1), [0], 100, 0.25, 0.01)

@@ -1,0 +1,209 @@
+"""Statistical validity of the certificates, on inputs whose smoothed classifier is known exactly.
+
+Each test runs >= 1,000 independent certifications through the real engine (SmoothedClassifier: Philox noise, the
+fused ops, the vote counting), the copies of one image told apart by their image ids (the noise key), and checks
+that the fraction of certificates whose radius exceeds the true radius (or whose class is wrong) is at most
+alpha + 3 standard errors. Each test also recomputes the certificates from the same counts with a deliberately
+broken bound and asserts that the same check rejects it, so the check has the power to see a wrong bound.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats as sps
+
+from msrs import cascade, stats
+from msrs.smoothing import SmoothedClassifier
+
+PHI, PPF = sps.norm.cdf, sps.norm.ppf
+
+def fastest_cpu_backend() -> str:
+    """The C++ backend when it can run here (much faster on CPU; built on first use), else the torch reference."""
+    from msrs.ops import dispatch
+
+    try:
+        return "cpp" if dispatch.unavailable_reason("cpp", torch.device("cpu")) is None else "torch"
+    except ImportError:
+        return "torch"
+
+
+BACKEND = fastest_cpu_backend()
+SHAPE = (1, 4, 4)
+D = int(np.prod(SHAPE))
+
+
+def violation_check(violations: np.ndarray, alpha: float) -> tuple[bool, float, float]:
+    """(fraction <= alpha + 3 standard errors, fraction, threshold)."""
+    fraction = float(np.mean(violations))
+    threshold = alpha + 3 * math.sqrt(alpha * (1 - alpha) / violations.size)
+    return fraction <= threshold, fraction, threshold
+
+
+def orthonormal(k: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(D, k, generator=g, dtype=torch.float64))
+    return q.T.contiguous()  # [k, D], orthonormal rows
+
+
+# ------------------------------------------------------------------ Cohen CERTIFY on a linear classifier
+class Linear:
+    """f(z) = [w.z + b > 0] as logits [0, w.z + b]. Smoothed: pA = Phi(|w.x + b| / (sigma ||w||)), and the smoothed
+    classifier's decision boundary is the hyperplane itself, so the true radius is |w.x + b| / ||w||."""
+
+    def __init__(self, w: torch.Tensor, b: float):
+        self.w, self.b = w.to(torch.float32), b
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        margin = z.reshape(z.shape[0], -1) @ self.w + self.b
+        return torch.stack((torch.zeros_like(margin), margin), dim=1)
+
+
+# n = 100, alpha = 0.1: at pA = 0.897 the one-sided Clopper-Pearson bound exceeds pA with probability 0.0997 (exact,
+# binomial sum), the largest over pA in [0.6, 0.97]: the test sits where a wrong bound shows. Broken at 2 alpha: 0.18.
+N0, N, ALPHA, P_A, COPIES = 10, 100, 0.1, 0.897, 2000
+
+
+@pytest.mark.parametrize("p0", [0.5, 0.6])
+def test_cohen_certificates_are_valid(p0):
+    sigma = 0.5
+    w = 2.0 * orthonormal(1, seed=0)[0] * torch.linspace(0.5, 1.5, D, dtype=torch.float64)
+    x = torch.full((1, *SHAPE), 0.5)
+    margin = sigma * float(w.norm()) * PPF(P_A)  # w.x + b, so that pA = P_A
+    b = margin - float(w @ x.reshape(-1).double())
+    true_radius = sigma * (PPF(P_A) - PPF(p0))  # = |w.x + b| / ||w|| at p0 = 0.5
+    smoothed = SmoothedClassifier(Linear(w, b), 2, backend=BACKEND)
+    certs = smoothed.certify(x.expand(COPIES, *SHAPE), sigma, N0, N, ALPHA, seed=11, batch_size=4096,
+                             image_ids=torch.arange(COPIES), p0=p0)
+    radius = np.array([c.radius for c in certs])
+    prediction = np.array([c.prediction for c in certs])
+    violations = (prediction == 0) | (radius > true_radius)
+    ok, fraction, threshold = violation_check(violations, ALPHA)
+    assert ok, f"{fraction:.4f} of the certificates exceed the true radius (allowed {threshold:.4f})"
+    print(f"cohen p0={p0}: violation fraction {fraction:.4f} (allowed {threshold:.4f})")
+    assert fraction > 0.5 * ALPHA  # the setting is tight: violations are expected at a rate near alpha
+    assert np.mean(prediction == 1) > 0.5  # and most certificates are not abstentions
+
+    # the same counts with broken bounds: alpha doubled, and the two-sided interval's upper side
+    n_a = np.array([c.counts[0, 1] for c in certs])
+    for broken in (stats.clopper_pearson_lower(n_a, N, 2 * ALPHA), stats.clopper_pearson_upper(n_a, N, ALPHA)):
+        broken_radius = np.where(broken >= p0, sigma * (PPF(np.minimum(broken, 1 - 1e-16)) - PPF(p0)), 0.0)
+        assert not violation_check(broken_radius > true_radius, ALPHA)[0]
+
+
+# ------------------------------------------------------------------ the cascade
+class StageDenoiser:
+    """A fake one-step denoiser (docs/DESIGN.md interface) that makes the base classifier a different, known
+    function of the noisy input z at each sigma, so every stage's smoothed probabilities are in closed form.
+
+    It recovers z = (x_t / sqrt(abar) + 1) / 2 from x_t = sqrt(abar) (2 z - 1), picks the class with the stage's
+    rule and returns the eps for which finalize_denoised outputs an image whose pixel 0 encodes the class
+    (0, 0.25, 0.5 for classes 0, 1, 2); ReadClass reads it back. With t1, t2, t3 = u1.z, u2.z, u3.z (u orthonormal):
+      stage 0 (sigma 1.0):  class 2 if t2 >= b2, else class 0 if t3 >= c3, else class 1
+      stage 1 (sigma 0.25): class 1 if t1 >= a1, else class 0
+    (The cascade's guarantee holds for any per-stage base classifiers f_s = classifier(denoise_s(.)).)
+    """
+
+    in_channels = 1
+    sample_size = 4
+    steps = {1.0: 300, 0.25: 100}
+
+    def __init__(self, u: torch.Tensor, a1: float, b2: float, c3: float):
+        self.u, self.a1, self.b2, self.c3 = u.to(torch.float32), a1, b2, c3
+        self.calls = 0
+
+    def timestep_for(self, sigma: float) -> tuple[int, float]:
+        return self.steps[sigma], 1.0 / math.sqrt(1.0 + 4.0 * sigma * sigma)
+
+    def predict_eps(self, x_t: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        a0, a1 = (self.timestep_for(s)[1] for s in (1.0, 0.25))
+        a = torch.where(timesteps == self.steps[1.0], a0, a1).to(x_t.dtype)[:, None, None, None]
+        z = (x_t / a + 1.0) / 2.0
+        t1, t2, t3 = (z.reshape(z.shape[0], -1) @ self.u.T).unbind(1)
+        stage0 = torch.where(t2 >= self.b2, 2, torch.where(t3 >= self.c3, 0, 1))
+        stage1 = torch.where(t1 >= self.a1, 1, 0)
+        cls = torch.where(timesteps == self.steps[1.0], stage0, stage1)
+        x0 = -torch.ones_like(x_t)
+        x0[:, 0, 0, 0] = -1.0 + 0.5 * cls.to(x_t.dtype)
+        return (x_t - a * x0) / torch.sqrt(1.0 - a * a)
+
+
+def read_class(inp: torch.Tensor) -> torch.Tensor:
+    cls = torch.round(inp[:, 0, 0, 0] * 4.0).long()
+    return torch.nn.functional.one_hot(cls, 3).to(torch.float32)
+
+
+# Point x: t1 = a1 + D1, t2 = b2 - D2, t3 = c3 (so stage 0 splits the mass 0.309 / 0.309 / 0.382 and falls
+# through; stage 1 has p1 = Phi(D1 / 0.25) ~ 1 and certifies class 1 with R_1 ~ 0.6 > D2).
+D1, D2, SIGMAS = 1.0, 0.3, (1.0, 0.25)
+
+
+def stage0_probs(d2: np.ndarray, d3: np.ndarray) -> np.ndarray:
+    """Stage-0 smoothed probabilities [..., 3] at t2 = b2 - D2 + d2, t3 = c3 + d3."""
+    p2 = PHI((d2 - D2) / SIGMAS[0])
+    above = PHI(d3 / SIGMAS[0])
+    return np.stack(((1 - p2) * above, (1 - p2) * (1 - above), p2), axis=-1)
+
+
+def true_cascade_radius() -> float:
+    """The distance from x to the nearest z where the cascaded classifier G (stage s confident in c when
+    p^s_c(z) > p0 = 1/2; G = the first confident stage's class) stops answering class 1. G depends on z only
+    through (t1, t2, t3); its class changes only where
+      - stage 0 becomes confident in class 2: t2 > b2, at distance D2;
+      - stage 0 becomes confident in class 0: (1 - Phi(t2 - b2)) Phi(t3 - c3) > 1/2, a region of the (t2, t3)
+        plane whose distance d0 is found below by minimising over the t2 offset (the t3 offset needed is closed
+        form); stage 0 is never confident in class 1 elsewhere than where G = 1 anyway;
+      - stage 1 stops being confident in class 1: t1 <= a1, at distance D1.
+    """
+    d2 = np.linspace(-3.0, D2, 200_001)
+    need = 0.5 / (1 - PHI((d2 - D2) / SIGMAS[0]))
+    d3 = np.where(need < 1, SIGMAS[0] * PPF(np.minimum(need, 1 - 1e-16)), np.inf)
+    d0 = float(np.min(np.hypot(d2, d3)))
+    assert d0 > D2 + 0.1 and D1 > D2 + 0.1  # so the truth is the stage-0 class-2 half-space, exactly D2
+    return min(D2, d0, D1)
+
+
+def test_cascade_certificates_are_valid():
+    alpha, n0, n, copies = 0.1, 32, 300, 1000
+    u = orthonormal(3, seed=1)
+    x = torch.full((1, *SHAPE), 0.5)
+    t = (u @ x.reshape(-1).double()).tolist()
+    denoiser = StageDenoiser(u, a1=t[0] - D1, b2=t[1] + D2, c3=t[2])
+    smoothed = SmoothedClassifier(read_class, 3, denoiser=denoiser, backend=BACKEND)
+    certs = smoothed.certify_cascade(x.expand(copies, *SHAPE), list(SIGMAS), n0, n, alpha, seed=5,
+                                     batch_size=8192, image_ids=torch.arange(10_000, 10_000 + copies))
+    truth = true_cascade_radius()
+    prediction = np.array([c.prediction for c in certs])
+    radius = np.array([c.radius for c in certs])
+    violations = ((prediction >= 0) & (prediction != 1)) | (radius > truth)
+    assert np.mean((prediction == 1) & np.array([c.stage == 1 for c in certs])) > 0.9  # the path under test
+    ok, fraction, threshold = violation_check(violations, alpha)
+    assert ok, f"{fraction:.4f} of the cascade certificates exceed the true radius (allowed {threshold:.4f})"
+    print(f"cascade: violation fraction {fraction:.4f} (allowed {threshold:.4f}), mean radius {radius.mean():.3f}, "
+          f"true radius {truth:.3f}")
+    # Here only a wrong off-class bound on stage 0 can cause a violation (R_1 <= 0.25 PhiInv(0.05 ** (1/300)) < D1),
+    # so the stricter check at that statement's own level (alpha / 4 with the union schedule, L = 2) holds too.
+    assert violation_check(violations, alpha / 4)[0]
+
+    # Broken: no off-class constraint (R = R_1), or the off-class bound's wrong side (a lower bound).
+    counts0 = np.stack([c.counts0 for c in certs])
+    counts = np.stack([c.counts for c in certs])
+    certified = prediction == 1
+    r1 = np.array([stats.radius(SIGMAS[1], c.p_lower) for c in certs])
+    assert not violation_check(certified & (r1 > truth), alpha)[0]
+    wrong_side = np.array([np.max(stats.clopper_pearson_lower(np.delete(c[0], 1), c[0].sum(), alpha / 4))
+                           for c in counts])
+    broken = np.minimum(r1, -SIGMAS[0] * PPF(wrong_side))
+    assert not violation_check(certified & (broken > truth), alpha)[0]
+    # the stage-0 counts are what the closed form says (a sanity check of the fake pipeline itself)
+    expected = stage0_probs(np.zeros(1), np.zeros(1))[0]
+    np.testing.assert_allclose(counts[:, 0].sum(0) / (copies * n), expected, atol=0.01)
+    np.testing.assert_allclose(counts0[:, 0].sum(0) / (copies * n0), expected, atol=0.02)
+    # the paper's schedule on the same counts (not union-bound valid in general), where both stages were sampled
+    both = counts[:, 1].sum(1) > 0
+    paper = [cascade.cascade_certify_from_counts(c0, c, list(SIGMAS), alpha, 0.5, "paper")
+             for c0, c in zip(counts0[both], counts[both])]
+    assert violation_check(np.array([d.radius > truth for d in paper]), alpha)[0]

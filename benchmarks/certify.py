@@ -53,8 +53,8 @@ from msrs.autobatch import _reset_peak, peak_memory_bytes  # noqa: E402
 IMPLS = ("reference", "msrs", "msrs+compile")
 DEFAULTS = {
     # workload: images, n0, n, batch size, sigma
-    "demo": dict(images=8, n0=100, n=1000, batch_size=400, sigma=0.5),
-    "cifar10-ddpm": dict(images=1, n0=16, n=80, batch_size=32, sigma=0.5),
+    "demo": dict(images=8, n0=100, n=1000, batch_size=400, sigma=0.5, msrs_batch_sizes=(400, 2200)),
+    "cifar10-ddpm": dict(images=1, n0=16, n=80, batch_size=32, sigma=0.5, msrs_batch_sizes=(32,)),
 }
 ALPHA = 0.001
 SEED = 0
@@ -230,8 +230,8 @@ class ReferenceSmooth:
         return (-1, 0.0) if p_lower < 0.5 else (c_a, self.sigma * norm.ppf(p_lower))
 
 
-def make_runner(impl: str, w: dict, args, unet) -> tuple:
-    """(run() -> predictions, context for the UNet-only pass, extra record fields)."""
+def make_runner(impl: str, w: dict, args, unet, batch_size: int) -> tuple:
+    """(run() -> predictions, extra record fields) for one implementation at one batch size."""
     images, sigma = w["images"], args.sigma
     dtype = args.torch_dtype
     if impl == "reference":
@@ -239,33 +239,29 @@ def make_runner(impl: str, w: dict, args, unet) -> tuple:
         smooth = ReferenceSmooth(w, unet, sigma, dtype)
 
         def run():
-            return [smooth.certify(images[i: i + 1], args.n0, args.n, ALPHA, args.batch_size)[0]
+            return [smooth.certify(images[i: i + 1], args.n0, args.n, ALPHA, batch_size)[0]
                     for i in range(images.shape[0])]
 
-        return run, dict(grad=False), {"batch_size": args.batch_size}
+        return run, {}
     from msrs.denoiser import DiffusionDenoiser
     from msrs.smoothing import SmoothedClassifier
 
     den = DiffusionDenoiser(unet, w["scheduler"], channels_last=args.channels_last).to(images.device).eval()
-    extra = {"batch_size": args.msrs_batch_size, "channels_last": args.channels_last}
+    extra = {"channels_last": args.channels_last}
     if impl == "msrs+compile":
-        compiled = torch.compile(unet.inner if isinstance(unet, Recorder) else unet, dynamic=False)
-        if isinstance(unet, Recorder):
-            unet.inner = compiled
-        else:
-            den.unet = compiled
+        unet.inner = torch.compile(unet.inner, dynamic=False)
     sm = SmoothedClassifier(w["classifier"], w["num_classes"], denoiser=den, mean=w["mean"], std=w["std"],
                             device=images.device, dtype=dtype)
 
     def run():
-        certs = sm.certify(images, sigma, args.n0, args.n, ALPHA, seed=SEED, batch_size=args.msrs_batch_size)
+        certs = sm.certify(images, sigma, args.n0, args.n, ALPHA, seed=SEED, batch_size=batch_size)
         return [c.prediction for c in certs]
 
     if impl == "msrs+compile":
         t0 = time.perf_counter()
-        run()  # compiles (every batch shape of the run)
+        run()  # compiles for every batch shape of the run
         extra["compile_s"] = round(time.perf_counter() - t0, 2)
-    return run, dict(grad=False, channels_last=args.channels_last), extra
+    return run, extra
 
 
 def _sync(device):
@@ -296,57 +292,62 @@ def unet_only_pass(unet, shapes, t: int, device, dtype) -> float:
 def bench_workload(name: str, args) -> list[dict]:
     device = torch.device(args.device)
     w = build_workload(name, device, args.images)
-    runners, passes, extras = {}, {}, {}
-    samples = w["images"].shape[0] * (args.n0 + args.n)
+    variants = []  # (impl, batch size)
     for impl in args.impls:
-        rec = Recorder(copy.deepcopy(w["unet"]))  # each impl its own copy (memory format, compilation)
+        sizes = [args.batch_size] if impl == "reference" else args.msrs_batch_sizes
+        variants += [(impl, bs) for bs in sizes]
+    runners, recorders, extras = {}, {}, {}
+    samples = w["images"].shape[0] * (args.n0 + args.n)
+    for key in variants:
+        rec = Recorder(copy.deepcopy(w["unet"]))  # each variant its own copy (memory format, compilation)
         try:
-            run, _, extra = make_runner(impl, w, args, rec)
+            run, extra = make_runner(key[0], w, args, rec, key[1])
         except Exception as exc:  # noqa: BLE001 - a variant that cannot run here is reported, not fatal
-            print(f"# {name}/{impl}: skipped ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})", file=sys.stderr)
+            print(f"# {name}/{key}: skipped ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})", file=sys.stderr)
             continue
-        runners[impl], extras[impl], passes[impl] = run, extra, rec
-    # round-robin: warm-up once each, then `repeat` rounds; the UNet-only pass follows each timed run
-    times = {impl: [] for impl in runners}
-    unet_times = {impl: [] for impl in runners}
-    peaks = {impl: 0 for impl in runners}
-    preds = {}
+        runners[key], extras[key], recorders[key] = run, extra, rec
+    # round-robin: one warm-up run each, then `repeat` rounds; the UNet-only pass follows each timed run
+    times = {key: [] for key in runners}
+    unet_times = {key: [] for key in runners}
+    peaks = {key: 0 for key in runners}
+    batches, preds = {}, {}
     t_step = timestep_reference(torch.as_tensor(w["scheduler"].alphas_cumprod), args.sigma)[0]
-    for impl, run in runners.items():
+    mem_device = device if device.type == "cuda" else None
+    for run in runners.values():
         run()
     for round_index in range(args.repeat):
-        for impl, run in runners.items():
-            rec = passes[impl]
+        for key, run in runners.items():
+            rec = recorders[key]
             rec.shapes = []
             _sync(device)
-            _reset_peak(device if device.type == "cuda" else None)
+            _reset_peak(mem_device)
             t0 = time.perf_counter()
-            preds[impl] = run()
+            preds[key] = run()
             _sync(device)
-            times[impl].append(time.perf_counter() - t0)
-            peaks[impl] = max(peaks[impl], peak_memory_bytes(device if device.type == "cuda" else None))
+            times[key].append(time.perf_counter() - t0)
+            peaks[key] = max(peaks[key], peak_memory_bytes(mem_device))
             shapes, rec.shapes = rec.shapes, None
-            unet_times[impl].append(unet_only_pass(rec.inner, shapes, t_step, device, args.torch_dtype))
-            rec.batches = len(shapes)
+            unet_times[key].append(unet_only_pass(rec.inner, shapes, t_step, device, args.torch_dtype))
+            batches[key] = len(shapes)
         print(f"# {name} round {round_index + 1}/{args.repeat}: "
-              + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()), file=sys.stderr, flush=True)
+              + ", ".join(f"{k[0]}@{k[1]} {v[-1]:.2f}s" for k, v in times.items()), file=sys.stderr, flush=True)
+    ref_keys = [k for k in times if k[0] == "reference"]
+    ref = statistics.median(times[ref_keys[0]]) if ref_keys else None
     records = []
-    ref = statistics.median(times["reference"]) if "reference" in times else None
-    for impl in runners:
-        seconds = statistics.median(times[impl])
+    for key in runners:
+        seconds = statistics.median(times[key])
         rec = dict(
-            workload=name, device=_device_name(device), impl=impl,
+            workload=name, device=_device_name(device), impl=key[0],
             samples_per_s=round(samples / seconds, 1),
             speedup_vs_reference=round(ref / seconds, 3) if ref else None,
-            unet_time_fraction=round(statistics.median(unet_times[impl]) / seconds, 3),
-            peak_memory_bytes=int(peaks[impl]),
-            batch_size=extras[impl].get("batch_size"),
-            seconds=round(seconds, 3), seconds_all=[round(s, 3) for s in times[impl]],
+            unet_time_fraction=round(statistics.median(u / t for u, t in zip(unet_times[key], times[key])), 3),
+            peak_memory_bytes=int(peaks[key]), batch_size=key[1],
+            seconds=round(seconds, 3), seconds_all=[round(x, 3) for x in times[key]],
             images=int(w["images"].shape[0]), n0=args.n0, n=args.n, sigma=args.sigma, dtype=args.dtype,
-            threads=torch.get_num_threads(), unet_batches=getattr(passes[impl], "batches", None), models=w["models"],
-            abstain_fraction=round(float(np.mean(np.asarray(preds[impl]) == -1)), 3),
+            threads=torch.get_num_threads(), unet_batches=batches.get(key), models=w["models"],
+            abstain_fraction=round(float(np.mean(np.asarray(preds[key]) == -1)), 3),
         )
-        rec.update({k: v for k, v in extras[impl].items() if k != "batch_size"})
+        rec.update(extras[key])
         records.append(rec)
     return records
 
@@ -375,7 +376,9 @@ def main(argv=None) -> int:
     p.add_argument("--n0", type=int, default=None, help="selection samples per image (default: per workload)")
     p.add_argument("--images", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None, help="the reference's per-image batch (and msrs's)")
-    p.add_argument("--msrs-batch-size", type=int, default=None, help="msrs's batch (rows of several images)")
+    p.add_argument("--msrs-batch-size", default=None,
+                   help="msrs's batch sizes, comma-separated (rows of several images share a batch; default: per "
+                        "workload, the reference's batch and a larger one)")
     p.add_argument("--sigma", type=float, default=None)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
@@ -398,9 +401,14 @@ def main(argv=None) -> int:
             p.error(f"--workloads: unknown {name!r}; expected {', '.join(DEFAULTS)}")
         wargs = argparse.Namespace(**vars(args))
         for key, value in DEFAULTS[name].items():
-            if getattr(wargs, key) is None:
+            if key != "msrs_batch_sizes" and getattr(wargs, key) is None:
                 setattr(wargs, key, value)
-        wargs.msrs_batch_size = args.msrs_batch_size or wargs.batch_size
+        if args.msrs_batch_size:
+            wargs.msrs_batch_sizes = [int(b) for b in str(args.msrs_batch_size).split(",") if b.strip()]
+        elif args.batch_size is not None:
+            wargs.msrs_batch_sizes = [args.batch_size]
+        else:
+            wargs.msrs_batch_sizes = list(DEFAULTS[name]["msrs_batch_sizes"])
         wargs.torch_dtype = getattr(torch, args.dtype)
         wargs.impls = impls
         records += bench_workload(name, wargs)

@@ -7,7 +7,8 @@
 Workloads: "cifar" = 10 images x 100 samples of 3x32x32 (10 classes), "imagenet" = 1 image x 100 samples of
 3x224x224 (1000 classes). Devices: the CPU (backends torch = msrs.ops.reference, cpp) and, when there is one, the
 GPU (torch, triton). The fused ops run through the public API (msrs.ops.*) with check=False, as in the
-certification loop. "unfused" is, measured in the same run and on the same inputs:
+certification loop; "<backend>-direct" calls the backend module itself on prepared arguments (no argument
+handling, no torch.library dispatch), to show what the public API's fixed cost is. "unfused" is, measured in the same run and on the same inputs:
   op 1 sample_noisy:      x.repeat + torch.randn_like + mul/add, then a * (2 noisy - 1)
   op 2 finalize_denoised: separate torch ops (mul, sub, div, clamp, add, div, sub, div)
   op 3 count_votes_:      logits.argmax(1).cpu().numpy(), then np.bincount per image into numpy counts
@@ -29,7 +30,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-import msrs.ops as ops  # noqa: E402
+from msrs import ops
+from msrs.ops.dispatch import backend_module
 
 WORKLOADS = {
     # name: (images, samples per image, channels, size, classes)
@@ -93,6 +95,12 @@ def bench_sample_noisy(device, workload, backends):
         fns[name] = lambda name=name: ops.add_noise(
             x, SIGMA, samples, seed=1, diffusion_scale=SQRT_ABAR, backend=name, check=False
         )
+    row_table = ops.make_rows(torch.arange(images, device=device), 0, samples)
+    coeffs = torch.tensor([[SIGMA, 2 * SQRT_ABAR, -SQRT_ABAR]], device=device).expand(rows, 3).contiguous()
+    for name in backends:
+        if name != "torch":
+            module = backend_module(name)
+            fns[f"{name}-direct"] = lambda m=module: m.sample_noisy(x, row_table, coeffs, 1, torch.float32)
     moved = x.numel() * 4 + rows * (4 * 8 + 3 * 4) + rows * numel * 4  # x, rows + coeffs, out
     return fns, moved
 
@@ -116,6 +124,14 @@ def bench_finalize(device, workload, backends):
         fns[name] = lambda name=name: ops.finalize_denoised(
             x_t, eps, SQRT_ABAR, mean=MEAN, std=STD, backend=name, check=False
         )
+    coeffs = torch.cat((a, s), dim=1).reshape(rows, 2).contiguous()
+    mean_t, std_t = mean.reshape(-1).contiguous(), std.reshape(-1).contiguous()
+    for name in backends:
+        if name != "torch":
+            module = backend_module(name)
+            fns[f"{name}-direct"] = lambda m=module: m.finalize_denoised(
+                x_t, eps, coeffs, mean_t, std_t, torch.float32
+            )
     moved = 3 * x_t.numel() * 4  # x_t, eps, out
     return fns, moved
 
@@ -139,6 +155,9 @@ def bench_count_votes(device, workload, backends):
         fns[name] = lambda name=name, counts=counts: ops.count_votes_(
             counts, logits, index, backend=name, check=False
         )
+        if name != "torch":
+            module = backend_module(name)
+            fns[f"{name}-direct"] = lambda m=module, counts=counts: m.count_votes_(counts, logits, index)
     moved = logits.numel() * 4 + rows * 8 + 2 * images * classes * 8  # logits, index, counts read + written
     return fns, moved
 
@@ -174,11 +193,11 @@ def run(devices, workloads, budget_s: float) -> list[dict]:
 
 
 def table(records: list[dict]) -> str:
-    header = f"{'op':<18} {'workload':<9} {'backend':<12} {'ms':>9} {'GB/s':>7} {'vs unfused':>10}"
+    header = f"{'op':<18} {'workload':<9} {'backend':<14} {'ms':>9} {'GB/s':>7} {'vs unfused':>10}"
     lines = [header, "-" * len(header)]
     for r in records:
         lines.append(
-            f"{r['op']:<18} {r['workload']:<9} {r['backend']:<12} {r['seconds'] * 1e3:>9.3f} {r['gbps']:>7.2f} "
+            f"{r['op']:<18} {r['workload']:<9} {r['backend']:<14} {r['seconds'] * 1e3:>9.3f} {r['gbps']:>7.2f} "
             f"{r['speedup_vs_unfused']:>9.2f}x"
         )
     return "\n".join(lines)

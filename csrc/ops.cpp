@@ -194,7 +194,7 @@ void sample_noisy_kernel(const in_t* __restrict x, const int64_t* __restrict row
       const int64_t g0 = b * kBlockGroups;
       const int n = static_cast<int>(std::min<int64_t>(kBlockGroups, groups - g0));
       g_normals(static_cast<uint32_t>(g0), n, static_cast<uint32_t>(row[2]), static_cast<uint32_t>(row[1]),
-                   static_cast<uint32_t>(row[3]), k0, k1, z);
+                static_cast<uint32_t>(row[3]), k0, k1, z);
       const int64_t e0 = 4 * g0;
       const int64_t count = std::min<int64_t>(4 * static_cast<int64_t>(n), numel - e0);
       const in_t* __restrict src = x + row[0] * numel + e0;
@@ -461,6 +461,12 @@ void argmax_rows(const T* __restrict base, int64_t S, int64_t K, int64_t* __rest
   }
 }
 
+[[noreturn]] __attribute__((noinline, cold)) void bad_vote(int64_t s, int64_t row, int64_t cls, int64_t M,
+                                                          int64_t K) {
+  TORCH_CHECK(row >= 0 && row < M, "index: expected rows in [0, ", M, "), got ", row, " at sample ", s);
+  TORCH_CHECK(false, "scores: expected class ids in [0, ", K, "), got ", cls, " at sample ", s);
+}
+
 // Votes at most this many bins are summed in per-thread partial tables (then reduced); larger tables are filled
 // by one thread from the precomputed flat bin of each sample. Integer sums: the result is the same either way.
 constexpr int64_t kMaxPartialBins = int64_t(1) << 16;
@@ -493,25 +499,29 @@ void count_votes_(at::Tensor counts, const at::Tensor& scores, const at::Tensor&
   TORCH_CHECK(K < (int64_t(1) << 31), "scores: expected fewer than 2^31 classes");
   const int64_t grain = logits ? std::max<int64_t>(1, kVoteGrainElements / K) : kVoteGrainElements;
   // Pass 1 (parallel, read-only): each sample's bin in counts, range-checked before anything is written.
-  auto check_and_store = [&](int64_t s, int64_t cls) {
-    const int64_t row = idx[s];
-    TORCH_CHECK(row >= 0 && row < M, "index: expected rows in [0, ", M, "), got ", row, " at sample ", s);
-    TORCH_CHECK(cls >= 0 && cls < K, "scores: expected class ids in [0, ", K, "), got ", cls, " at sample ", s);
-    fp[s] = row * K + cls;
+  // (The lambda copies what it reads: through a reference, every store to fp could alias M or K.)
+  const auto to_bins = [idx, fp, M, K](int64_t begin, int64_t end, const int64_t* __restrict cls) {
+    for (int64_t s = begin; s < end; ++s) {
+      const int64_t row = idx[s], c = cls[s];
+      if (__builtin_expect(static_cast<uint64_t>(row) >= static_cast<uint64_t>(M) ||
+                               static_cast<uint64_t>(c) >= static_cast<uint64_t>(K),
+                           0)) {
+        bad_vote(s, row, c, M, K);
+      }
+      fp[s] = row * K + c;
+    }
   };
   if (logits) {
     MSRS_DISPATCH_IN(sc.scalar_type(), "scores", [&] {
       const in_t* base = sc.data_ptr<in_t>();
       at::parallel_for(0, S, grain, [&](int64_t begin, int64_t end) {
         argmax_rows<in_t>(base + begin * K, end - begin, K, fp + begin);  // classes first, then their bins
-        for (int64_t s = begin; s < end; ++s) check_and_store(s, fp[s]);
+        to_bins(begin, end, fp);
       });
     });
   } else {
     const int64_t* ids = sc.data_ptr<int64_t>();
-    at::parallel_for(0, S, grain, [&](int64_t begin, int64_t end) {
-      for (int64_t s = begin; s < end; ++s) check_and_store(s, ids[s]);
-    });
+    at::parallel_for(0, S, grain, [&](int64_t begin, int64_t end) { to_bins(begin, end, ids); });
   }
   // Pass 2: add the votes.
   int64_t* cp = counts.data_ptr<int64_t>();
@@ -533,7 +543,9 @@ void count_votes_(at::Tensor counts, const at::Tensor& scores, const at::Tensor&
       for (int64_t b = 0; b < bins_total; ++b) cp[b] += table[b];
     }
   } else {
-    for (int64_t s = 0; s < S; ++s) ++cp[fp[s]];
+    int64_t* __restrict table = cp;
+    const int64_t* __restrict bins = fp;
+    for (int64_t s = 0; s < S; ++s) ++table[bins[s]];
   }
 }
 

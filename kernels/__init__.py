@@ -1,4 +1,4 @@
-"""Triton kernels of msrs's three fused ops (installed as the package msrs.kernels; msrs.ops.triton_backend wraps them).
+"""Triton kernels of msrs's three fused ops (installed as msrs.kernels; msrs.ops.triton_backend wraps them).
 
 On a machine with a GPU
 -----------------------
@@ -6,7 +6,9 @@ On a machine with a GPU
     python benchmarks/ops.py                         # op throughput per backend; includes "triton" on CUDA
 Leave TRITON_INTERPRET unset there: the test module sets TRITON_INTERPRET=1 only when torch sees no GPU, and then
 runs the same tests in the interpreter on CPU tensors (about 5 ms per program instance, so the tests use few
-programs). What only a GPU can check: the atomics of count_votes_ under real concurrency (the interpreter runs
+programs), plus a compile-only check of every kernel for sm_90. tests/test_ops.py also runs the triton backend on
+CUDA tensors when there is a GPU (on CPU tensors: TRITON_INTERPRET=1 python -m pytest -q tests/test_ops.py).
+What only a GPU can check: the atomics of count_votes_ under real concurrency (the interpreter runs
 programs one after another, so races cannot show there), compiled fp32 math (log, sin, cos through libdevice;
 the tests allow a few ulps), and speed. MSRS_TRITON_AUTOTUNE=1 times a few tile shapes of sample_noisy and
 finalize_denoised on the first call per shape (never under the interpreter, never inside a CUDA graph capture);

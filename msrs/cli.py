@@ -99,7 +99,8 @@ def add_certify_arguments(p: argparse.ArgumentParser) -> None:
 
     model = p.add_argument_group("model")
     model.add_argument("--classifier", required=True, metavar="SPEC",
-                       help="TorchScript file, torch.export .pt2 file, or module:factory (with --weights)")
+                       help="TorchScript file, torch.export .pt2 file, module:factory (with --weights), or demo "
+                            "(the shipped digits classifier)")
     model.add_argument("--weights", default=None, metavar="PATH",
                        help="weights of a module:factory classifier (.safetensors, .pt, .pth)")
     model.add_argument("--mean", type=float, nargs="+", default=None, help="classifier input normalisation mean")
@@ -107,7 +108,8 @@ def add_certify_arguments(p: argparse.ArgumentParser) -> None:
     model.add_argument("--num-classes", type=_positive_int, default=None,
                        help="number of classifier outputs (default: the data set's)")
     model.add_argument("--denoiser", default=None, metavar="PATH_OR_HUB_ID",
-                       help="diffusion denoiser (diffusers folder or hub id): diffusion denoised smoothing")
+                       help="diffusion denoiser (diffusers folder or hub id), or demo / demo-finetuned (the shipped "
+                            "digits DDPM): diffusion denoised smoothing")
 
     smoothing = p.add_argument_group("smoothing")
     smoothing.add_argument("--sigma", type=float, nargs="+", required=True,
@@ -163,8 +165,11 @@ def run_certify(args: argparse.Namespace) -> int:
     from .data import load_dataset
     from .models import check_normalization, file_fingerprint, load_classifier
 
-    device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available()
-                                                                           else "cpu")
+    try:
+        device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available()
+                                                                               else "cpu")
+    except RuntimeError as e:
+        raise ValueError(f"device: {args.device!r} is not a device ({e})") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device: {args.device!r} requested but CUDA is not available here")
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
@@ -181,11 +186,24 @@ def run_certify(args: argparse.Namespace) -> int:
               file=sys.stderr)
     num_classes = args.num_classes or dataset.num_classes
 
-    denoiser = None
+    denoiser, denoiser_source = None, args.denoiser
     if args.denoiser:
         from .denoiser import DiffusionDenoiser
 
-        denoiser = DiffusionDenoiser.from_pretrained(args.denoiser).to(device).eval()
+        if args.denoiser in ("demo", "demo-finetuned") and not os.path.exists(args.denoiser):
+            from . import zoo
+
+            name = zoo.DDPM_FINETUNED_NAME if args.denoiser == "demo-finetuned" else zoo.DDPM_NAME
+            denoiser_source = str(zoo.asset_path(name))
+            if not os.path.isdir(denoiser_source):
+                raise FileNotFoundError(f"denoiser: the {args.denoiser} denoiser is not shipped in this installation "
+                                        f"({denoiser_source} is missing)")
+        else:
+            denoiser_source = os.path.expanduser(args.denoiser)
+        try:
+            denoiser = DiffusionDenoiser.from_pretrained(denoiser_source).to(device).eval()
+        except (OSError, ValueError) as e:  # diffusers: missing files, no network for a hub id, bad configs
+            raise ValueError(f"denoiser: cannot load {args.denoiser!r} ({type(e).__name__}: {e})") from None
 
     from .smoothing import SmoothedClassifier
 
@@ -203,7 +221,7 @@ def run_certify(args: argparse.Namespace) -> int:
                        "files": classifier_files,
                        "mean": list(mean) if mean else None, "std": list(std) if std else None,
                        "num_classes": num_classes},
-        "denoiser": None if args.denoiser is None else _describe_source(args.denoiser),
+        "denoiser": None if args.denoiser is None else _describe_source(denoiser_source),
         "dtype": args.dtype,
     }
     extra_info = {"dataset": args.dataset, "classifier": args.classifier, "weights": args.weights,
@@ -312,7 +330,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Exception as e:  # noqa: BLE001 - only input errors are reported tersely
         if debug or not isinstance(e, _user_errors()):
             raise
-        message = str(e).strip() or type(e).__name__
+        message = " ".join(line.strip() for line in str(e).strip().splitlines()) or type(e).__name__
         if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)) and \
                 e.filename and str(e.filename) not in message:
             message = f"{message}: {e.filename}"

@@ -27,6 +27,7 @@ import torch.distributed as dist
 __all__ = [
     "all_reduce_counts_",
     "barrier",
+    "broadcast_object",
     "init_from_env",
     "is_initialized",
     "is_main",
@@ -192,6 +193,16 @@ def all_reduce_counts_(counts: torch.Tensor) -> torch.Tensor:
     if work is not counts:
         counts.copy_(work)
     return counts
+
+
+def broadcast_object(obj, src: int = 0):
+    """Rank src's `obj` on every rank (pickled; for small things such as the list of images still to certify
+    when resuming, so all ranks agree on the work). Returns obj unchanged in a single process."""
+    if not is_initialized() or dist.get_world_size() == 1:
+        return obj
+    box = [obj if dist.get_rank() == src else None]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
 
 
 def barrier() -> None:

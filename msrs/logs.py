@@ -16,7 +16,8 @@ Durability: each row is one ``os.write`` of a complete line on an unbuffered des
 first row, the run's configuration is written next to the log as ``<out>.json`` (atomically: temp file, fsync,
 ``os.replace``).  :func:`open_run` resumes a log: it drops a trailing partial line, returns the image ids already
 done, and refuses to resume under a different configuration or to overwrite a finished log unless
-``overwrite=True``.
+``overwrite=True``.  The open log holds an exclusive ``flock``, so a second run started on the same file is
+refused instead of interleaving its rows (the lock dies with the process).
 """
 from __future__ import annotations
 
@@ -314,6 +315,10 @@ def config_differences(old: Mapping, new: Mapping) -> list:
     return diffs
 
 
+class FinishedLog(ValueError):
+    """The log already holds every requested image (and was made with the same configuration)."""
+
+
 def open_run(
     out: PathLike,
     columns: Sequence[str],
@@ -382,6 +387,6 @@ def _check_resume(out: Path, columns: tuple, config: dict, wanted: set) -> set:
         raise ValueError(f"out: {str(out)!r} holds images {foreign[:10]} that this run does not request; "
                          "pass --overwrite to start afresh")
     if wanted <= done:
-        raise ValueError(f"out: {str(out)!r} is already complete ({len(done)} images); pass --overwrite to "
+        raise FinishedLog(f"out: {str(out)!r} is already complete ({len(done)} images); pass --overwrite to "
                          "recompute it, or choose another --out")
     return done

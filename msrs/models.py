@@ -8,7 +8,8 @@
     inference (an exported module cannot be put in eval mode otherwise);
   * ``module:factory`` (``package.module:function`` or ``path/to/file.py:function``): the factory is called with
     no arguments (or ``factory_kwargs``) and must return a ``torch.nn.Module``; ``weights`` (``.safetensors``, or a
-    ``.pt`` / ``.pth`` / ``.bin`` state dict read with ``torch.load(weights_only=True)``) are then loaded strictly.
+    ``.pt`` / ``.pth`` / ``.bin`` state dict read with ``torch.load(weights_only=True)``) are then loaded strictly;
+  * ``demo``: the digits classifier shipped in msrs/assets (msrs.zoo), with its normalisation.
 
 The model is put in eval mode on ``device``.  The classifier's input normalisation (``(x - mean) / std``, applied
 by the engine after the noise, or after the denoiser) is returned beside it: given explicitly (the command
@@ -35,8 +36,8 @@ __all__ = ["LoadedClassifier", "load_classifier", "check_normalization", "file_f
 
 PathLike = Union[str, os.PathLike]
 
-CLASSIFIER_SPECS = ("a TorchScript file, a torch.export .pt2 file, or module:factory (package.module:function or "
-                    "file.py:function) together with --weights (.safetensors / .pt / .pth state dict)")
+CLASSIFIER_SPECS = ("a TorchScript file, a torch.export .pt2 file, module:factory (package.module:function or "
+                    "file.py:function) together with --weights (.safetensors / .pt / .pth state dict), or demo")
 
 STATE_DICT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 
@@ -340,6 +341,12 @@ def load_classifier(
     if not isinstance(spec, (str, os.PathLike)) or not str(spec).strip():
         raise ValueError(f"classifier: expected {CLASSIFIER_SPECS}; got {spec!r}")
     spec = str(spec)
+    if spec == "demo" and not Path(spec).exists():  # the digits classifier shipped in msrs/assets
+        from . import zoo
+
+        if weights is not None:
+            raise ValueError("weights: the demo classifier comes with its own weights")
+        spec, weights = f"msrs.zoo:{zoo.CLASSIFIER_NAME}", zoo.asset_path(zoo.CLASSIFIER_NAME + ".safetensors")
     path = Path(spec).expanduser()
 
     if path.exists() or not _looks_like_factory(spec):

@@ -75,15 +75,15 @@ def validate_arguments(
 ) -> dict:
     """Checks the numeric arguments of a run; returns them normalised (sigmas sorted largest first).
     Raises ValueError / TypeError naming the argument."""
-    if isinstance(sigmas, (Real, torch.Tensor)) and not isinstance(sigmas, bool) and (
-            not isinstance(sigmas, torch.Tensor) or sigmas.dim() == 0):
+    if isinstance(sigmas, torch.Tensor):
+        sigmas = sigmas.reshape(-1).tolist()
+    elif isinstance(sigmas, np.ndarray):
+        sigmas = sigmas.reshape(-1).tolist()
+    elif isinstance(sigmas, Real) and not isinstance(sigmas, bool):
         sigmas = [sigmas]
-    try:
-        sigma_list = [_float("sigma", float(s) if isinstance(s, (torch.Tensor, np.floating)) else s) for s in sigmas]
-    except TypeError as e:
-        if "expected a number" in str(e):
-            raise
-        raise TypeError(f"sigma: expected a number or a list of numbers, got {sigmas!r}") from None
+    if isinstance(sigmas, (str, bytes)) or not hasattr(sigmas, "__iter__"):
+        raise TypeError(f"sigma: expected a number or a list of numbers, got {sigmas!r}")
+    sigma_list = [_float("sigma", float(s) if isinstance(s, np.floating) else s) for s in sigmas]
     if not sigma_list:
         raise ValueError("sigma: give at least one noise level")
     if any(s <= 0 for s in sigma_list):
@@ -281,7 +281,7 @@ def certify_dataset(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(ids), initial=len(ids) - len(todo), unit="img", desc=out_path.name, dynamic_ncols=True,
-                   file=sys.stderr)
+                   file=sys.stderr, mininterval=0.1 if sys.stderr.isatty() else 5.0)
     samples, started = 0, time.perf_counter()
     try:
         with writer:

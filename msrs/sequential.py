@@ -19,7 +19,8 @@ p). Ville's inequality gives P(exists t: M_t(p) >= 1/alpha) <= alpha, so
 covers p at every t simultaneously with probability >= 1 - alpha. log M_t(p) is convex in p with minimum <= 0 at
 p = S_t/t (the mixture never beats the maximum likelihood), so CS_t is an interval containing S_t/t; cs_bounds
 finds its ends by bisection on log M_t (betaln, xlogy: no overflow at n = 10^6 or more), returning the bracket end
-*outside* the CS, i.e. rounded conservatively. Intersections over time (the running max of lower_t and min of
+*outside* the CS, i.e. rounded conservatively (up to the rounding of log M_t itself, a relative 1e-14 on the bound
+at t = 10^6). Intersections over time (the running max of lower_t and min of
 upper_t) are covered by the same event and are used by run_sequential.
 
 Why the stopped certificate is valid.
@@ -247,13 +248,13 @@ def decide_many(successes, trials, n_max: int, sigma: float, alpha: float, targe
     s, t = _counts(successes, trials)
     if np.any(t > n_max):
         raise ValueError(f"trials: expected <= n_max = {n_max}")
-    lo, hi = cs_bounds(s, t, alpha, prior)
-    lo, hi = np.atleast_1d(lo), np.atleast_1d(hi)
-    if lower is not None:
-        lo = np.broadcast_to(np.asarray(lower, dtype=np.float64), lo.shape)
-    if upper is not None:
-        hi = np.broadcast_to(np.asarray(upper, dtype=np.float64), hi.shape)
     s, t = np.atleast_1d(s), np.atleast_1d(t)
+    if lower is None or upper is None:
+        lo, hi = (np.atleast_1d(b) for b in cs_bounds(s, t, alpha, prior))
+    if lower is not None:
+        lo = np.broadcast_to(np.asarray(lower, dtype=np.float64), s.shape)
+    if upper is not None:
+        hi = np.broadcast_to(np.asarray(upper, dtype=np.float64), s.shape)
     best, _ = cs_bounds(s + (n_max - t), np.full_like(t, n_max), alpha, prior)  # every remaining sample a success
     best = np.maximum(np.atleast_1d(best), lo)
     bucket = np.searchsorted(ths, lo, side="right")  # number of thresholds <= lower

@@ -40,9 +40,9 @@ def tolerance(dtype: torch.dtype) -> dict:
     """assert_close tolerances for outputs stored in `dtype` whose fp32 values differ from the reference's by the
     rounding of ln/sin/cos (a few 1e-7): one unit of rounding in the output dtype, plus that."""
     return {
-        torch.float32: dict(rtol=1e-5, atol=2e-5),
-        torch.float16: dict(rtol=2e-3, atol=1e-3),
-        torch.bfloat16: dict(rtol=1.6e-2, atol=1e-2),
+        torch.float32: {"rtol": 1e-5, "atol": 2e-5},
+        torch.float16: {"rtol": 2e-3, "atol": 1e-3},
+        torch.bfloat16: {"rtol": 1.6e-2, "atol": 1e-2},
     }[dtype]
 
 

@@ -157,6 +157,8 @@ def test_resume_refuses_a_changed_classifier(tmp_path, classifier, capsys):
     (["--mean", "0.5"], "mean, std: give both"),
     (["--mean", "0.5", "0.5", "--std", "0.2", "0.2"], "mean, std: 2 values for images with 1 channels"),
     (["--num-classes", "5"], "classes"),
+    (["--device", "gpu"], "device: 'gpu' is not a device"),
+    (["--denoiser", "/no/such/denoiser"], "denoiser: cannot load"),
     (["--alpha-schedule", "bonferroni"], "argument --alpha-schedule"),
     (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--batch-size", "0"], "device"
      if not torch.cuda.is_available() else "batch_size"),

@@ -60,6 +60,8 @@ def test_single_process_is_a_no_op(monkeypatch):
     assert D.all_reduce_counts_(counts) is counts
     assert counts.tolist() == [[0, 1, 2], [3, 4, 5]]
     assert D.local_range(0, 10) == (0, 10)
+    obj = {"a": 1}
+    assert D.broadcast_object(obj) is obj
     D.barrier()
     D.shutdown()
 
@@ -129,3 +131,4 @@ def test_two_rank_gloo_counts_equal_single_process(tmp_path, torch_backend):
     assert not torch.equal(results[0]["local"], results[1]["local"])  # each rank counted its own share
     for res in results:
         assert torch.equal(res["counts"], single), (res["counts"], single)  # identical on every rank
+        assert res["shared"] == {"todo": [3, 5, 8], "from": 0}  # broadcast_object: rank 0's object everywhere

@@ -128,6 +128,8 @@ def test_shipped_demo_classifier_loads():
     loaded = load_classifier("msrs.zoo:digits_classifier", weights)
     assert loaded.mean is not None and len(loaded.mean) == 1
     assert loaded.model(torch.rand(2, 1, 8, 8)).shape == (2, 10)
+    demo = load_classifier("demo")  # the same, by its short name
+    assert (demo.mean, demo.std) == (loaded.mean, loaded.std) and demo.spec == "msrs.zoo:digits_classifier"
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")

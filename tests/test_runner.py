@@ -374,6 +374,6 @@ def test_real_engine_probe_rejects_a_misfit_classifier_before_writing(tmp_path):
     wrong = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(32, 10))  # expects 32 inputs, gets 64
     out = tmp_path / "run.tsv"
     with pytest.raises(ValueError, match="classifier"):
-        certify_dataset(smoothing.SmoothedClassifier(wrong, 10), digits("test"), out, sigmas=[0.25], n0=10, n=20,
-                        alpha=0.001, seed=0, batch_size=10, max_images=2, progress=False)
+        certify_dataset(smoothing.SmoothedClassifier(wrong, 10, backend="torch"), digits("test"), out,
+                        sigmas=[0.25], n0=10, n=20, alpha=0.001, seed=0, batch_size=10, max_images=2, progress=False)
     assert not out.exists() and not logs.sidecar_path(out).exists()

@@ -15,7 +15,7 @@ import torch
 
 from . import library
 from . import validation as v
-from .dispatch import BACKENDS, BackendUnavailable, available_backends, resolve_backend
+from .dispatch import BACKENDS, BackendUnavailable, available_backends, backend_module, resolve_backend
 from .philox import MASK32
 
 __all__ = [
@@ -29,6 +29,15 @@ __all__ = [
     "resolve_backend",
     "sample_noisy",
 ]
+
+
+def _run(op: str, backend: str, *args):
+    """Run `op` on `backend`: through its torch custom op while torch.compile traces (so the graph holds an opaque
+    msrs:: node with a fake implementation), directly in eager mode, where the custom-op dispatch would cost
+    ~20 us a call, as much as counting a CIFAR batch's votes (benchmarks/ops.py)."""
+    if torch.compiler.is_compiling():
+        return getattr(library, op)(*args, backend)
+    return getattr(backend_module(backend), op)(*args)
 
 
 def _as_list(name: str, value) -> list[float]:
@@ -93,7 +102,7 @@ def sample_noisy(
                 raise ValueError("rows: expected image ids, sample indices and streams in [0, 2^32)")
     name = resolve_backend(backend, x.device)
     coeffs = coeffs.to(torch.float32)
-    return library.sample_noisy(x, rows.contiguous(), coeffs.contiguous(), seed, out_dtype, name)
+    return _run("sample_noisy", name, x, rows.contiguous(), coeffs.contiguous(), seed, out_dtype)
 
 
 def add_noise(
@@ -189,7 +198,7 @@ def finalize_denoised(
             raise ValueError("std: expected every value > 0")
     coeffs = torch.stack((a, torch.sqrt(torch.clamp(1.0 - a * a, min=0.0))), dim=1).contiguous()
     name = resolve_backend(backend, device)
-    return library.finalize_denoised(x_t, eps, coeffs, stats["mean"], stats["std"], out_dtype, name)
+    return _run("finalize_denoised", name, x_t, eps, coeffs, stats["mean"], stats["std"], out_dtype)
 
 
 def count_votes_(
@@ -233,5 +242,5 @@ def count_votes_(
         if scores.dim() == 1 and (int(scores.min()) < 0 or int(scores.max()) >= counts.shape[1]):
             raise ValueError(f"scores: expected class ids in [0, {counts.shape[1]}), got values outside")
     name = resolve_backend(backend, counts.device)
-    library.count_votes_(counts, scores.contiguous(), index.contiguous(), name)
+    _run("count_votes_", name, counts, scores.contiguous(), index.contiguous())
     return counts

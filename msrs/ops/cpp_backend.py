@@ -36,7 +36,15 @@ _tried = False
 
 
 def sources_dir() -> Path:
-    """The folder holding ops.cpp, philox.h and build_flags.py: the installed msrs.csrc package, else the repo's csrc/."""
+    """The folder holding ops.cpp, philox.h and build_flags.py, next to this module first: msrs/csrc in an
+    installed package, else csrc/ of the source tree this module lives in, else wherever the msrs.csrc package is
+    (e.g. an editable install's mapping)."""
+    here = Path(__file__).resolve()
+    installed, tree = here.parents[1] / "csrc", here.parents[2] / "csrc"
+    if (installed / "ops.cpp").is_file():
+        return installed
+    if (tree / "ops.cpp").is_file() and (here.parents[2] / "setup.py").is_file():
+        return tree
     try:
         from importlib.resources import files
 
@@ -45,7 +53,7 @@ def sources_dir() -> Path:
             return path
     except (ModuleNotFoundError, TypeError, ValueError):
         pass
-    return Path(__file__).resolve().parents[2] / "csrc"
+    return tree
 
 
 def _build_flags(directory: Path) -> dict:

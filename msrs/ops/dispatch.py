@@ -43,8 +43,10 @@ def unavailable_reason(name: str, device: torch.device) -> str | None:
         from . import cpp_backend
 
         return cpp_backend.load_error()
-    from . import triton_backend
-
+    try:
+        from . import triton_backend
+    except ImportError as err:  # a broken triton install must not break the other backends
+        return f"the triton backend cannot be imported ({err})"
     return triton_backend.unavailable_reason(device)
 
 

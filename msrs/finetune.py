@@ -21,7 +21,8 @@ delta_1..delta_M and q_m = softmax(f(D_s(x + sigma_s delta_m))) (f the classifie
   votes      v = #{m : argmax q_m = y} / M                       (hard votes, first maximum wins, as in CERTIFY)
   recoverable(x, s)  :=  v > p0                                    (computed without gradient)
   Brier(x, s)        :=  (1/M) sum_m || q_m - e_y ||^2             in [0, 2]
-  AC(x, s)           :=  || qbar * (1 - e_y) ||^2,  qbar = (1/M) sum_m q_m     in [0, 1)
+  AC(x, s)           :=  || qbar * (1 - e_y) ||^2,  qbar = (1/M) sum_m q_m     in [0, 1)   (anti_consistency="wrong")
+                     or  || qbar ||^2                                         in [1/K, 1] (anti_consistency="all")
   MSE(x, s)          :=  mean over the M copies and pixels of (eps_theta(x_t, t) - eps*)^2,
                          eps* = (x_t - a (2x - 1)) / sqrt(1 - a^2)  (the noise that makes the one-shot denoising exact)
 
@@ -55,7 +56,12 @@ a smaller sigma). NOT confirmed here, and msrs's choices (each one a documented,
    the squared norm is dominated by the largest such class (sum_c qbar_c^2 <= max_c qbar_c * sum_c qbar_c), it is
    smooth (unlike the max) and it is minimised either by spreading the wrong mass over many classes (diverse
    outputs: the stage abstains) or by moving it to the true class; it never pushes away from the true class
-   (unlike the squared norm of the full mean prediction, the alternative we considered). In [0, 1).
+   (unlike the squared norm of the full mean prediction). In [0, 1). The alternative, anti_consistency="all",
+   ||qbar||^2 (the collision probability of the mean prediction), is minimised only by diverse outputs
+   (qbar uniform), the true class included: on a non-recoverable input it also lowers a true-class probability
+   that sits just below p0, so the stage abstains clearly and the cascade falls back, instead of pushing it up;
+   it is the literal reading of "generate rather diverse outputs otherwise" in the paper's abstract. Which one
+   serves the cascade better is an empirical question (scripts/finetune_demo.py reports both on the demo).
 4. Epsilon-MSE regulariser: the usual DDPM loss at the cascade's timesteps, evaluated on the same noisy inputs
    (no extra UNet pass). Because t is the first timestep with sqrt(abar_t) <= 1/sqrt(1 + 4 sigma^2), the
    injected noise 2 a sigma delta is not exactly sqrt(1 - a^2) delta; the target eps* is the noise that makes the
@@ -316,6 +322,7 @@ def calibration_loss(
     brier_weight: float = 1.0,
     anti_consistency_weight: float = 1.0,
     mse_weight: float = 1.0,
+    anti_consistency: str = "wrong",
     mean: Optional[torch.Tensor] = None,
     std: Optional[torch.Tensor] = None,
     autocast_dtype: Optional[torch.dtype] = None,
@@ -375,8 +382,12 @@ def calibration_loss(
         keep = recoverable.to(torch.float32)
 
     brier_pairs = (probs - onehot[None, :, None, :]).square().sum(dim=3).mean(dim=2)  # [L, B]
-    wrong_mean = probs.mean(dim=2) * (1.0 - onehot)[None]  # [L, B, K]
-    ac_pairs = wrong_mean.square().sum(dim=2)  # [L, B]
+    mean_probs = probs.mean(dim=2)  # [L, B, K]
+    if anti_consistency == "wrong":
+        mean_probs = mean_probs * (1.0 - onehot)[None]
+    elif anti_consistency != "all":
+        raise ValueError(f"anti_consistency: expected 'wrong' or 'all', got {anti_consistency!r}")
+    ac_pairs = mean_probs.square().sum(dim=2)  # [L, B]
     brier = (keep * brier_pairs).mean()
     anti = ((1.0 - keep) * ac_pairs).mean()
     mse = (eps - eps_target).square().mean()
@@ -525,6 +536,7 @@ def finetune(
     brier_weight: float = 1.0,
     anti_consistency_weight: float = 1.0,
     mse_weight: float = 1.0,
+    anti_consistency: str = "wrong",
     p0: float = 0.5,
     ema_decay: float = 0.999,
     warmup_steps: int = 0,
@@ -567,6 +579,8 @@ def finetune(
     mse_weight = _float_arg("mse_weight", mse_weight, low=0.0)
     if brier_weight == anti_consistency_weight == mse_weight == 0:
         raise ValueError("brier_weight, anti_consistency_weight, mse_weight: at least one weight must be > 0")
+    if anti_consistency not in ("wrong", "all"):
+        raise ValueError(f"anti_consistency: expected 'wrong' or 'all', got {anti_consistency!r}")
     p0 = _float_arg("p0", p0, low=0.5, high=1.0, high_open=True)
     ema_decay = _float_arg("ema_decay", ema_decay, low=0.0, high=1.0, high_open=True)
     warmup_steps = _int_arg("warmup_steps", warmup_steps, 0)
@@ -611,7 +625,8 @@ def finetune(
     settings = {
         "sigmas": list(sigmas), "steps": steps, "batch_size": batch_size, "samples_per_image": samples_per_image,
         "lr": lr, "weight_decay": weight_decay, "brier_weight": brier_weight,
-        "anti_consistency_weight": anti_consistency_weight, "mse_weight": mse_weight, "p0": p0,
+        "anti_consistency_weight": anti_consistency_weight, "mse_weight": mse_weight,
+        "anti_consistency": anti_consistency, "p0": p0,
         "ema_decay": ema_decay, "warmup_steps": warmup_steps, "max_grad_norm": max_grad_norm,
         "dtype": _dtype_name(autocast), "gradient_checkpointing": bool(gradient_checkpointing), "seed": seed,
         "checkpoint_every": checkpoint_every, "mean": mean_t.tolist(), "std": std_t.tolist(),
@@ -701,7 +716,8 @@ def finetune(
                         model, classifier, images[index], labels[index], index, sigmas=sigmas,
                         samples_per_image=samples_per_image, seed=seed, step=step, p0=p0,
                         brier_weight=brier_weight, anti_consistency_weight=anti_consistency_weight,
-                        mse_weight=mse_weight, mean=mean_t, std=std_t, autocast_dtype=autocast, backend=backend)
+                        mse_weight=mse_weight, anti_consistency=anti_consistency, mean=mean_t, std=std_t,
+                        autocast_dtype=autocast, backend=backend)
                     optimizer.zero_grad(set_to_none=True)
                     if scaler is not None:
                         scaler.scale(total).backward()
@@ -799,6 +815,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     obj.add_argument("--anti-consistency-weight", type=float, default=1.0,
                      help="anti-consistency loss weight (default 1)")
     obj.add_argument("--mse-weight", type=float, default=1.0, help="epsilon-MSE regulariser weight (default 1)")
+    obj.add_argument("--anti-consistency", choices=("wrong", "all"), default="wrong",
+                     help="anti-consistency on the mean softmax of the wrong classes only (default) or of all classes")
     opt = p.add_argument_group("optimisation")
     opt.add_argument("--steps", type=int, default=1000, help="optimizer steps in all (default 1000)")
     opt.add_argument("--batch-size", type=int, default=32, help="images per step (default 32)")
@@ -897,7 +915,8 @@ def run(args: argparse.Namespace) -> int:
         denoiser, classifier, dataset, out_dir=args.out, sigmas=sigmas, steps=args.steps,
         batch_size=args.batch_size, samples_per_image=args.samples_per_image, lr=args.lr,
         weight_decay=args.weight_decay, brier_weight=args.brier_weight,
-        anti_consistency_weight=args.anti_consistency_weight, mse_weight=args.mse_weight, p0=args.p0,
+        anti_consistency_weight=args.anti_consistency_weight, mse_weight=args.mse_weight,
+        anti_consistency=args.anti_consistency, p0=args.p0,
         ema_decay=args.ema_decay, warmup_steps=args.warmup_steps, max_grad_norm=args.max_grad_norm or None,
         dtype=args.dtype, gradient_checkpointing=args.gradient_checkpointing, seed=args.seed,
         checkpoint_every=args.checkpoint_every, resume=not args.no_resume, mean=mean, std=std, device=device,

@@ -133,6 +133,7 @@ def main(argv=None) -> int:
     p.add_argument("--brier-weight", type=float, default=1.0)
     p.add_argument("--anti-consistency-weight", type=float, default=1.0)
     p.add_argument("--mse-weight", type=float, default=1.0)
+    p.add_argument("--anti-consistency", choices=("wrong", "all"), default="wrong")
     p.add_argument("--ema-decay", type=float, default=0.99)
     p.add_argument("--warmup-steps", type=int, default=20)
     p.add_argument("--dtype", default="bfloat16", choices=("auto", "float32", "bfloat16"))
@@ -182,7 +183,8 @@ def main(argv=None) -> int:
         base, classifier, train, out_dir=args.work_dir / "model", sigmas=SIGMAS, steps=args.steps,
         batch_size=args.batch_size, samples_per_image=args.samples_per_image, lr=args.lr,
         weight_decay=args.weight_decay, brier_weight=args.brier_weight,
-        anti_consistency_weight=args.anti_consistency_weight, mse_weight=args.mse_weight, p0=0.5,
+        anti_consistency_weight=args.anti_consistency_weight, mse_weight=args.mse_weight,
+        anti_consistency=args.anti_consistency, p0=0.5,
         ema_decay=args.ema_decay, warmup_steps=args.warmup_steps, dtype=args.dtype, seed=args.seed,
         checkpoint_every=args.checkpoint_every, resume=not args.no_resume, mean=mean, std=std, progress=True)
     session_seconds = time.perf_counter() - start

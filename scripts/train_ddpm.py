@@ -11,7 +11,7 @@ loss curve, command, wall time, evaluation). The evaluation at the end measures,
 demo classifier's accuracy on clean digits, on noisy digits x + sigma eps and after one-shot denoising, and the
 denoiser's MSE to the clean images, for sigma in {0.25, 0.5, 1.0}.
 
-  python3 scripts/train_ddpm.py [--steps 5000] [--seed 0] [--out msrs/assets/digits_ddpm]
+  python3 scripts/train_ddpm.py [--steps 4000] [--threads 1] [--seed 0] [--out msrs/assets/digits_ddpm]
   python3 scripts/train_ddpm.py --eval-only [--out msrs/assets/digits_ddpm]
 """
 from __future__ import annotations
@@ -107,7 +107,7 @@ def print_eval(ev: dict) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=5000)
+    p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=250)

@@ -120,6 +120,9 @@ def test_objective_terms_follow_the_recoverability_rule():
     assert wrong["recoverable"] == 0.0 and wrong["brier"] == 0.0
     # wrong classes: 7 with p, the 8 others except the label 3 with (1 - p) / 9 each
     assert wrong["anti_consistency"] == pytest.approx(p_wrong ** 2 + 8 * ((1 - p_wrong) / 9) ** 2, rel=1e-5)
+    _, wrong_all = ft.calibration_loss(den, Constant(7), images, labels, torch.arange(4), anti_consistency="all",
+                                       **kw)
+    assert wrong_all["anti_consistency"] == pytest.approx(p_wrong ** 2 + (1 - p_wrong) ** 2 / 9, rel=1e-5)
     p_right = p_wrong  # Brier of a correct answer with probability p: (1 - p)^2 + 9 ((1 - p) / 9)^2
     assert right["brier"] == pytest.approx((1 - p_right) ** 2 + (1 - p_right) ** 2 / 9, rel=1e-5)
 
@@ -236,6 +239,7 @@ def test_bf16_autocast_and_gradient_checkpointing_run(tmp_path):
     ("checkpoint_every", 0), ("seed", -1), ("sigmas", ()), ("sigmas", (0.5, -1.0)), ("sigmas", (0.5, 0.5)),
     ("sigmas", (1000.0,)), ("dtype", "int8"), ("dtype", "float16"), ("mean", (0.5,)), ("std", (0.0,)),
     ("mean", (0.1, 0.2)), ("backend", "cuda"), ("out_dir", None), ("warmup_steps", -1), ("max_grad_norm", 0.0),
+    ("anti_consistency", "max"),
 ])
 def test_bad_arguments_raise_value_error_naming_the_argument(tmp_path, name, value):
     kwargs = {**FAST, "out_dir": tmp_path / "x", "steps": 1}

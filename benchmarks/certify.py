@@ -26,9 +26,15 @@ Implementations (same models, same images, same n0 / n / sigma / alpha, timed ro
                 images share batches (counter-based Philox noise), fused ops (msrs.ops), counts accumulated on the
                 device, inference_mode; --channels-last runs the UNet in channels_last.
   msrs+compile  msrs with torch.compile of the UNet (compile time reported separately, not in samples_per_s).
+  msrs+sequential  (not in the default list) msrs with sequential early stopping (msrs.sequential) for target radii
+                0.25, 0.5, 0.75, 1.0 and n as the budget: different certificates (same buckets, CS radii), so its
+                samples_per_s is an *equivalent* rate, images * (n0 + n) / seconds; samples_drawn says what it drew.
 unet_time_fraction: the UNet calls alone, timed in a separate pass over batches of the same shapes (recorded during
 the timed run), divided by the impl's time. peak_memory_bytes: torch.cuda.max_memory_allocated on a GPU, the
 process's peak RSS on a CPU (msrs.autobatch.peak_memory_bytes, reset before each impl where Linux allows).
+
+On a CPU shared with other jobs, use --threads 1: with 2 OpenMP threads every parallel op waits for a time slice
+of the second thread (measured here: about 8 ms per op, 10x slower end to end than 1 thread under load).
 """
 from __future__ import annotations
 
@@ -50,10 +56,11 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from msrs.autobatch import _reset_peak, peak_memory_bytes  # noqa: E402
 
-IMPLS = ("reference", "msrs", "msrs+compile")
+IMPLS = ("reference", "msrs", "msrs+compile", "msrs+sequential")
+TARGET_RADII = (0.25, 0.5, 0.75, 1.0)
 DEFAULTS = {
     # workload: images, n0, n, batch size, sigma
-    "demo": dict(images=8, n0=100, n=1000, batch_size=400, sigma=0.5, msrs_batch_sizes=(400, 2200)),
+    "demo": dict(images=8, n0=100, n=1000, batch_size=400, sigma=0.5, msrs_batch_sizes=(400,)),
     "cifar10-ddpm": dict(images=1, n0=16, n=80, batch_size=32, sigma=0.5, msrs_batch_sizes=(32,)),
 }
 ALPHA = 0.001
@@ -257,6 +264,29 @@ def make_runner(impl: str, w: dict, args, unet, batch_size: int) -> tuple:
         certs = sm.certify(images, sigma, args.n0, args.n, ALPHA, seed=SEED, batch_size=batch_size)
         return [c.prediction for c in certs]
 
+    if impl == "msrs+sequential":
+        from msrs.sequential import run_sequential
+
+        ids = torch.arange(images.shape[0])
+
+        def run():
+            counts0 = sm.sample_counts(images, ids, sigma, args.n0, stream=0, seed=SEED, batch_size=batch_size)
+            c_a = counts0.argmax(1).cpu().numpy()
+
+            def draw(idx, num, start):
+                sel = torch.as_tensor(idx)
+                c = sm.sample_counts(images[sel], ids[sel], sigma, num, stream=1, seed=SEED, batch_size=batch_size,
+                                     sample_start=start)
+                return c.cpu().numpy()[np.arange(len(idx)), c_a[idx]]
+
+            res = run_sequential(draw, c_a, args.n, sigma, ALPHA, TARGET_RADII)
+            extra["samples_drawn"] = int(images.shape[0] * args.n0 + res.samples.sum())
+            return res.prediction.tolist()
+
+        extra["target_radii"] = list(TARGET_RADII)
+        extra["note"] = ("sequential early stopping (msrs.sequential, CS bounds): samples_per_s counts the fixed-n "
+                         "work it replaces, images * (n0 + n); samples_drawn is what it drew")
+
     if impl == "msrs+compile":
         t0 = time.perf_counter()
         run()  # compiles for every batch shape of the run
@@ -346,6 +376,9 @@ def bench_workload(name: str, args) -> list[dict]:
             images=int(w["images"].shape[0]), n0=args.n0, n=args.n, sigma=args.sigma, dtype=args.dtype,
             threads=torch.get_num_threads(), unet_batches=batches.get(key), models=w["models"],
             abstain_fraction=round(float(np.mean(np.asarray(preds[key]) == -1)), 3),
+            prediction_agreement_with_reference=(round(float(np.mean(np.asarray(preds[key]) ==
+                                                                      np.asarray(preds[ref_keys[0]]))), 3)
+                                                 if ref_keys else None),
         )
         rec.update(extras[key])
         records.append(rec)

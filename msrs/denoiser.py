@@ -234,6 +234,10 @@ class DiffusionDenoiser(nn.Module):
         import diffusers
         from diffusers import UNet2DModel
 
+        try:  # without accelerate, diffusers falls back to this anyway, after a warning on every load
+            import accelerate  # noqa: F401
+        except ImportError:
+            kwargs.setdefault("low_cpu_mem_usage", False)
         local = Path(str(path_or_hub_id)).expanduser()
         text = str(path_or_hub_id)
         looks_local = (isinstance(path_or_hub_id, Path) or local.is_absolute() or text.startswith((".", "~"))

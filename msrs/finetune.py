@@ -557,7 +557,9 @@ def finetune(
 
     sigmas: the cascade's noise levels; steps: total optimizer steps (a resumed run continues up to it);
     samples_per_image: M noisy copies per image per sigma; brier_weight / anti_consistency_weight / mse_weight:
-    the objective's weights (module docstring); p0: the recoverability threshold (the cascade's p0); ema_decay:
+    the objective's weights (module docstring); anti_consistency: 'wrong' (the mean softmax of the wrong classes)
+    or 'all' (of all classes; module docstring, point 3); p0: the recoverability threshold (the cascade's p0);
+    warmup_steps: linear learning-rate warm-up; max_grad_norm: gradient clipping (None: off); ema_decay:
     the EMA's decay (with warm-up); dtype: autocast 'auto' (bf16 on a GPU that has it or a CPU with native bf16,
     else fp32), 'float32', 'bfloat16' or 'float16' (CUDA only); mean / std: the classifier's normalisation (one
     value or one per channel); device: default the denoiser's; backend: msrs.ops backend for the noise.

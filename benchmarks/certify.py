@@ -147,7 +147,7 @@ def build_workload(name: str, device: torch.device, images: int) -> dict:
             notes.append("classifier: random stand-in")
         try:
             den = zoo.load_demo_denoiser(False, device)
-            unet, abar = den.unet, den.alphas_cumprod.detach().cpu().double()
+            unet = den.unet
             scheduler = den._scheduler()
             notes.append("denoiser: shipped digits_ddpm")
         except (FileNotFoundError, ImportError, AttributeError):

@@ -204,7 +204,7 @@ def _bounds_brentq(s, f, const, phat):
     for i in range(phat.size):
         si, fi, ci = s.flat[i], f.flat[i], const.flat[i]
 
-        def g(p):
+        def g(p, ci=ci, si=si, fi=fi):
             return ci - xlogy(si, p) - xlog1py(fi, -p)
 
         if si > 0:

@@ -117,7 +117,7 @@ def test_two_rank_gloo_counts_equal_single_process(tmp_path, torch_backend):
         import _distributed_worker as W
     finally:
         sys.path.remove(str(HERE))
-    for attempt in range(2):  # the free port may be taken between probing and binding: retry once
+    for _attempt in range(2):  # the free port may be taken between probing and binding: retry once
         proc = _torchrun(tmp_path, 2)
         if proc.returncode == 0:
             break

@@ -122,6 +122,13 @@ def add_certify_arguments(p: argparse.ArgumentParser) -> None:
                            help="cascade error budget: union (alpha/L per stage, valid; default) or paper "
                                 "(alpha/(s+1), as the authors' code)")
     smoothing.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    smoothing.add_argument("--sequential", action="store_true",
+                           help="early-stopping CERTIFY with an anytime-valid confidence sequence: --n is the "
+                                "largest number of estimation samples, an image stops once its outcome at "
+                                "--target-radii is settled (one sigma only)")
+    smoothing.add_argument("--target-radii", type=float, nargs="+", default=None, metavar="R",
+                           help="--sequential: the radii whose outcome must be settled (default: the report radii "
+                                "0 0.25 0.5 0.75 1 1.5 2)")
 
     run = p.add_argument_group("run")
     run.add_argument("--out", required=True, metavar="PATH", help="TSV log to write (resumed when interrupted)")
@@ -157,13 +164,15 @@ def run_certify(args: argparse.Namespace) -> int:
                               max_images=args.max_images, p0=args.p0, alpha_schedule=args.alpha_schedule)
     if os.path.isdir(os.path.expanduser(args.out)):
         raise IsADirectoryError(f"out: {args.out!r} is a folder; give a file name for the log")
+    if args.target_radii is not None and not args.sequential:
+        raise ValueError("target-radii: only used with --sequential")
+    if args.sequential and len(args.sigma) > 1:
+        raise ValueError("sequential: the multi-scale cascade is not implemented in sequential mode; give one "
+                         "--sigma, or drop --sequential")
     if args.image_size is not None and len(args.image_size) > 2:
         raise ValueError(f"image-size: give N or H W, got {args.image_size}")
 
     import torch
-
-    from .data import load_dataset
-    from .models import check_normalization, file_fingerprint, load_classifier
 
     try:
         device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available()
@@ -172,6 +181,23 @@ def run_certify(args: argparse.Namespace) -> int:
         raise ValueError(f"device: {args.device!r} is not a device ({e})") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device: {args.device!r} requested but CUDA is not available here")
+    from . import distributed
+
+    device = distributed.init_from_env(device)  # torchrun: this rank's device (cuda:LOCAL_RANK), gloo / nccl
+    try:
+        return _certify_on(args, device)
+    finally:
+        distributed.shutdown()
+
+
+def _certify_on(args: argparse.Namespace, device) -> int:
+    import torch
+
+    from . import distributed, runner
+    from .data import load_dataset
+    from .models import check_normalization, file_fingerprint, load_classifier
+
+    main = distributed.is_main()
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
     size = None if args.image_size is None else (args.image_size * 2)[:2]
     mean, std = check_normalization(args.mean, args.std)
@@ -180,7 +206,7 @@ def run_certify(args: argparse.Namespace) -> int:
     mean, std = check_normalization(mean, std, dataset.images.shape[1])
     loaded = load_classifier(args.classifier, args.weights, device, mean=mean, std=std)
     mean, std = check_normalization(loaded.mean, loaded.std, dataset.images.shape[1])
-    if not args.quiet:
+    if not args.quiet and main:
         how = "none" if mean is None else f"mean={list(mean)} std={list(std)} (from {loaded.normalization_source})"
         print(f"msrs: {dataset!r}; classifier {loaded.kind} {args.classifier!r}, normalisation {how}",
               file=sys.stderr)
@@ -225,17 +251,20 @@ def run_certify(args: argparse.Namespace) -> int:
         "dtype": args.dtype,
     }
     extra_info = {"dataset": args.dataset, "classifier": args.classifier, "weights": args.weights,
-                  "denoiser": args.denoiser, "device": str(device), "backend": args.backend}
+                  "denoiser": args.denoiser, "device": str(device), "backend": args.backend,
+                  "world_size": distributed.world_size()}
     out = runner.certify_dataset(
         smoothed, dataset, args.out, sigmas=args.sigma, n0=args.n0, n=args.n, alpha=args.alpha, seed=args.seed,
         batch_size=args.batch_size, group_size=args.group_size, skip=args.skip, max_images=args.max_images,
-        indices=args.indices, p0=args.p0, alpha_schedule=args.alpha_schedule, progress=not args.quiet,
-        overwrite=args.overwrite, run_info=run_info, extra_info=extra_info)
+        indices=args.indices, p0=args.p0, alpha_schedule=args.alpha_schedule, progress=not args.quiet and main,
+        overwrite=args.overwrite, run_info=run_info, extra_info=extra_info,
+        sequential=args.sequential, target_radii=args.target_radii)
 
-    from . import report
+    if main:
+        from . import report
 
-    print(report.format_table(report.summarize([out])))
-    print(f"wrote {out}")
+        print(report.format_table(report.summarize([out])))
+        print(f"wrote {out}")
     return 0
 
 

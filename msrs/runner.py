@@ -14,6 +14,8 @@ here it is a number of images.)
 """
 from __future__ import annotations
 
+import builtins
+import contextlib
 import hashlib
 import math
 import os
@@ -26,7 +28,7 @@ from typing import Mapping, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from . import logs
+from . import distributed, logs
 from .data import ImageDataset
 
 __all__ = ["certify_dataset", "select_indices", "validate_arguments", "ALPHA_SCHEDULES"]
@@ -198,6 +200,8 @@ def certify_dataset(
     alpha_schedule: str = "union",
     progress: bool = True,
     overwrite: bool = False,
+    sequential: bool = False,
+    target_radii: Optional[Sequence[float]] = None,
     run_info: Optional[Mapping] = None,
     extra_info: Optional[Mapping] = None,
 ) -> Path:
@@ -212,6 +216,14 @@ def certify_dataset(
                 recorded in ``<out>.json`` and compared on resume.  Without it, hashes of the classifier's and
                 denoiser's state dicts are recorded instead.  The selected images' content hash is always recorded.
     extra_info: recorded but not compared (device, backend, command line...).
+    sequential: early-stopping CERTIFY (smoothed.certify_sequential, msrs.sequential) with n as the largest number
+                of estimation samples; each image stops once its outcome at ``target_radii`` (default: the report's
+                radii, msrs.report.DEFAULT_RADII) is settled. One sigma only (the sequential cascade is not
+                implemented).
+
+    Under torchrun (msrs.distributed initialised) every rank calls this with the same arguments: the engine
+    splits each group's samples over the ranks, rank 0 alone writes the log and shows progress, and the list of
+    images still to do (or rank 0's refusal to resume) is sent from rank 0 to all ranks.
     """
     args = validate_arguments(sigmas=sigmas, n0=n0, n=n, alpha=alpha, seed=seed, batch_size=batch_size,
                               group_size=group_size, skip=skip, max_images=max_images, p0=p0,
@@ -220,6 +232,14 @@ def certify_dataset(
         raise TypeError(f"dataset: expected an msrs.data.ImageDataset, got {type(dataset).__name__}")
     cascade = len(args["sigmas"]) > 1
     method = "certify_cascade" if cascade else "certify"
+    if sequential:
+        if cascade:
+            raise ValueError("sequential: the multi-scale cascade is not implemented in sequential mode; give one "
+                             "sigma, or drop --sequential")
+        method = "certify_sequential"
+        target_radii = _target_radii(target_radii)
+    elif target_radii is not None:
+        raise ValueError("target_radii: only used in sequential mode (pass sequential=True / --sequential)")
     if not callable(getattr(smoothed, method, None)):
         raise TypeError(f"smoothed: {type(smoothed).__name__} has no {method}() method (expected a "
                         "msrs.smoothing.SmoothedClassifier)")
@@ -241,7 +261,7 @@ def certify_dataset(
                          f"values in [{float(selected.min()):g}, {float(selected.max()):g}]")
     _probe(smoothed, selected[:1], id_tensor[:1], args)
     config = {
-        "method": "cascade" if cascade else "certify",
+        "method": "cascade" if cascade else ("sequential" if sequential else "certify"),
         "sigmas": args["sigmas"],
         "n0": args["n0"],
         "n": args["n"],
@@ -255,6 +275,8 @@ def certify_dataset(
                  "image_shape": list(dataset.image_shape),
                  "selected_sha256": _tensor_digest(dataset.images[id_tensor], dataset.labels[id_tensor])},
     }
+    if sequential:  # only then, so that logs of fixed-n runs keep their recorded configuration
+        config["sequential"] = {"target_radii": target_radii}
     if run_info is not None:
         config["run"] = dict(run_info)
     else:
@@ -265,7 +287,7 @@ def certify_dataset(
             "dtype": _describe(getattr(smoothed, "dtype", None)),
         }
     info = {"batch_size": args["batch_size"], "group_size": group, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "argv": list(sys.argv)}
+            "argv": list(sys.argv), "world_size": distributed.world_size()}
     try:
         from . import __version__
         info["msrs_version"] = __version__
@@ -274,17 +296,32 @@ def certify_dataset(
     info.update(dict(extra_info or {}))
     columns = logs.CASCADE_COLUMNS if cascade else logs.COLUMNS
 
-    writer, done = logs.open_run(out_path, columns, config, ids, overwrite=overwrite, info=info)
-    todo = [i for i in ids if i not in done]
+    # rank 0 alone opens (or resumes) the log and decides what is left to do; the other ranks get its decision,
+    # or its error, so that a refusal stops every rank instead of leaving them waiting
+    main = distributed.is_main()
+    writer, todo = None, None
+    if main:
+        try:
+            writer, done = logs.open_run(out_path, columns, config, ids, overwrite=overwrite, info=info)
+        except Exception as err:
+            distributed.broadcast_object(("error", _error_kind(err), str(err)))
+            raise
+        todo = [i for i in ids if i not in done]
+        distributed.broadcast_object(("todo", todo))
+    else:
+        outcome = distributed.broadcast_object(None)
+        if outcome[0] == "error":
+            raise getattr(builtins, outcome[1])(outcome[2])
+        todo = outcome[1]
     bar = None
-    if progress:
+    if progress and main:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(ids), initial=len(ids) - len(todo), unit="img", desc=out_path.name, dynamic_ncols=True,
                    file=sys.stderr, mininterval=0.1 if sys.stderr.isatty() else 5.0)
     samples, started = 0, time.perf_counter()
     try:
-        with writer:
+        with writer if writer is not None else contextlib.nullcontext():
             for start in range(0, len(todo), group):
                 chunk = todo[start:start + group]
                 chunk_ids = torch.tensor(chunk, dtype=torch.int64)
@@ -295,6 +332,10 @@ def certify_dataset(
                         images, args["sigmas"], args["n0"], args["n"], args["alpha"], seed=args["seed"],
                         batch_size=args["batch_size"], image_ids=chunk_ids, p0=args["p0"],
                         alpha_schedule=args["alpha_schedule"])
+                elif sequential:
+                    certs = smoothed.certify_sequential(
+                        images, args["sigmas"][0], args["n0"], args["n"], args["alpha"], seed=args["seed"],
+                        batch_size=args["batch_size"], image_ids=chunk_ids, p0=args["p0"], target_radii=target_radii)
                 else:
                     certs = smoothed.certify(
                         images, args["sigmas"][0], args["n0"], args["n"], args["alpha"], seed=args["seed"],
@@ -313,7 +354,8 @@ def certify_dataset(
                     if cascade:
                         row["stage"] = int(cert.stage)
                         row["sigma"] = float(cert.sigma)
-                    writer.write_row(row)
+                    if writer is not None:
+                        writer.write_row(row)
                     samples += int(getattr(cert, "samples", 0) or 0)
                 if bar is not None:
                     bar.update(len(chunk))
@@ -322,4 +364,29 @@ def certify_dataset(
     finally:
         if bar is not None:
             bar.close()
+    distributed.barrier()
     return out_path
+
+
+def _target_radii(values) -> list:
+    if values is None:
+        from .report import DEFAULT_RADII
+
+        return [float(r) for r in DEFAULT_RADII]
+    if isinstance(values, (torch.Tensor, np.ndarray)):
+        values = values.reshape(-1).tolist()
+    elif isinstance(values, Real):
+        values = [values]
+    radii = sorted({_float("target_radii", r) for r in values})
+    if not radii or radii[0] < 0:
+        raise ValueError(f"target_radii: expected one or more radii >= 0, got {list(values)}")
+    return radii
+
+
+def _error_kind(err: BaseException) -> str:
+    """The name of the builtin exception class the other ranks raise for rank 0's error."""
+    for kind in (FileExistsError, IsADirectoryError, NotADirectoryError, FileNotFoundError, PermissionError,
+                 ValueError, TypeError):
+        if isinstance(err, kind):
+            return kind.__name__
+    return "RuntimeError"

@@ -22,7 +22,9 @@ import numpy as np
 import torch
 
 from . import cascade
+from . import distributed
 from . import ops
+from .autobatch import AutoBatcher, is_out_of_memory
 from .ops import validation as v
 from .ops.philox import MASK32
 
@@ -127,6 +129,7 @@ class SmoothedClassifier:
         if backend is not None:
             ops.resolve_backend(backend, self.device)
         self.backend = backend
+        self._batch_cap = None  # set when a batch ran out of memory: the largest batch size that fitted
 
     # ---------------------------------------------------------------- public API (docs/DESIGN.md)
     def sample_counts(self, images, image_ids, sigma, num_samples, *, stream, seed, batch_size, sample_start=0):
@@ -193,6 +196,40 @@ class SmoothedClassifier:
                                    (d.last + 1) * (n0 + n)))
         return out
 
+    def certify_sequential(self, images, sigma, n0, n_max, alpha, *, seed, batch_size, image_ids=None, p0=0.5,
+                           target_radii=None, **options) -> list[Certificate]:
+        """Sequential (early-stopping) CERTIFY (msrs.sequential): the class is selected on n0 samples of stream 0,
+        then estimation samples of stream 1 are drawn in rounds and each image stops as soon as its outcome at
+        `target_radii` is settled (or at n_max). The radius comes from the anytime-valid confidence-sequence lower
+        bound at the stopping time (p_lower); the samples drawn are a prefix of a fixed-n certify's samples.
+        options: run_sequential's prior / schedule / first / growth / chunk / points / intersect.
+        Certificate.counts: the estimation counts actually drawn; samples: n0 + estimation samples drawn."""
+        from . import sequential
+
+        x, ids = self._group(images, image_ids)
+        sigma = _sigma("sigma", sigma)
+        alpha, p0 = self._check_certify(n0, n_max, alpha, p0, seed, batch_size)
+        sequential.thresholds(target_radii, sigma, p0)  # checks the radii before any sampling
+        counts0 = self._counts(x, ids, None, sigma, [(0, n0)], seed, batch_size)[0].cpu().numpy()
+        selected = counts0.argmax(axis=1) if len(counts0) else np.zeros(0, dtype=np.int64)
+        counts = np.zeros_like(counts0)
+
+        def draw(idx, num, start):
+            drawn = self._counts(x, ids, idx, sigma, [(1, num)], seed, batch_size,
+                                 torch.full((len(idx),), int(start), dtype=torch.int64, device=self.device))
+            drawn = drawn[0].cpu().numpy()
+            counts[idx] += drawn
+            return drawn[np.arange(len(idx)), selected[idx]]
+
+        result = sequential.run_sequential(draw, selected, n_max, sigma, alpha, target_radii, p0, **options)
+        out = []
+        for b in range(x.shape[0]):
+            prediction = int(result.prediction[b])
+            out.append(Certificate(prediction, float(result.radius[b]) if prediction >= 0 else 0.0, sigma,
+                                   0 if prediction >= 0 else -1, counts[b][None].copy(), counts0[b][None].copy(),
+                                   float(result.lower[b]), n0 + int(result.samples[b])))
+        return out
+
     # ---------------------------------------------------------------- checks (all before any sampling)
     def _group(self, images, image_ids) -> tuple[torch.Tensor, torch.Tensor]:
         v.expect_tensor("images", images)
@@ -249,19 +286,60 @@ class SmoothedClassifier:
         return counts[0], counts[1]
 
     def _counts(self, x, ids, sources, sigma, segments, seed, batch_size, start=None) -> torch.Tensor:
-        """Votes [len(segments), len(sources), K] on the device (sources: indices into x, default all)."""
+        """Votes [len(segments), len(sources), K] on the device (sources: indices into x, default all).
+
+        The plan's rows 0 .. total-1 are enumerated in a fixed order; in a torchrun world each rank samples its
+        contiguous share distributed.split_range(0, total, rank, world) and the counts are summed over the ranks
+        (one all_reduce per call, made by every rank, even one with no rows), so every rank ends with the
+        single-process counts. A batch that runs out of memory is thrown away and re-run from scratch at half
+        the size (msrs.autobatch); the counts do not depend on the batch size."""
         sources = torch.arange(x.shape[0], device=self.device) if sources is None else \
             torch.as_tensor(sources, dtype=torch.int64, device=self.device)
         start = torch.zeros(len(sources), dtype=torch.int64, device=self.device) if start is None else start
         plan = _Plan(sources, ids, segments, start, self.device)
-        counts = torch.zeros(len(segments) * len(sources), self.num_classes, dtype=torch.int64, device=self.device)
+        size = len(segments) * len(sources)
+        world = distributed.world_size()
+        # one extra row: its first entry flags a rank that failed, so the all_reduce tells every rank at once
+        counts = torch.zeros(size + (1 if world > 1 else 0), self.num_classes, dtype=torch.int64, device=self.device)
+        first, stop = distributed.split_range(0, plan.total, distributed.rank(), world) if world > 1 \
+            else (0, plan.total)
+        failure = None
+        try:
+            self._sample(x, plan, sigma, seed, batch_size, counts[:size], first, stop)
+        except Exception as err:  # noqa: BLE001 - re-raised below, after the other ranks have been told
+            if world == 1:
+                raise
+            failure = err
+            counts[size, 0] = 1
+        if world > 1:
+            distributed.all_reduce_counts_(counts)
+            if failure is not None:
+                raise failure
+            if int(counts[size, 0]) > 0:
+                raise RuntimeError(f"sampling failed on {int(counts[size, 0])} other rank(s) of {world} "
+                                   "(see their error messages)")
+        return counts[:size].view(len(segments), len(sources), self.num_classes)
+
+    def _sample(self, x, plan, sigma, seed, batch_size, counts, first, stop) -> None:
+        """Adds the votes of plan rows [first, stop) to counts, batch by batch, halving a batch that runs out of
+        memory (the batch is the unit of retry: rows and logits are computed with no side effects, then counted)."""
+        cap = self._batch_cap
+        batcher = AutoBatcher(min(batch_size, cap) if cap else batch_size, device=self.device)
         with self._modes(), torch.inference_mode(), self._autocast():
             step = self._prepare(sigma)
-            for lo in range(0, plan.total, batch_size):
-                rows, index = plan.rows(lo, min(lo + batch_size, plan.total))
-                logits = self._logits(x, rows, step, seed, probe=lo == 0)
+            lo = first
+            while lo < stop:
+                def run_batch(b, lo=lo):
+                    rows, index = plan.rows(lo, min(lo + b, stop))
+                    return self._logits(x, rows, step, seed, probe=lo == first), index
+
+                logits, index = batcher(run_batch)
+                batcher.history.clear()
                 ops.count_votes_(counts, logits, index, backend=self.backend, check=False)
-        return counts.view(len(segments), len(sources), self.num_classes)
+                lo += index.shape[0]
+                del logits
+        if batcher.batch_size < batch_size:
+            self._batch_cap = batcher.batch_size  # later calls start from the size that fitted
 
     def _prepare(self, sigma: float) -> tuple:
         """(coeffs [1, 3] (sigma, alpha, beta) of sample_noisy, timestep t, sqrt(abar_t) a) for this sigma."""
@@ -291,9 +369,9 @@ class SmoothedClassifier:
         """The first batch of a run: classifier errors and output shapes get a message naming the classifier."""
         try:
             logits = self.classifier(inp)
-        except torch.OutOfMemoryError:
-            raise
         except Exception as err:
+            if is_out_of_memory(err):
+                raise
             raise ValueError(f"classifier: failed on an input batch of shape {tuple(inp.shape)} "
                              f"({type(err).__name__}: {err})") from err
         if not isinstance(logits, torch.Tensor) or logits.shape != (inp.shape[0], self.num_classes) \

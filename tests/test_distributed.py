@@ -132,3 +132,80 @@ def test_two_rank_gloo_counts_equal_single_process(tmp_path, torch_backend):
     for res in results:
         assert torch.equal(res["counts"], single), (res["counts"], single)  # identical on every rank
         assert res["shared"] == {"todo": [3, 5, 8], "from": 0}  # broadcast_object: rank 0's object everywhere
+
+
+class _Linear(torch.nn.Module):
+    """A fixed linear digits classifier computed in float64 (no rounding-level argmax flip between batch shapes)."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(3)
+        self.w = torch.nn.Parameter(torch.randn(10, 64, generator=g, dtype=torch.float64))
+        self.b = torch.nn.Parameter(torch.randn(10, generator=g, dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1).to(torch.float64) @ self.w.t() + self.b
+
+
+def _certify_command(classifier: Path, out: Path, *extra: str) -> list:
+    return ["certify", "--dataset", "digits", "--classifier", str(classifier), "--sigma", *extra, "--n0", "16",
+            "--n", "120", "--alpha", "0.01", "--batch-size", "50", "--seed", "5", "--max", "6", "--backend", "torch",
+            "--device", "cpu", "--quiet", "--out", str(out)]
+
+
+def _run_msrs(argv: list, nproc: int | None) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env["OMP_NUM_THREADS"] = "1"
+    for name in ("TORCHELASTIC_RUN_ID", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    launcher = [] if nproc is None else [
+        "-m", "torch.distributed.run", "--nnodes", "1", f"--nproc-per-node={nproc}",
+        "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), "--max-restarts", "0"]
+    # "--": torchrun's own parser would otherwise take msrs's --n / --max for abbreviations of its options
+    cmd = [sys.executable, *launcher, "-m", "msrs", *(["--"] if nproc else []), *argv]
+    return subprocess.run(cmd, env=env, cwd=str(ROOT), capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("sigmas", [["0.5"], ["0.5", "0.25"]], ids=["certify", "cascade"])
+def test_torchrun_certify_log_equals_single_process(tmp_path, sigmas):
+    """`torchrun --nproc-per-node 2 -m msrs certify` writes the single-process log, row for row (but the time)."""
+    from msrs import logs
+
+    classifier = tmp_path / "linear.ts"
+    torch.jit.save(torch.jit.script(_Linear().eval()), str(classifier))
+    single, multi = tmp_path / "single.tsv", tmp_path / "multi.tsv"
+    proc = _run_msrs(_certify_command(classifier, single, *sigmas), None)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for _attempt in range(2):  # the free port may be taken between probing and binding: retry once
+        proc = _run_msrs(_certify_command(classifier, multi, *sigmas), 2)
+        if proc.returncode == 0:
+            break
+    assert proc.returncode == 0, f"torchrun failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert proc.stdout.count("wrote ") == 1  # rank 0 alone prints
+    a, b = logs.read_log(single, required=()), logs.read_log(multi, required=())
+    assert a["columns"] == b["columns"]
+    strip = [{k: v for k, v in row.items() if k != "time"} for row in a["rows"]]
+    assert len(strip) == 6
+    assert strip == [{k: v for k, v in row.items() if k != "time"} for row in b["rows"]]
+    assert any(row["predict"] >= 0 for row in strip) and len({row["predict"] for row in strip}) > 1
+    single_info, multi_info = logs.read_sidecar(single), logs.read_sidecar(multi)
+    assert single_info["run"] == multi_info["run"]  # the world size is not part of the compared configuration
+    assert (single_info["info"]["world_size"], multi_info["info"]["world_size"]) == (1, 2)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_torchrun_refusal_stops_every_rank(tmp_path):
+    """A resume refusal decided on rank 0 (finished log) is raised on every rank: the job exits, nobody hangs."""
+    classifier = tmp_path / "linear.ts"
+    torch.jit.save(torch.jit.script(_Linear().eval()), str(classifier))
+    out = tmp_path / "log.tsv"
+    proc = _run_msrs(_certify_command(classifier, out, "0.5"), None)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for _attempt in range(2):
+        proc = _run_msrs(_certify_command(classifier, out, "0.5"), 2)
+        if "already complete" in proc.stderr:
+            break
+    assert proc.returncode != 0
+    assert proc.stderr.count("already complete") == 2, proc.stderr[-3000:]

@@ -4,6 +4,8 @@ validity of the sequential certified radius on the linear classifier of SCIENCE.
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -301,3 +303,86 @@ def test_run_sequential_abstains_without_sampling_and_checks_draw():
     assert res.prediction.tolist() == [-1, -1] and res.samples.tolist() == [0, 0]
     with pytest.raises(ValueError, match="draw"):
         Q.run_sequential(lambda idx, n, s: np.full(len(idx), n + 1), [0], 100, 0.25, 0.01)
+
+
+# ----------------------------------------------------------------------------------- the engine's certify_sequential
+def _linear_setup(p_a: float, sigma: float):
+    """A linear binary classifier (tests/test_validity.py's) and an image whose smoothed pA is p_a."""
+    import torch
+    from scipy.stats import norm as _norm
+
+    sys_path = str(Path(__file__).resolve().parent)
+    if sys_path not in sys.path:
+        sys.path.insert(0, sys_path)
+    from test_validity import D, SHAPE, Linear, orthonormal
+
+    w = 2.0 * orthonormal(1, seed=0)[0] * torch.linspace(0.5, 1.5, D, dtype=torch.float64)
+    x = torch.full((1, *SHAPE), 0.5)
+    b = sigma * float(w.norm()) * _norm.ppf(p_a) - float(w @ x.reshape(-1).double())
+    return Linear(w, b), x, SHAPE
+
+
+def test_engine_certify_sequential_is_valid_and_matches_the_fixed_n_samples():
+    import torch
+    from scipy.stats import norm as _norm
+
+    from msrs.smoothing import SmoothedClassifier
+
+    sigma, p_a, alpha, copies, n_max = 0.5, 0.9, 0.1, 1000, 1000
+    classifier, x, shape = _linear_setup(p_a, sigma)
+    true_radius = sigma * _norm.ppf(p_a)
+    smoothed = SmoothedClassifier(classifier, 2, backend="torch")
+    images = x.expand(copies, *shape)
+    certs = smoothed.certify_sequential(images, sigma, 10, n_max, alpha, seed=4, batch_size=8192,
+                                        image_ids=torch.arange(copies), target_radii=[0.3])
+    radius = np.array([c.radius for c in certs])
+    prediction = np.array([c.prediction for c in certs])
+    violations = (prediction == 0) | (radius > true_radius)
+    fraction = violations.mean()
+    assert fraction <= alpha + 3 * np.sqrt(alpha * (1 - alpha) / copies), fraction
+    assert np.mean(prediction == 1) > 0.9  # mostly certified
+    samples = np.array([c.samples for c in certs])
+    assert samples.max() <= 10 + n_max and samples.mean() < 0.5 * (10 + n_max)  # settled at 0.3 early
+    for c in certs[:20]:  # the counts are those of the samples drawn, p_lower the CS bound at the stopping time
+        assert int(c.counts.sum()) == c.samples - 10 and int(c.counts0.sum()) == 10
+        if c.prediction >= 0:
+            assert c.radius == pytest.approx(sigma * _norm.ppf(c.p_lower))
+    # a prefix of the fixed-n estimation samples (stream 1, samples 0 .. t-1)
+    first = certs[0]
+    fixed = smoothed.sample_counts(images[:1], torch.tensor([0]), sigma, first.samples - 10, stream=1, seed=4,
+                                   batch_size=512)
+    np.testing.assert_array_equal(fixed.numpy(), first.counts)
+
+
+def test_engine_certify_sequential_stops_early_on_easy_images():
+    import torch
+
+    from msrs.smoothing import SmoothedClassifier
+
+    classifier, x, shape = _linear_setup(0.9999, 0.25)
+    smoothed = SmoothedClassifier(classifier, 2, backend="torch")
+    certs = smoothed.certify_sequential(x.expand(4, *shape), 0.25, 50, 20_000, 0.001, seed=0, batch_size=4096,
+                                        image_ids=torch.arange(4), target_radii=[0.25, 0.5])
+    assert all(c.prediction == 1 and c.radius >= 0.5 for c in certs)
+    assert all(c.samples < 2_000 for c in certs), [c.samples for c in certs]
+    with pytest.raises(ValueError, match="n0"):
+        smoothed.certify_sequential(x, 0.25, 100, 50, 0.001, seed=0, batch_size=64)
+
+
+def test_cli_sequential_runs_and_refuses_the_cascade(tmp_path):
+    from msrs import logs
+    from msrs.cli import main
+
+    out = tmp_path / "seq.tsv"
+    base = ["certify", "--dataset", "digits", "--classifier", "demo", "--n0", "20", "--n", "2000", "--alpha",
+            "0.01", "--batch-size", "1000", "--max", "3", "--backend", "torch", "--device", "cpu", "--quiet",
+            "--out", str(out)]
+    assert main(base + ["--sigma", "0.25", "--sequential", "--target-radii", "0.25"]) == 0
+    log = logs.read_log(out)
+    assert len(log["rows"]) == 3
+    run = logs.read_sidecar(out)["run"]
+    assert run["method"] == "sequential" and run["sequential"] == {"target_radii": [0.25]}
+    # another target is another configuration: not resumed silently
+    assert main(base + ["--sigma", "0.25", "--sequential", "--target-radii", "0.5"]) == 2
+    assert main(base + ["--sigma", "0.5", "0.25", "--sequential", "--overwrite"]) == 2
+    assert main(base + ["--sigma", "0.25", "--target-radii", "0.5", "--overwrite"]) == 2

@@ -335,3 +335,48 @@ def test_empty_group():
     assert sc.certify(torch.zeros(0, 3, 4, 4), 0.5, 5, 10, 0.01, seed=0, batch_size=8) == []
     assert sc.certify_cascade(torch.zeros(0, 3, 4, 4), SIGMAS, 5, 10, 0.01, seed=0, batch_size=8) == []
     assert sc.predict(torch.zeros(0, 3, 4, 4), 0.5, 10, 0.01, seed=0, batch_size=8).shape == (0,)
+
+
+# ------------------------------------------------------------------ out of memory: halve the batch, same counts
+class OutOfMemoryAbove:
+    """Wraps a classifier and raises an allocator-style out-of-memory RuntimeError for batches above `limit` rows
+    (after doing nothing else: no side effect leaks from a failed batch)."""
+
+    def __init__(self, inner, limit: int, message: str):
+        self.inner, self.limit, self.message, self.sizes = inner, limit, message, []
+
+    def __call__(self, x):
+        self.sizes.append(x.shape[0])
+        if x.shape[0] > self.limit:
+            raise RuntimeError(self.message)
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("message", [
+    "CUDA out of memory. Tried to allocate 2.00 GiB",
+    "[enforce fail at alloc_cpu.cpp:117] . DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes",
+])
+def test_out_of_memory_batches_are_halved_and_counts_unchanged(message):
+    x = images(4)
+    reference = SmoothedClassifier(tiny_classifier(), 4, backend=BACKEND)
+    want = reference.certify(x, 0.5, 30, 200, 0.01, seed=3, batch_size=256)
+    wrapped = OutOfMemoryAbove(tiny_classifier(), 70, message)
+    sc = SmoothedClassifier(wrapped, 4, backend=BACKEND)
+    got = sc.certify(x, 0.5, 30, 200, 0.01, seed=3, batch_size=256)  # the first batch (the probe) runs out too
+    same_certificates(want, got)
+    assert wrapped.sizes[:3] == [256, 128, 64] and max(wrapped.sizes[3:]) <= 64
+    assert sc._batch_cap == 64
+    wrapped.sizes.clear()
+    counts = sc.sample_counts(x, None, 0.5, 100, stream=1, seed=3, batch_size=256)
+    assert max(wrapped.sizes) == 64  # later calls start from the size that fitted
+    assert torch.equal(counts, reference.sample_counts(x, None, 0.5, 100, stream=1, seed=3, batch_size=256))
+
+
+def test_out_of_memory_at_batch_size_one_propagates_and_other_errors_are_wrapped():
+    x = images(1)
+    sc = SmoothedClassifier(OutOfMemoryAbove(tiny_classifier(), 0, "CUDA out of memory."), 4, backend=BACKEND)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        sc.sample_counts(x, None, 0.5, 10, stream=0, seed=0, batch_size=8)
+    sc = SmoothedClassifier(OutOfMemoryAbove(tiny_classifier(), 0, "some other failure"), 4, backend=BACKEND)
+    with pytest.raises(ValueError, match="classifier: failed"):
+        sc.sample_counts(x, None, 0.5, 10, stream=0, seed=0, batch_size=8)

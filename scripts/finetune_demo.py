@@ -133,7 +133,7 @@ def main(argv=None) -> int:
     p.add_argument("--brier-weight", type=float, default=1.0)
     p.add_argument("--anti-consistency-weight", type=float, default=1.0)
     p.add_argument("--mse-weight", type=float, default=1.0)
-    p.add_argument("--anti-consistency", choices=("wrong", "all"), default="wrong")
+    p.add_argument("--anti-consistency", choices=("all", "wrong"), default="all")
     p.add_argument("--ema-decay", type=float, default=0.99)
     p.add_argument("--warmup-steps", type=int, default=20)
     p.add_argument("--dtype", default="bfloat16", choices=("auto", "float32", "bfloat16"))

@@ -115,7 +115,8 @@ def test_objective_terms_follow_the_recoverability_rule():
     _, right = ft.calibration_loss(den, Constant(3), images, labels, torch.arange(4), **kw)
     assert right["recoverable"] == 1.0 and right["anti_consistency"] == 0.0 and right["brier"] > 0
     assert right["sample_accuracy"] == 1.0
-    _, wrong = ft.calibration_loss(den, Constant(7), images, labels, torch.arange(4), **kw)
+    _, wrong = ft.calibration_loss(den, Constant(7), images, labels, torch.arange(4), anti_consistency="wrong",
+                                   **kw)
     p_wrong = torch.softmax(torch.tensor([5.0] + [0.0] * 9), 0)[0].item()  # the one wrong class's probability
     assert wrong["recoverable"] == 0.0 and wrong["brier"] == 0.0
     # wrong classes: 7 with p, the 8 others except the label 3 with (1 - p) / 9 each

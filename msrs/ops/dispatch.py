@@ -57,7 +57,8 @@ def resolve_backend(requested: str | None, device: torch.device) -> str:
     Resolved once per (request, environment, device) and cached: the ops call this on every batch, and a vote
     count on a CIFAR batch takes only ~5 us, so the lookup must cost far less. Failures are not cached."""
     environment = (os.environ.get(ENV_VAR) or None, os.environ.get("TRITON_INTERPRET"))
-    return _resolve_cached(requested, environment, device.type, device.index)
+    resolve = _resolve_cached.__wrapped__ if torch.compiler.is_compiling() else _resolve_cached  # dynamo skips caches
+    return resolve(requested, environment, device.type, device.index)
 
 
 @functools.lru_cache(maxsize=64)

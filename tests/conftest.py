@@ -59,3 +59,13 @@ def backend_device(request) -> tuple[str, str]:
     if reason:
         pytest.skip(f"backend {name!r} on {device} is not available: {reason}")
     return name, device
+
+
+def fastest_cpu_backend() -> str:
+    """The C++ backend when it can run here (much faster on CPU; built on first use), else the torch reference."""
+    from msrs.ops import dispatch
+
+    try:
+        return "cpp" if dispatch.unavailable_reason("cpp", torch.device("cpu")) is None else "torch"
+    except ImportError:
+        return "torch"

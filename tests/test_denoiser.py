@@ -176,8 +176,7 @@ def test_random_weights_give_nontrivial_eps(den1):
 
 def test_shipped_ddpm_matches_diffusers():
     path = asset_path(DDPM_NAME)
-    if not (path / "unet" / "config.json").is_file():
-        pytest.skip("demo DDPM not trained yet (scripts/train_ddpm.py)")
+    assert (path / "unet" / "config.json").is_file(), "the demo DDPM must ship in msrs/assets (scripts/train_ddpm.py)"
     den = DiffusionDenoiser.from_pretrained(path)
     unet = UNet2DModel.from_pretrained(str(path / "unet")).eval()
     scheduler = DDPMScheduler.from_pretrained(str(path / "scheduler"))

@@ -11,15 +11,7 @@ from msrs import ops
 from msrs.smoothing import PREDICT_STREAM, Certificate, SmoothedClassifier
 
 
-def fastest_cpu_backend() -> str:
-    """The C++ backend when it can run here (much faster on CPU; built on first use), else the torch reference."""
-    from msrs.ops import dispatch
-
-    try:
-        return "cpp" if dispatch.unavailable_reason("cpp", torch.device("cpu")) is None else "torch"
-    except ImportError:
-        return "torch"
-
+from conftest import fastest_cpu_backend  # noqa: E402
 
 BACKEND = fastest_cpu_backend()
 SIGMAS = [0.25, 0.5, 1.0]

@@ -20,15 +20,7 @@ from msrs.smoothing import SmoothedClassifier
 
 PHI, PPF = sps.norm.cdf, sps.norm.ppf
 
-def fastest_cpu_backend() -> str:
-    """The C++ backend when it can run here (much faster on CPU; built on first use), else the torch reference."""
-    from msrs.ops import dispatch
-
-    try:
-        return "cpp" if dispatch.unavailable_reason("cpp", torch.device("cpu")) is None else "torch"
-    except ImportError:
-        return "torch"
-
+from conftest import fastest_cpu_backend  # noqa: E402
 
 BACKEND = fastest_cpu_backend()
 SHAPE = (1, 4, 4)

@@ -78,6 +78,7 @@ def _resolve_cached(requested: str | None, environment: tuple, device_type: str,
     return next(name for name in preferred if unavailable_reason(name, device) is None)
 
 
+@functools.lru_cache(maxsize=None)
 def backend_module(name: str) -> ModuleType:
     return _module(name)
 

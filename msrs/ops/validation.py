@@ -39,6 +39,9 @@ def expect_out_dtype(name: str, dtype) -> None:
 
 def expect_same_device(**tensors: torch.Tensor) -> None:
     devices = {name: t.device for name, t in tensors.items()}
+    first = next(iter(devices.values()))
+    if all(d == first for d in devices.values()):  # the common case, without building a set (per-batch hot path)
+        return
     if len(set(devices.values())) > 1:
         listed = ", ".join(f"{name} on {device}" for name, device in devices.items())
         raise ValueError(f"expected all tensors on one device, got {listed}")

@@ -344,6 +344,9 @@ class SmoothedClassifier:
     def _prepare(self, sigma: float) -> tuple:
         """(coeffs [1, 3] (sigma, alpha, beta) of sample_noisy, timestep t, sqrt(abar_t) a) for this sigma."""
         if self.denoiser is None:
+            if self._scalar_stats():  # (x + sigma eps - m) / s folded into the fused op: alpha = 1/s, beta = -m/s
+                m, s = float(self._stat(self.mean, 0.0)), float(self._stat(self.std, 1.0))
+                return torch.tensor([[sigma, 1.0 / s, -m / s]], device=self.device), None, None
             return torch.tensor([[sigma, 1.0, 0.0]], device=self.device), None, None
         t, a = self.denoiser.timestep_for(sigma)
         a = float(a)
@@ -357,7 +360,7 @@ class SmoothedClassifier:
         noisy = ops.sample_noisy(x, rows, coeffs.expand(rows.shape[0], 3), seed=seed, backend=self.backend,
                                  check=False)
         if self.denoiser is None:
-            inp = noisy if self.mean is None and self.std is None else self._normalise(noisy)
+            inp = noisy if self._scalar_stats() else self._normalise(noisy)
         else:
             eps = self.denoiser.predict_eps(noisy, torch.full((rows.shape[0],), t, dtype=torch.int64,
                                                               device=self.device))
@@ -380,6 +383,10 @@ class SmoothedClassifier:
             raise ValueError(f"classifier: expected float logits of shape [{inp.shape[0]}, {self.num_classes}] "
                              f"(num_classes = {self.num_classes}) for an input of shape {tuple(inp.shape)}, got {got}")
         return logits
+
+    def _scalar_stats(self) -> bool:
+        """No normalisation, or one mean and one std for all channels (then the fused noise op applies it)."""
+        return all(t is None or t.numel() == 1 for t in (self.mean, self.std))
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
         mean, std = self._stat(self.mean, 0.0), self._stat(self.std, 1.0)

@@ -275,14 +275,16 @@ def test_denoiser_pipeline_composes_as_specified():
     assert torch.equal(counts, torch.nn.functional.one_hot(votes, 4).sum(1))
 
 
-def test_plain_pipeline_normalises():
-    mean, std = [0.5], [0.25]
+@pytest.mark.parametrize("mean, std", [([0.5], [0.25]), ([0.5, 0.4, 0.3], [0.25, 0.2, 0.3])],
+                         ids=["one-value (fused into the noise op)", "per-channel (torch)"])
+def test_plain_pipeline_normalises(mean, std):
     classifier = Counting(tiny_classifier())
     sc = SmoothedClassifier(classifier, 4, mean=mean, std=std, backend=BACKEND)
     x, ids = images(2), torch.tensor([1, 2])
     sc.sample_counts(x, ids, 0.25, 5, stream=1, seed=2, batch_size=64)
     noisy = ops.add_noise(x, 0.25, 5, seed=2, image_ids=ids, stream=1, backend=BACKEND)
-    torch.testing.assert_close(classifier.inputs[0], (noisy - 0.5) / 0.25)
+    m, sd = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
+    torch.testing.assert_close(classifier.inputs[0], (noisy - m) / sd)
 
 
 def test_denoiser_channel_mismatch():

@@ -46,6 +46,11 @@ _OOM_MESSAGES = (
 )
 
 
+AUTO_START = 1 << 16
+"""Where `--batch-size auto` starts: 65,536 samples, more than any device needs to be full; the engine halves it on
+each out-of-memory error and keeps the size that fitted for the rest of the run."""
+
+
 def is_out_of_memory(error: BaseException) -> bool:
     """True for the errors find_batch_size treats as out-of-memory (see the module docstring)."""
     oom_type = getattr(torch.cuda, "OutOfMemoryError", None)

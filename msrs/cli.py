@@ -62,24 +62,32 @@ COMMANDS = {
 
 
 # ------------------------------------------------------------------------------------------------------------- certify
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def _int_at_least(minimum: int):
+    """An argparse type: an integer >= minimum."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
 
 
-def _nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+_positive_int, _nonnegative_int = _int_at_least(1), _int_at_least(0)
+
+
+def _batch_size(text: str) -> int:
+    """A positive integer, or "auto": start at msrs.autobatch.AUTO_START and let the engine halve the batch on
+    out-of-memory errors until it fits (the batch is the unit of retry, so counts never change)."""
+    if text == "auto":
+        from .autobatch import AUTO_START
+
+        return AUTO_START
+    return _positive_int(text)
 
 
 def add_certify_arguments(p: argparse.ArgumentParser) -> None:
@@ -133,7 +141,9 @@ def add_certify_arguments(p: argparse.ArgumentParser) -> None:
     run = p.add_argument_group("run")
     run.add_argument("--out", required=True, metavar="PATH", help="TSV log to write (resumed when interrupted)")
     run.add_argument("--overwrite", action="store_true", help="replace a finished or differently configured log")
-    run.add_argument("--batch-size", type=int, default=1000, help="Monte Carlo samples per batch (default 1000)")
+    run.add_argument("--batch-size", type=_batch_size, default=1000,
+                     help="Monte Carlo samples per batch, or auto: the largest that fits, found by halving from "
+                          "65536 on out-of-memory errors (default 1000)")
     run.add_argument("--group-size", type=int, default=None,
                      help="images whose samples share batches (default: batch-size // n, at least 1)")
     run.add_argument("--backend", choices=("auto", "torch", "cpp", "triton"), default="auto",

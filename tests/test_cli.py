@@ -220,3 +220,12 @@ def test_every_classifier_format_certifies(tmp_path, capsys):
         logs_.append(rows_without_time(out))
     assert logs_[0] == logs_[1] == logs_[2]
     assert logs_[0][0] == ["idx", "label", "predict", "radius", "correct", "stage", "sigma"]
+
+
+def test_batch_size_auto_gives_the_same_log(tmp_path, classifier, capsys):
+    fixed, auto = tmp_path / "fixed.tsv", tmp_path / "auto.tsv"
+    assert main(certify_args(classifier, fixed)) == 0
+    assert main(certify_args(classifier, auto, "--batch-size", "auto")) == 0
+    assert rows_without_time(auto) == rows_without_time(fixed)
+    assert main(certify_args(classifier, tmp_path / "bad.tsv", "--batch-size", "automatic")) == 2
+    assert "--batch-size" in capsys.readouterr().err and not (tmp_path / "bad.tsv").exists()

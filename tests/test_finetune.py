@@ -211,12 +211,13 @@ def test_checkpoint_loads_with_from_pretrained_and_log_has_the_right_rows(tmp_pa
     assert columns[:6] == ["step", "total", "brier", "anti_consistency", "mse", "recoverable"]
     assert {"recoverable_sigma_0.25", "recoverable_sigma_0.5", "recoverable_sigma_1", "lr", "wall_time"} <= set(columns)
     assert [int(r["step"]) for r in rows] == [1, 2, 3]
+    w = record["settings"]
     for r in rows:
-        w = 1.0  # default weights
-        assert float(r["total"]) == pytest.approx(w * float(r["brier"]) + w * float(r["anti_consistency"])
-                                                  + w * float(r["mse"]), rel=1e-4, abs=1e-6)
+        total = (w["brier_weight"] * float(r["brier"]) + w["anti_consistency_weight"] * float(r["anti_consistency"])
+                 + w["mse_weight"] * float(r["mse"]))
+        assert float(r["total"]) == pytest.approx(total, rel=1e-4, abs=1e-6)
         assert 0.0 <= float(r["recoverable"]) <= 1.0
-        assert float(r["lr"]) == pytest.approx(1e-3)
+        assert float(r["lr"]) == pytest.approx(1e-3 * min(1.0, int(r["step"]) / w["warmup_steps"]))  # warm-up
     assert float(rows[-1]["wall_time"]) >= float(rows[0]["wall_time"]) >= 0
 
 
@@ -314,6 +315,7 @@ def test_cli_runs_end_to_end(tmp_path, capsys):
     (["--ema-decay", "1"], "ema-decay"), (["--brier-weight", "-1"], "brier-weight"),
     (["--samples-per-image", "0"], "samples-per-image"), (["--weights", "w.safetensors"], "weights"),
     (["--denoiser", "/nonexistent/folder"], "denoiser"), (["--dtype", "float16", "--device", "cpu"], "dtype"),
+    (["--device", "nonsense"], "device"), (["--classifier", "demo", "--weights", "w.safetensors"], "weights"),
 ])
 def test_cli_bad_arguments(tmp_path, argv, name):
     args = _parser().parse_args(["--out", str(tmp_path / "out"), "--quiet"] + argv)

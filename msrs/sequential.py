@@ -170,22 +170,9 @@ def cs_bounds(successes, trials, alpha: float, prior=DEFAULT_PRIOR, *, method: s
     if method == "brentq":
         lower, upper = _bounds_brentq(s, f, const, phat)
     elif method == "bisect":
-        # lower end: bracket [lo, hi] with lo outside (or 0) and hi = phat inside
-        lo, hi = np.zeros_like(phat), phat.copy()
-        for _ in range(_BISECT_STEPS):
-            mid = 0.5 * (lo + hi)
-            out = outside(mid)
-            lo = np.where(out, mid, lo)
-            hi = np.where(out, hi, mid)
-        lower = lo
-        # upper end: bracket [lo, hi] with lo = phat inside and hi outside (or 1)
-        lo, hi = phat.copy(), np.ones_like(phat)
-        for _ in range(_BISECT_STEPS):
-            mid = 0.5 * (lo + hi)
-            out = outside(mid)
-            hi = np.where(out, mid, hi)
-            lo = np.where(out, lo, mid)
-        upper = hi
+        # lower end: bracket with 0 (outside) and phat (inside); upper end: phat (inside) and 1 (outside)
+        lower = _bisect_boundary(outside, outside_end=np.zeros_like(phat), inside_end=phat.copy())
+        upper = _bisect_boundary(outside, outside_end=np.ones_like(phat), inside_end=phat.copy())
     else:
         raise ValueError(f"method: expected 'bisect' or 'brentq', got {method!r}")
     lower = np.where(s == 0, 0.0, lower)
@@ -195,6 +182,17 @@ def cs_bounds(successes, trials, alpha: float, prior=DEFAULT_PRIOR, *, method: s
     if scalar:
         return float(lower[0]), float(upper[0])
     return lower, upper
+
+
+def _bisect_boundary(outside, outside_end: np.ndarray, inside_end: np.ndarray) -> np.ndarray:
+    """The CS boundary between a bracket end outside the set and one inside it, elementwise, after _BISECT_STEPS
+    halvings; returns the end that stayed outside, so the bound is conservative (never inside the set)."""
+    for _ in range(_BISECT_STEPS):
+        mid = 0.5 * (outside_end + inside_end)
+        out = outside(mid)
+        outside_end = np.where(out, mid, outside_end)
+        inside_end = np.where(out, inside_end, mid)
+    return outside_end
 
 
 def _bounds_brentq(s, f, const, phat):

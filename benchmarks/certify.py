@@ -2,10 +2,11 @@
 
     python benchmarks/certify.py                               # table on stdout
     python benchmarks/certify.py --json out.json               # also a list of records
-    python benchmarks/certify.py --workloads demo --n 2000 --images 16 --impls reference,msrs,msrs+compile
+    python benchmarks/certify.py --workloads demo --n 2000 --images 16 --impls reference,msrs:bfloat16
 
-Records: {"workload", "device", "impl", "samples_per_s", "speedup_vs_reference", "unet_time_fraction",
-"peak_memory_bytes", "batch_size", ...} (plus the run's settings). samples_per_s = images * (n0 + n) / seconds of
+Records: {"workload", "device", "impl", "dtype", "samples_per_s", "images_per_s", "speedup_vs_reference",
+"speedup_vs_reference_same_dtype", "unet_time_fraction", "unet_fraction_of_matmul_peak", "peak_memory_bytes",
+"batch_size", ...} (plus the run's settings). samples_per_s = images * (n0 + n) / seconds of
 one CERTIFY of the whole group (selection + estimation samples, Clopper-Pearson, radius).
 
 Workloads
@@ -17,20 +18,26 @@ Workloads
                 throughput does not depend on them) and a ResNet-18 (CIFAR variant, 11M parameters, written below)
                 at 32x32. About 23 UNet images/s on 2 CPU cores: keep n small on a CPU.
 
-Implementations (same models, same images, same n0 / n / sigma / alpha, timed round-robin in the same run)
+Implementations, IMPL[:DTYPE] (same models, same images, same n0 / n / sigma / alpha, timed round-robin in one run)
   reference     the field's loop (Cohen et al.'s core.Smooth as used by Carlini et al.'s and the multi-scale code):
                 per image, batches of batch_size: x.repeat, torch.randn_like * sigma, add, scale to the timestep
                 a (2 x - 1), UNet, the one-step denoise formula as separate ops, clamp, (x + 1) / 2, normalise,
-                classifier, argmax, .cpu(), numpy bincount; under torch.no_grad (and autocast for --dtype).
+                classifier, argmax, .cpu(), numpy bincount; under torch.no_grad. float32 unless :DTYPE (autocast).
+                speedup_vs_reference is against reference:float32, the public code as it runs;
+                speedup_vs_reference_same_dtype against the reference in the impl's own dtype, when in the run.
   msrs          msrs.smoothing.SmoothedClassifier(...).certify with msrs.denoiser.DiffusionDenoiser: rows of all
                 images share batches (counter-based Philox noise), fused ops (msrs.ops), counts accumulated on the
-                device, inference_mode; --channels-last runs the UNet in channels_last.
-  msrs+compile  msrs with torch.compile of the UNet (compile time reported separately, not in samples_per_s).
-  msrs+sequential  (not in the default list) msrs with sequential early stopping (msrs.sequential) for target radii
-                0.25, 0.5, 0.75, 1.0 and n as the budget: different certificates (same buckets, CS radii), so its
-                samples_per_s is an *equivalent* rate, images * (n0 + n) / seconds; samples_drawn says what it drew.
-unet_time_fraction: the UNet calls alone, timed in a separate pass over batches of the same shapes (recorded during
-the timed run), divided by the impl's time. peak_memory_bytes: torch.cuda.max_memory_allocated on a GPU, the
+                device, inference_mode, autocast in DTYPE; --channels-last runs the UNet in channels_last.
+  msrs+compile  msrs with compile=True: classifier and UNet through torch.compile at one static batch shape
+                (msrs.compiled: CPU freezing, CUDA graphs on a GPU); compile time reported apart (compile_s).
+  msrs+sequential, msrs+compile+sequential  (not in the default list) with sequential early stopping
+                (certify_sequential) for target radii 0.25, 0.5, 0.75, 1.0 and n as the budget: different
+                certificates (bounds valid under early stopping), so samples_per_s is an *equivalent* rate,
+                images * (n0 + n) / seconds; samples_drawn says what it drew.
+unet_time_fraction: the UNet calls alone (as the impl makes them: eager or compiled, autocast), timed in a separate
+pass over batches of the recorded shapes, divided by the impl's time. unet_fraction_of_matmul_peak: the UNet's
+FLOP/s in that pass (torch.utils.flop_counter) over a large matmul's FLOP/s in the same dtype, measured in the same
+run: how much faster the UNet could still get. peak_memory_bytes: torch.cuda.max_memory_allocated on a GPU, the
 process's peak RSS on a CPU (msrs.autobatch.peak_memory_bytes, reset before each impl where Linux allows).
 
 On a CPU shared with other jobs, use --threads 1: with 2 OpenMP threads every parallel op waits for a time slice
@@ -56,7 +63,12 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from msrs.autobatch import _reset_peak, peak_memory_bytes  # noqa: E402
 
-IMPLS = ("reference", "msrs", "msrs+compile", "msrs+sequential")
+IMPLS = ("reference", "msrs", "msrs+compile", "msrs+sequential", "msrs+compile+sequential")
+DTYPES = ("float32", "bfloat16", "float16")
+DEFAULT_IMPLS = {
+    "cpu": "reference,reference:bfloat16,msrs:float32,msrs:bfloat16,msrs+compile:bfloat16",
+    "cuda": "reference,reference:bfloat16,msrs:bfloat16,msrs+compile:bfloat16",
+}
 TARGET_RADII = (0.25, 0.5, 0.75, 1.0)
 DEFAULTS = {
     # workload: images, n0, n, batch size, sigma
@@ -174,11 +186,10 @@ class Recorder(nn.Module):
         super().__init__()
         self.inner = unet
         self.config = unet.config
-        self.shapes: list[tuple] | None = None
+        self.shapes: list[tuple] = []
 
     def forward(self, x, t, **kwargs):
-        if self.shapes is not None:
-            self.shapes.append((tuple(x.shape), x.dtype, x.is_contiguous(memory_format=torch.channels_last)))
+        self.shapes.append((tuple(x.shape), x.dtype, x.is_contiguous(memory_format=torch.channels_last)))
         return self.inner(x, t, **kwargs)
 
 
@@ -237,61 +248,69 @@ class ReferenceSmooth:
         return (-1, 0.0) if p_lower < 0.5 else (c_a, self.sigma * norm.ppf(p_lower))
 
 
-def make_runner(impl: str, w: dict, args, unet, batch_size: int) -> tuple:
-    """(run() -> predictions, extra record fields) for one implementation at one batch size."""
+def parse_impl(spec: str, default_dtype: str) -> tuple[str, str]:
+    """'msrs+compile:bfloat16' -> ('msrs+compile', 'bfloat16'); no suffix: the reference runs in float32 (the
+    field's code), the msrs impls in --dtype."""
+    name, _, dtype = spec.strip().partition(":")
+    if name not in IMPLS:
+        raise ValueError(f"--impls: unknown {name!r}; expected one of {', '.join(IMPLS)} (optionally :dtype)")
+    dtype = dtype or ("float32" if name == "reference" else default_dtype)
+    if dtype not in DTYPES:
+        raise ValueError(f"--impls: unknown dtype {dtype!r} in {spec!r}; expected one of {', '.join(DTYPES)}")
+    return name, dtype
+
+
+def make_runner(impl: str, dtype: torch.dtype, w: dict, args, batch_size: int) -> tuple:
+    """(run() -> predictions, unet_call(x, t), shapes list filled by run(), extra record fields)."""
     images, sigma = w["images"], args.sigma
-    dtype = args.torch_dtype
+    unet = copy.deepcopy(w["unet"])  # each variant its own copy (memory format, compilation)
     if impl == "reference":
         torch.manual_seed(SEED)
-        smooth = ReferenceSmooth(w, unet, sigma, dtype)
+        rec = Recorder(unet)
+        smooth = ReferenceSmooth(w, rec, sigma, dtype)
 
         def run():
             return [smooth.certify(images[i: i + 1], args.n0, args.n, ALPHA, batch_size)[0]
                     for i in range(images.shape[0])]
 
-        return run, {}
+        return run, lambda x, t: unet(x, t).sample, rec.shapes, {}
     from msrs.denoiser import DiffusionDenoiser
     from msrs.smoothing import SmoothedClassifier
 
     den = DiffusionDenoiser(unet, w["scheduler"], channels_last=args.channels_last).to(images.device).eval()
-    extra = {"channels_last": args.channels_last}
-    if impl == "msrs+compile":
-        unet.inner = torch.compile(unet.inner, dynamic=False)
-    sm = SmoothedClassifier(w["classifier"], w["num_classes"], denoiser=den, mean=w["mean"], std=w["std"],
-                            device=images.device, dtype=dtype)
+    compiled = impl.startswith("msrs+compile")
+    classifier = copy.deepcopy(w["classifier"]) if compiled else w["classifier"]
+    sm = SmoothedClassifier(classifier, w["num_classes"], denoiser=den, mean=w["mean"], std=w["std"],
+                            device=images.device, dtype=dtype, compile=compiled)
+    shapes = []
+    predict_eps = den.predict_eps
+
+    def recording_predict_eps(x_t, timesteps, **kwargs):  # outside compiled code: always runs
+        shapes.append((tuple(x_t.shape), x_t.dtype, False))
+        return predict_eps(x_t, timesteps, **kwargs)
+
+    den.predict_eps = recording_predict_eps
+    extra = {"channels_last": args.channels_last, "compiled": compiled}
 
     def run():
         certs = sm.certify(images, sigma, args.n0, args.n, ALPHA, seed=SEED, batch_size=batch_size)
         return [c.prediction for c in certs]
 
-    if impl == "msrs+sequential":
-        from msrs.sequential import run_sequential
-
-        ids = torch.arange(images.shape[0])
-
+    if impl.endswith("+sequential"):
         def run():
-            counts0 = sm.sample_counts(images, ids, sigma, args.n0, stream=0, seed=SEED, batch_size=batch_size)
-            c_a = counts0.argmax(1).cpu().numpy()
-
-            def draw(idx, num, start):
-                sel = torch.as_tensor(idx)
-                c = sm.sample_counts(images[sel], ids[sel], sigma, num, stream=1, seed=SEED, batch_size=batch_size,
-                                     sample_start=start)
-                return c.cpu().numpy()[np.arange(len(idx)), c_a[idx]]
-
-            res = run_sequential(draw, c_a, args.n, sigma, ALPHA, TARGET_RADII)
-            extra["samples_drawn"] = int(images.shape[0] * args.n0 + res.samples.sum())
-            return res.prediction.tolist()
+            certs = sm.certify_sequential(images, sigma, args.n0, args.n, ALPHA, seed=SEED, batch_size=batch_size,
+                                          target_radii=TARGET_RADII)
+            extra["samples_drawn"] = int(sum(c.samples for c in certs))
+            return [c.prediction for c in certs]
 
         extra["target_radii"] = list(TARGET_RADII)
-        extra["note"] = ("sequential early stopping (msrs.sequential, CS bounds): samples_per_s counts the fixed-n "
-                         "work it replaces, images * (n0 + n); samples_drawn is what it drew")
-
-    if impl == "msrs+compile":
+        extra["note"] = ("sequential early stopping (msrs.sequential): samples_per_s counts the fixed-n work it "
+                         "replaces, images * (n0 + n); samples_drawn is what it drew")
+    if compiled:
         t0 = time.perf_counter()
-        run()  # compiles for every batch shape of the run
+        run()  # compiles (one static batch shape: msrs.compiled)
         extra["compile_s"] = round(time.perf_counter() - t0, 2)
-    return run, extra
+    return run, predict_eps, shapes, extra
 
 
 def _sync(device):
@@ -299,12 +318,14 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def unet_only_pass(unet, shapes, t: int, device, dtype) -> float:
-    """Seconds of the UNet alone on fresh inputs of the recorded shapes (same dtype, memory format, autocast)."""
+def unet_only_pass(unet_call, shapes, t: int, device, dtype) -> float:
+    """Seconds of the UNet alone (as the impl calls it: eager, compiled, autocast) on fresh inputs of the
+    recorded shapes."""
     inputs = []
-    for shape, xdtype, cl in shapes:
-        x = torch.randn(shape, device=device, dtype=xdtype)
-        inputs.append(x.contiguous(memory_format=torch.channels_last) if cl else x)
+    with torch.inference_mode():  # inference tensors, as the engine's (else compiled code re-specialises)
+        for shape, xdtype, cl in shapes:
+            x = torch.randn(shape, device=device, dtype=xdtype)
+            inputs.append(x.contiguous(memory_format=torch.channels_last) if cl else x)
     _sync(device)
     start = time.perf_counter()
     with torch.inference_mode():
@@ -312,43 +333,66 @@ def unet_only_pass(unet, shapes, t: int, device, dtype) -> float:
             steps = torch.full((x.shape[0],), t, dtype=torch.int64, device=device)
             if dtype != torch.float32:
                 with torch.autocast(device.type, dtype=dtype):
-                    unet(x, steps)
+                    unet_call(x, steps)
             else:
-                unet(x, steps)
+                unet_call(x, steps)
     _sync(device)
     return time.perf_counter() - start
+
+
+def unet_flops_per_sample(unet, w: dict, device) -> float:
+    """Floating-point operations of one UNet call per sample (torch.utils.flop_counter: convs, matmuls)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros((4, *w["images"].shape[1:]), device=device)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        unet(x, torch.zeros(4, dtype=torch.int64, device=device))
+    return counter.get_total_flops() / 4
+
+
+def matmul_peak_flops(device, dtype: torch.dtype) -> float:
+    """Measured FLOP/s of a large square matmul in `dtype` on this device: the roofline the UNet's convs face."""
+    size = 2048 if device.type == "cpu" else 8192
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    a @ b
+    best = math.inf
+    for _ in range(3):
+        _sync(device)
+        t0 = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * size ** 3 / best
 
 
 def bench_workload(name: str, args) -> list[dict]:
     device = torch.device(args.device)
     w = build_workload(name, device, args.images)
-    variants = []  # (impl, batch size)
-    for impl in args.impls:
+    variants = []  # (impl, dtype name, batch size)
+    for impl, dtype in args.impls:
         sizes = [args.batch_size] if impl == "reference" else args.msrs_batch_sizes
-        variants += [(impl, bs) for bs in sizes]
-    runners, recorders, extras = {}, {}, {}
+        variants += [(impl, dtype, bs) for bs in sizes]
+    runners = {}
     samples = w["images"].shape[0] * (args.n0 + args.n)
     for key in variants:
-        rec = Recorder(copy.deepcopy(w["unet"]))  # each variant its own copy (memory format, compilation)
         try:
-            run, extra = make_runner(key[0], w, args, rec, key[1])
+            runners[key] = make_runner(key[0], getattr(torch, key[1]), w, args, key[2])
         except Exception as exc:  # noqa: BLE001 - a variant that cannot run here is reported, not fatal
             print(f"# {name}/{key}: skipped ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})", file=sys.stderr)
-            continue
-        runners[key], extras[key], recorders[key] = run, extra, rec
     # round-robin: one warm-up run each, then `repeat` rounds; the UNet-only pass follows each timed run
     times = {key: [] for key in runners}
     unet_times = {key: [] for key in runners}
+    unet_samples = {}
     peaks = {key: 0 for key in runners}
     batches, preds = {}, {}
     t_step = timestep_reference(torch.as_tensor(w["scheduler"].alphas_cumprod), args.sigma)[0]
     mem_device = device if device.type == "cuda" else None
-    for run in runners.values():
+    for run, _, _, _ in runners.values():
         run()
     for round_index in range(args.repeat):
-        for key, run in runners.items():
-            rec = recorders[key]
-            rec.shapes = []
+        for key, (run, unet_call, shapes, _) in runners.items():
+            shapes.clear()
             _sync(device)
             _reset_peak(mem_device)
             t0 = time.perf_counter()
@@ -356,31 +400,44 @@ def bench_workload(name: str, args) -> list[dict]:
             _sync(device)
             times[key].append(time.perf_counter() - t0)
             peaks[key] = max(peaks[key], peak_memory_bytes(mem_device))
-            shapes, rec.shapes = rec.shapes, None
-            unet_times[key].append(unet_only_pass(rec.inner, shapes, t_step, device, args.torch_dtype))
-            batches[key] = len(shapes)
+            recorded = list(shapes)
+            unet_times[key].append(unet_only_pass(unet_call, recorded, t_step, device, getattr(torch, key[1])))
+            batches[key] = len(recorded)
+            unet_samples[key] = sum(s[0][0] for s in recorded)
         print(f"# {name} round {round_index + 1}/{args.repeat}: "
-              + ", ".join(f"{k[0]}@{k[1]} {v[-1]:.2f}s" for k, v in times.items()), file=sys.stderr, flush=True)
-    ref_keys = [k for k in times if k[0] == "reference"]
-    ref = statistics.median(times[ref_keys[0]]) if ref_keys else None
+              + ", ".join(f"{k[0]}:{k[1]}@{k[2]} {v[-1]:.2f}s" for k, v in times.items()), file=sys.stderr, flush=True)
+    flops = unet_flops_per_sample(w["unet"], w, device)
+    peak_flops = {dt: matmul_peak_flops(device, getattr(torch, dt)) for dt in {k[1] for k in runners}}
+    ref_key = next((k for k in times if k[0] == "reference" and k[1] == "float32"), None) or \
+        next((k for k in times if k[0] == "reference"), None)
+    ref = statistics.median(times[ref_key]) if ref_key else None
     records = []
     for key in runners:
         seconds = statistics.median(times[key])
+        unet_s = statistics.median(unet_times[key])
+        same = [k for k in times if k[0] == "reference" and k[1] == key[1]]
         rec = dict(
-            workload=name, device=_device_name(device), impl=key[0],
+            workload=name, device=_device_name(device), impl=key[0], dtype=key[1],
             samples_per_s=round(samples / seconds, 1),
+            images_per_s=round(w["images"].shape[0] / seconds, 3),
             speedup_vs_reference=round(ref / seconds, 3) if ref else None,
+            reference=f"{ref_key[0]}:{ref_key[1]}" if ref_key else None,
+            speedup_vs_reference_same_dtype=(round(statistics.median(times[same[0]]) / seconds, 3) if same else None),
             unet_time_fraction=round(statistics.median(u / t for u, t in zip(unet_times[key], times[key])), 3),
-            peak_memory_bytes=int(peaks[key]), batch_size=key[1],
+            unet_gflop_per_s=round(flops * unet_samples[key] / unet_s / 1e9, 1),
+            unet_fraction_of_matmul_peak=round(flops * unet_samples[key] / unet_s / peak_flops[key[1]], 3),
+            matmul_peak_gflop_per_s=round(peak_flops[key[1]] / 1e9, 1),
+            unet_gflop_per_sample=round(flops / 1e9, 4),
+            peak_memory_bytes=int(peaks[key]), batch_size=key[2],
             seconds=round(seconds, 3), seconds_all=[round(x, 3) for x in times[key]],
-            images=int(w["images"].shape[0]), n0=args.n0, n=args.n, sigma=args.sigma, dtype=args.dtype,
+            images=int(w["images"].shape[0]), n0=args.n0, n=args.n, sigma=args.sigma,
             threads=torch.get_num_threads(), unet_batches=batches.get(key), models=w["models"],
             abstain_fraction=round(float(np.mean(np.asarray(preds[key]) == -1)), 3),
             prediction_agreement_with_reference=(round(float(np.mean(np.asarray(preds[key]) ==
-                                                                      np.asarray(preds[ref_keys[0]]))), 3)
-                                                 if ref_keys else None),
+                                                                      np.asarray(preds[ref_key]))), 3)
+                                                 if ref_key else None),
         )
-        rec.update(extras[key])
+        rec.update(runners[key][3])
         records.append(rec)
     return records
 
@@ -392,8 +449,9 @@ def _device_name(device: torch.device) -> str:
 
 
 def print_table(records: list[dict]) -> None:
-    cols = ("workload", "impl", "device", "batch_size", "samples_per_s", "speedup_vs_reference", "unet_time_fraction",
-            "peak_memory_bytes", "seconds")
+    cols = ("workload", "impl", "dtype", "device", "batch_size", "samples_per_s", "images_per_s",
+            "speedup_vs_reference", "speedup_vs_reference_same_dtype", "unet_time_fraction",
+            "unet_fraction_of_matmul_peak", "peak_memory_bytes", "seconds")
     rows = [[str(r.get(c)) if c != "peak_memory_bytes" else f"{r[c] / 2**20:.0f} MiB" for c in cols] for r in records]
     widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(cols)]
     print("  ".join(c.ljust(wd) for c, wd in zip(cols, widths)))
@@ -404,7 +462,9 @@ def print_table(records: list[dict]) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workloads", default="demo,cifar10-ddpm", help="comma-separated: " + ", ".join(DEFAULTS))
-    p.add_argument("--impls", default="reference,msrs", help="comma-separated: " + ", ".join(IMPLS))
+    p.add_argument("--impls", default=None,
+                   help="comma-separated IMPL[:DTYPE], IMPL one of " + ", ".join(IMPLS) + "; default on a CPU: "
+                        + DEFAULT_IMPLS["cpu"] + "; on a GPU: " + DEFAULT_IMPLS["cuda"])
     p.add_argument("--n", type=int, default=None, help="estimation samples per image (default: per workload)")
     p.add_argument("--n0", type=int, default=None, help="selection samples per image (default: per workload)")
     p.add_argument("--images", type=int, default=None)
@@ -414,8 +474,9 @@ def main(argv=None) -> int:
                         "workload, the reference's batch and a larger one)")
     p.add_argument("--sigma", type=float, default=None)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
-                   help="autocast dtype of both impls (default: bfloat16 on a GPU, float32 on a CPU)")
+    p.add_argument("--dtype", default=None, choices=DTYPES,
+                   help="autocast dtype of the msrs impls given without :DTYPE (default: bfloat16 on a GPU, float32 on "
+                        "a CPU); the reference without :DTYPE runs in float32, as the field's code does")
     p.add_argument("--channels-last", action="store_true", help="msrs impls: UNet in channels_last")
     p.add_argument("--repeat", type=int, default=3, help="timed rounds (median reported)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
@@ -424,10 +485,11 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
-    impls = [i.strip() for i in args.impls.split(",") if i.strip()]
-    unknown = set(impls) - set(IMPLS)
-    if unknown:
-        p.error(f"--impls: unknown {sorted(unknown)}; expected {', '.join(IMPLS)}")
+    spec = args.impls or DEFAULT_IMPLS["cuda" if args.device.startswith("cuda") else "cpu"]
+    try:
+        impls = [parse_impl(i, args.dtype) for i in spec.split(",") if i.strip()]
+    except ValueError as err:
+        p.error(str(err))
     records = []
     for name in [w.strip() for w in args.workloads.split(",") if w.strip()]:
         if name not in DEFAULTS:
@@ -442,7 +504,6 @@ def main(argv=None) -> int:
             wargs.msrs_batch_sizes = [args.batch_size]
         else:
             wargs.msrs_batch_sizes = list(DEFAULTS[name]["msrs_batch_sizes"])
-        wargs.torch_dtype = getattr(torch, args.dtype)
         wargs.impls = impls
         records += bench_workload(name, wargs)
     print_table(records)

@@ -103,6 +103,7 @@ class DiffusionDenoiser(nn.Module):
         self.autocast_dtype = _check_autocast(autocast_dtype)
         self.channels_last = bool(channels_last)
         self._unet_channels_last = False
+        self._static_eps = None  # compile_for_inference(): the compiled UNet at a static batch shape
 
     # -- schedule -------------------------------------------------------------------------------------------------
     @property
@@ -144,6 +145,18 @@ class DiffusionDenoiser(nn.Module):
                              f"[{int(t.min())}, {int(t.max())}]")
         return t.to(torch.int64)
 
+    def compile_for_inference(self) -> DiffusionDenoiser:
+        """Compile the UNet (msrs.compiled: static batch shape, CPU freezing / CUDA graphs) for the no-gradient
+        calls of predict_eps; calls with gradients (fine-tuning) keep the eager UNet. Call it after moving the
+        module to its device and not before changing its weights. Not with channels_last. Returns self."""
+        from .compiled import StaticBatch, compile_model
+
+        if self.channels_last:
+            raise ValueError("channels_last: not supported together with compile_for_inference()")
+        device = next(self.unet.parameters()).device
+        self._static_eps = StaticBatch(compile_model(_EpsNetwork(self.unet), device))
+        return self
+
     def predict_eps(self, x_t: torch.Tensor, timesteps, *, autocast_dtype="default",
                     channels_last: bool | None = None) -> torch.Tensor:
         """The UNet's eps prediction for x_t [N, C, H, W] at timesteps (one int or [N]), as fp32 [N, C, H, W].
@@ -166,14 +179,20 @@ class DiffusionDenoiser(nn.Module):
         x = x_t.to(param.dtype)
         if use_cl:
             x = x.contiguous(memory_format=torch.channels_last)
+        network = self._eps_eager
+        if self._static_eps is not None and not use_cl and not torch.is_grad_enabled():
+            network = self._static_eps
         if dtype is not None:
             with torch.autocast(device_type=x.device.type, dtype=dtype):
-                out = self.unet(x, t).sample
+                out = network(x, t)
         else:
-            out = self.unet(x, t).sample
+            out = network(x, t)
         if out.shape[1] == 2 * self.in_channels:
             out = out[:, : self.in_channels]
         return out.to(torch.float32).contiguous()
+
+    def _eps_eager(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.unet(x, t).sample
 
     def forward(self, x_t: torch.Tensor, timesteps) -> torch.Tensor:
         return self.predict_eps(x_t, timesteps)
@@ -274,3 +293,15 @@ class DiffusionDenoiser(nn.Module):
         return (f"in_channels={self.in_channels}, sample_size={self.sample_size}, "
                 f"num_train_timesteps={self.num_train_timesteps}, autocast_dtype={self.autocast_dtype}, "
                 f"channels_last={self.channels_last}")
+
+
+class _EpsNetwork(nn.Module):
+    """The UNet as a function x_t, t -> eps tensor (diffusers returns an output object; compiled code and
+    msrs.compiled.StaticBatch want a tensor)."""
+
+    def __init__(self, unet: nn.Module):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.unet(x, t).sample

@@ -51,7 +51,7 @@ PathLike = Union[str, os.PathLike]
 COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
 CASCADE_COLUMNS = COLUMNS + ("stage", "sigma")
 SIDECAR_FORMAT = "msrs-certify-run/1"
-_INT_COLUMNS = ("idx", "label", "predict", "correct", "stage")
+_INT_COLUMNS = ("idx", "label", "predict", "correct", "stage", "samples")  # samples: sequential logs
 
 
 # --------------------------------------------------------------------------------------------------------- formatting

@@ -47,7 +47,7 @@ def load(path: PathLike) -> dict:
         values = [row[column] for row in rows]
         if column in ("radius", "sigma"):
             out[column] = np.asarray(values, dtype=np.float64)
-        elif column in ("idx", "label", "predict", "correct", "stage"):
+        elif column in ("idx", "label", "predict", "correct", "stage", "samples"):
             out[column] = np.asarray(values, dtype=np.int64)
         else:
             out[column] = np.asarray(values, dtype=object)

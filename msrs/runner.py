@@ -202,6 +202,7 @@ def certify_dataset(
     overwrite: bool = False,
     sequential: bool = False,
     target_radii: Optional[Sequence[float]] = None,
+    sequential_bound: Optional[str] = None,
     run_info: Optional[Mapping] = None,
     extra_info: Optional[Mapping] = None,
 ) -> Path:
@@ -216,10 +217,13 @@ def certify_dataset(
                 recorded in ``<out>.json`` and compared on resume.  Without it, hashes of the classifier's and
                 denoiser's state dicts are recorded instead.  The selected images' content hash is always recorded.
     extra_info: recorded but not compared (device, backend, command line...).
-    sequential: early-stopping CERTIFY (smoothed.certify_sequential, msrs.sequential) with n as the largest number
-                of estimation samples; each image stops once its outcome at ``target_radii`` (default: the report's
-                radii, msrs.report.DEFAULT_RADII) is settled. One sigma only (the sequential cascade is not
-                implemented).
+    sequential: early stopping (msrs.sequential) with n as the largest number of estimation samples per stage;
+                each image stops once its outcome at ``target_radii`` (default: the report's radii,
+                msrs.report.DEFAULT_RADII) is settled: smoothed.certify_sequential for one sigma,
+                smoothed.certify_cascade_sequential for several (the "union" alpha schedule only). The log gets a
+                ``samples`` column (Monte Carlo samples drawn per image).
+    sequential_bound: "spending" (default: Clopper-Pearson with alpha spent over pre-set looks) or "cs" (the
+                confidence sequence); sequential mode only.
 
     Under torchrun (msrs.distributed initialised) every rank calls this with the same arguments: the engine
     splits each group's samples over the ranks, rank 0 alone writes the log and shows progress, and the list of
@@ -233,13 +237,16 @@ def certify_dataset(
     cascade = len(args["sigmas"]) > 1
     method = "certify_cascade" if cascade else "certify"
     if sequential:
-        if cascade:
-            raise ValueError("sequential: the multi-scale cascade is not implemented in sequential mode; give one "
-                             "sigma, or drop --sequential")
-        method = "certify_sequential"
+        method = "certify_cascade_sequential" if cascade else "certify_sequential"
         target_radii = _target_radii(target_radii)
+        sequential_bound = _sequential_bound(sequential_bound)
+        if cascade and args["alpha_schedule"] != "union":
+            raise ValueError(f"alpha_schedule: the sequential cascade needs 'union' (a valid union bound), got "
+                             f"{args['alpha_schedule']!r}")
     elif target_radii is not None:
         raise ValueError("target_radii: only used in sequential mode (pass sequential=True / --sequential)")
+    elif sequential_bound is not None:
+        raise ValueError("sequential_bound: only used in sequential mode (pass sequential=True / --sequential)")
     if not callable(getattr(smoothed, method, None)):
         raise TypeError(f"smoothed: {type(smoothed).__name__} has no {method}() method (expected a "
                         "msrs.smoothing.SmoothedClassifier)")
@@ -261,7 +268,8 @@ def certify_dataset(
                          f"values in [{float(selected.min()):g}, {float(selected.max()):g}]")
     _probe(smoothed, selected[:1], id_tensor[:1], args)
     config = {
-        "method": "cascade" if cascade else ("sequential" if sequential else "certify"),
+        "method": ("sequential_cascade" if sequential else "cascade") if cascade else
+                  ("sequential" if sequential else "certify"),
         "sigmas": args["sigmas"],
         "n0": args["n0"],
         "n": args["n"],
@@ -276,7 +284,7 @@ def certify_dataset(
                  "selected_sha256": _tensor_digest(dataset.images[id_tensor], dataset.labels[id_tensor])},
     }
     if sequential:  # only then, so that logs of fixed-n runs keep their recorded configuration
-        config["sequential"] = {"target_radii": target_radii}
+        config["sequential"] = _sequential_config(target_radii, sequential_bound, args["n"])
     if run_info is not None:
         config["run"] = dict(run_info)
     else:
@@ -295,6 +303,8 @@ def certify_dataset(
         pass
     info.update(dict(extra_info or {}))
     columns = logs.CASCADE_COLUMNS if cascade else logs.COLUMNS
+    if sequential:  # Cohen's columns first, so tools reading those still read the log
+        columns = columns + ("samples",)
 
     # rank 0 alone opens (or resumes) the log and decides what is left to do; the other ranks get its decision,
     # or its error, so that a refusal stops every rank instead of leaving them waiting
@@ -327,7 +337,12 @@ def certify_dataset(
                 chunk_ids = torch.tensor(chunk, dtype=torch.int64)
                 images = dataset.images[chunk_ids]
                 t0 = time.perf_counter()
-                if cascade:
+                if sequential and cascade:
+                    certs = smoothed.certify_cascade_sequential(
+                        images, args["sigmas"], args["n0"], args["n"], args["alpha"], seed=args["seed"],
+                        batch_size=args["batch_size"], image_ids=chunk_ids, p0=args["p0"], target_radii=target_radii,
+                        bound=sequential_bound)
+                elif cascade:
                     certs = smoothed.certify_cascade(
                         images, args["sigmas"], args["n0"], args["n"], args["alpha"], seed=args["seed"],
                         batch_size=args["batch_size"], image_ids=chunk_ids, p0=args["p0"],
@@ -335,7 +350,8 @@ def certify_dataset(
                 elif sequential:
                     certs = smoothed.certify_sequential(
                         images, args["sigmas"][0], args["n0"], args["n"], args["alpha"], seed=args["seed"],
-                        batch_size=args["batch_size"], image_ids=chunk_ids, p0=args["p0"], target_radii=target_radii)
+                        batch_size=args["batch_size"], image_ids=chunk_ids, p0=args["p0"], target_radii=target_radii,
+                        bound=sequential_bound)
                 else:
                     certs = smoothed.certify(
                         images, args["sigmas"][0], args["n0"], args["n"], args["alpha"], seed=args["seed"],
@@ -354,6 +370,8 @@ def certify_dataset(
                     if cascade:
                         row["stage"] = int(cert.stage)
                         row["sigma"] = float(cert.sigma)
+                    if sequential:
+                        row["samples"] = int(cert.samples)
                     if writer is not None:
                         writer.write_row(row)
                     samples += int(getattr(cert, "samples", 0) or 0)
@@ -381,6 +399,27 @@ def _target_radii(values) -> list:
     if not radii or radii[0] < 0:
         raise ValueError(f"target_radii: expected one or more radii >= 0, got {list(values)}")
     return radii
+
+
+def _sequential_bound(value) -> str:
+    from .sequential import BOUNDS
+
+    value = "spending" if value is None else value
+    if value not in BOUNDS:
+        raise ValueError(f"sequential_bound: expected one of {BOUNDS}, got {value!r}")
+    return value
+
+
+def _sequential_config(target_radii, bound: str, n: int) -> dict:
+    """What a sequential run's certificates depend on beyond the fixed-n configuration: the radii, the bound, and
+    for alpha spending its looks and final share (the engine's defaults, recorded so a resume never mixes them)."""
+    from . import sequential
+
+    config = {"target_radii": target_radii, "bound": bound}
+    if bound == "spending":
+        config["looks"] = sequential.checkpoints(n)
+        config["final_share"] = sequential.DEFAULT_FINAL_SHARE
+    return config
 
 
 def _error_kind(err: BaseException) -> str:

@@ -1,11 +1,29 @@
-"""Sequential (early-stopping) certification with an anytime-valid confidence sequence.
+"""Sequential (early-stopping) certification with an error budget that stays valid under early stopping.
 
 Cohen's CERTIFY draws a fixed n (e.g. 100,000) estimation samples for every image. Most images do not need them:
 an image whose smoothed probability pA is far from every decision threshold is settled after a few hundred samples.
-This module draws samples in chunks and stops an image as soon as its outcome *at the radii the evaluation reports*
-can no longer change, while keeping the certificate's error probability at most alpha.
+This module draws samples in chunks up to the looks t_1 < ... < t_K = n_max (checkpoints(), fixed before any
+sampling) and stops an image as soon as its outcome *at the radii the evaluation reports* can no longer change,
+while keeping the certificate's error probability at most alpha. Two bounds do that (the `bound` argument).
 
-Confidence sequence (CS). For the Bernoulli probability p = pA of the selected class cA, with S_t successes in t
+Alpha spending ("spending", the default; the Bonferroni form of alpha spending over interim looks, Lan & DeMets,
+Biometrika 1983). Look k uses the exact one-sided Clopper-Pearson bounds (Clopper & Pearson, Biometrika 1934;
+msrs.stats) on the t_k samples drawn so far, each side at level alpha * w_k, with w_1 + ... + w_K = 1
+(spending_weights: by default w_K = 0.9 at the final look and 0.1 / (K - 1) at each earlier one; AlphaSpending).
+Why the stopped certificate is valid, whatever the stopping rule:
+  * t_k is fixed before sampling and w_k does not depend on the data, so the bound at look k is an ordinary fixed-n
+    Clopper-Pearson bound: P(E_k) <= alpha w_k for E_k = {the look-k bound is wrong} (lower end: p < lower_k).
+  * An image stopped at look tau (any random look: a function of its data, of other images' or stages' data, of
+    anything) has a wrong certificate only on E_tau, a subset of E_1 u ... u E_K, so P(wrong) <= sum_k alpha w_k
+    = alpha (union bound; conservative: it ignores the correlation between looks that Lan-DeMets boundaries use).
+  * The running intersection (max of the lower ends, min of the upper ends over the looks so far) is wrong only
+    on the same union: also valid, and used.
+  * The look index k of an evaluation is well defined: an image is evaluated only when its sample count is one of
+    the looks (AlphaSpending refuses any other count), and every image draws look by look.
+With the default shares, the final-look certificate is Clopper-Pearson at 0.9 alpha, within about 1% of the
+fixed-n radius at n = n_max; the early looks, at about alpha / (10 K), stop the images that are clearly settled.
+
+Confidence sequence ("cs"). For the Bernoulli probability p = pA of the selected class cA, with S_t successes in t
 trials, the Beta(a, b)-binomial mixture (Robbins 1970; Howard, Ramdas, McAuliffe & Sekhon, Ann. Statist. 2021)
 
     M_t(p) = integral of prod_i q^X_i (1-q)^(1-X_i) / (p^X_i (1-p)^(1-X_i)) dBeta(q; a, b)
@@ -20,58 +38,83 @@ covers p at every t simultaneously with probability >= 1 - alpha. log M_t(p) is 
 p = S_t/t (the mixture never beats the maximum likelihood), so CS_t is an interval containing S_t/t; cs_bounds
 finds its ends by bisection on log M_t (betaln, xlogy: no overflow at n = 10^6 or more), returning the bracket end
 *outside* the CS, i.e. rounded conservatively (up to the rounding of log M_t itself, a relative 1e-14 on the bound
-at t = 10^6). Intersections over time (the running max of lower_t and min of
-upper_t) are covered by the same event and are used by run_sequential.
+at t = 10^6). On the event {p in CS_t for all t} (probability >= 1 - alpha), p >= lower_tau whatever the stopping
+time tau is, so the stopped certificate and the running intersections over time are valid (ConfidenceSequence).
 
-Why the stopped certificate is valid.
-  * Optional stopping: the stopping time tau is any function of the data seen so far (including the bounds
-    themselves). On the event {p in CS_t for all t}, which has probability >= 1 - alpha, p >= lower_tau whatever
-    tau is; so P(pA < lower_tau) <= alpha and the radius sigma * (PhiInv(lower_tau) - PhiInv(p0)) is a valid
-    (1 - alpha) certificate exactly as in Cohen et al.
-  * The radius is always computed from the CS lower bound at the stopping time, never from a Clopper-Pearson bound
-    on the stopped sample: Clopper-Pearson is valid only for an n fixed in advance, and re-evaluating it after
-    every chunk and stopping when it looks good inflates the error far above alpha (tests/test_sequential.py shows
-    this on the same simulation where the CS stays below alpha).
+Which to pick. "spending": the looks must be fixed before sampling and n_max is a hard cap, but the final look is
+nearly Clopper-Pearson at n_max, so a sequential run with n_max = n gives (nearly) the fixed-n table of certified
+accuracy: the default. "cs": valid at every sample count at once, so the looks may be anything (more of them,
+chosen on the fly, a run extended past its n_max later), at the price of a wider interval at the same n (radius
+about 1-3% smaller than Clopper-Pearson at n = 10^5, 3-7% at n = 10^3, with the Jeffreys prior (0.5, 0.5) and
+alpha = 0.001), which drops images from the table at equal n.
+
+Common to both:
+  * The radius comes from the bound at the stopping look, never from Clopper-Pearson at the full alpha on the
+    stopped sample: that is valid only for one n fixed in advance, and re-evaluating it after every chunk and
+    stopping when it looks good inflates the error far above alpha (tests/test_sequential.py shows this on the
+    same simulations where both bounds here stay below alpha).
   * The selection sample (n0, noise stream 2 * stage) is independent of the estimation samples (stream
-    2 * stage + 1): cA is fixed before the sequence starts, so the X_i = [f(x + delta_i) = cA] are i.i.d.
-    Bernoulli(pA) given cA, which is all the martingale needs.
-  * Decisions to stop or to abstain make no claim, so they need no error budget: only the final lower bound does.
+    2 * stage + 1): cA is fixed before the estimation starts, so the X_i = [f(x + delta_i) = cA] are i.i.d.
+    Bernoulli(pA) given cA, which is all either bound needs.
+  * Decisions to stop or to abstain make no claim, so they need no error budget: only the final bounds do.
   * Samples are keyed by their global index (msrs.ops.philox), so the first t samples of a sequential run are the
     first t samples of a fixed-n run with the same seed, and chunks can be split over ranks (msrs.distributed).
 
-The stopping rule (decide / run_sequential) for target radii r_1 < ... < r_K at noise level sigma:
-threshold th(r) = Phi(r / sigma + PhiInv(p0)) (the pA needed for radius r; th(0) = p0). With the current CS (lower,
-upper), the image is in bucket k = #{thresholds <= lower} (thresholds [p0, th(r_1), ...]; bucket 0 = not
+The single-sigma stopping rule (decide / run_sequential) for target radii r_1 < ... < r_K at noise level sigma:
+threshold th(r) = Phi(r / sigma + PhiInv(p0)) (the pA needed for radius r; th(0) = p0). With the current bounds
+(lower, upper), the image is in bucket k = #{thresholds <= lower} (thresholds [p0, th(r_1), ...]; bucket 0 = not
 certified yet). Stop when
   * upper < p0: ABSTAIN (the smoothed classifier cannot be certified at this sigma);
   * bucket k is the highest: certify;
   * upper < next threshold (p is below it, so more samples will not reach it), or the next threshold is out of
-    reach even if every remaining sample up to n_max were a success: certify (k > 0) or ABSTAIN (k = 0);
+    reach even if every remaining sample up to n_max were a success (read at the final look, whose bound is the
+    tightest: spending_weights makes the final share the largest): certify (k > 0) or ABSTAIN (k = 0);
   * t = n_max: certify if lower >= p0, else ABSTAIN.
-The reported radius is sigma * (PhiInv(lower) - PhiInv(p0)) from the CS at the stopping time (it is >= r_k).
-Without target radii, only the abstain rules stop early (the radius is then the largest the n_max budget allows).
+The reported radius is sigma * (PhiInv(lower) - PhiInv(p0)) at the stopping look (it is >= r_k). Without target
+radii, only the abstain rules stop early (the radius is then the largest the n_max budget allows).
 
-The cost of anytime validity: the CS is slightly wider than Clopper-Pearson at the same n (radius about 1-3% smaller
-at n = 10^5, 3-7% at n = 10^3 with the default Jeffreys prior (0.5, 0.5), alpha = 0.001); the savings come from
-stopping settled images after a few hundred or thousand samples.
-
-Cascade (multi-scale) routing with CS bounds, at stage s with the stage's level alpha_s = cert[s] (route_stage):
+The sequential cascade (run_cascade_sequential; the multi-scale cascade of msrs.cascade, Jeong & Shin 2023).
+Stages s = 0 .. L-1, largest sigma first, all with the same looks; cert, off = msrs.cascade.schedule_levels(alpha,
+L, "union"). Entering stage s, an image draws its n0 selection samples (stream 2s, samples 0 .. n0-1) -> class c_s,
+then the estimation samples of stream 2s + 1 look by look, with the bounds of c_s at level cert[s]:
   * lower >= p0                                  -> "certify" at this stage (final: the running lower only grows);
-  * upper < p0                                   -> "fall_through" to the next, smaller sigma (final);
-  * t = n_max, or neither can happen any more     -> "undecided": the cascade stops and ABSTAINS
-    (best-case lower at n_max < p0 and worst-case upper at n_max >= p0);
-  * otherwise                                    -> "continue".
-After a stage certifies class c, each earlier (fall-through) stage j needs an upper bound on the largest probability
-of a class other than c at sigma_j. Goodman's and Clopper-Pearson's intervals assume a fixed n and are NOT valid on
-a stopped sample; use other_classes_upper: one CS per class (or per group of classes pooled on the independent
-selection counts, msrs.cascade.pool_groups) at level / (number of groups), read at stage j's stopping time.
-Budget: exactly msrs.cascade's, since each fixed-n statement is replaced by an anytime-valid one at the same level:
-with cert, off = msrs.cascade.schedule_levels(alpha, L, "union"), the route and the radius of stage s use the CS
-at cert[s], and stage j's other-class bound uses level off[j, s] when stage s certifies; a wrong certificate needs
-a wrong certifying-stage lower bound or a wrong earlier-stage bound, so P(wrong) <= sum_s cert[s] + sum_{j<L-1}
-off[j] = alpha, whatever the stopping times (the "paper" schedule is not a valid union bound: not for this mode).
-A stage that falls through early has few samples, hence a loose other-class bound and a smaller final radius: the
-engine may keep sampling a fall-through stage (e.g. to a minimum count) before moving on; that is still valid.
+  * upper < p0                                   -> "fall_through": enter stage s + 1 (after the last: ABSTAIN);
+  * t = n_max, or neither can happen any more     -> "undecided": ABSTAIN, as the fixed-n cascade
+    (best-case lower at n_max < p0 and worst-case upper at n_max >= p0, both read at the final look);
+  * otherwise                                    -> "continue" (route_stage).
+Certified at stage s with class cA, the radius is msrs.cascade's R = min(R_s, min_{j<s} -r_j) with components
+    R_s  = sigma_s (PhiInv(lower_s) - PhiInv(p0))       (running lower bound of c_s = cA, level cert[s]),
+    -r_j = sigma_j (PhiInv(p0) - PhiInv(pB_upper_j))    for every earlier stage j (each fell through),
+pB_upper_j the largest upper end over groups of the classes other than cA, pooled on stage j's *selection* counts
+(msrs.cascade.pool_groups), one bound per group at off[j, s] / (number of groups) on stage j's estimation counts at
+its latest look (other_classes_upper's rule). R <= 0: ABSTAIN (as the fixed-n cascade).
+Stopping a certified image. Each component has a best reachable value: R_s if every remaining stage-s sample were
+a vote for cA (read at the final look), but not above the running upper bound; -r_j if no further stage-j sample
+voted outside cA (final look), but with pB_upper_j not below the largest group's current lower end. With target
+radii, the image stops when the bucket of min(best reachable) equals the bucket of min(current): its bucket can
+no longer change, the earlier stages' caps included. Otherwise it draws the next look of every component in the
+minimum's bucket (the minimum rises only if all of them rise): its certifying stage, or an earlier stage.
+Fall-through stages. A stage that falls through early has few samples, so a loose off-class bound and a small cap;
+but which classes that bound is about (all but cA) is known only once a later stage certifies. So the stage is
+left where it fell through and *resumed* after the certification, look by look, for as long as its cap holds the
+certificate's bucket down and can still lift it (up to n_max; the samples stay the prefix of stream 2j + 1).
+Without target radii every component samples to n_max (the largest radius the budget allows) and only "abstain"
+(best reachable R <= 0) stops early.
+Validity: msrs.cascade's statements, each now at a data-dependent look.
+  C_s  "p^s_{c_s}(x) >= lower_s at the look where stage s stopped", level cert[s]: c_s comes from the independent
+       selection sample; spending: wrong only on the union of the looks' events (sum_k cert[s] w_k = cert[s]),
+       CS: covered at every t. The look may depend on anything, e.g. on the earlier stages' caps.
+  O_j  "max_{c != cA} p^j_c(x) <= pB_upper_j at the look where stage j stopped", level off[j] (= off[j, s] for
+       every s under "union"). What it is about is independent of stage j's estimation samples: cA is the class
+       of the first stage after j whose routing certifies, and routing at a stage uses that stage's samples only
+       (the caps decide when a certified image stops and whether its radius is > 0, never which stage certifies
+       or its class); the groups come from stage j's selection counts. Given them, every group's bound is spent over the looks (or anytime
+       valid) at off[j] / groups, so O_j holds with probability >= 1 - off[j] at *any* look, including one chosen
+       with the later stages' data, as resuming a fall-through stage does.
+A wrong certificate needs a wrong C_s at its certifying stage or a wrong O_j at an earlier stage, so P(wrong) <=
+sum_s cert[s] + sum_{j<L-1} off[j] = alpha, whatever the stopping looks. The "paper" schedule is no union bound:
+refused in this mode. Unlike the fixed-n "union" schedule, the off-class bound is the exact grouped bound alone
+(the fixed-n cascade also takes the max with the paper's Goodman bound, which is never needed for validity).
 """
 from __future__ import annotations
 
@@ -84,26 +127,38 @@ import numpy as np
 from scipy.special import betaln, xlog1py, xlogy
 from scipy.stats import norm
 
+from . import cascade, stats
+
 __all__ = [
     "ABSTAIN",
+    "BOUNDS",
     "CERTIFY",
     "CONTINUE",
+    "DEFAULT_FINAL_SHARE",
     "DEFAULT_PRIOR",
+    "AlphaSpending",
+    "CascadeResult",
+    "ConfidenceSequence",
     "SequentialResult",
     "checkpoints",
     "cs_bounds",
     "decide",
     "decide_many",
     "log_martingale",
+    "make_bound",
     "other_classes_upper",
     "radius_from_lower",
     "route_stage",
     "route_stage_many",
+    "run_cascade_sequential",
     "run_sequential",
+    "spending_weights",
     "thresholds",
 ]
 
 DEFAULT_PRIOR = (0.5, 0.5)  # Jeffreys: tight at the extremes, where certification lives (pA near 1)
+DEFAULT_FINAL_SHARE = 0.9  # alpha spent at the final look: its certificate is Clopper-Pearson at 0.9 alpha
+BOUNDS = ("spending", "cs")
 CONTINUE, CERTIFY, ABSTAIN = 0, 1, 2
 ROUTE_CONTINUE, ROUTE_CERTIFY, ROUTE_FALL_THROUGH, ROUTE_UNDECIDED = 0, 1, 2, 3
 ROUTE_NAMES = {ROUTE_CONTINUE: "continue", ROUTE_CERTIFY: "certify", ROUTE_FALL_THROUGH: "fall_through",
@@ -111,11 +166,12 @@ ROUTE_NAMES = {ROUTE_CONTINUE: "continue", ROUTE_CERTIFY: "certify", ROUTE_FALL_
 _BISECT_STEPS = 80  # enough to reach adjacent doubles on [0, 1]
 
 
-def _check_alpha(alpha: float) -> float:
-    alpha = float(alpha)
-    if not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha: expected a value in (0, 1), got {alpha}")
-    return alpha
+def _check_alpha(alpha, name: str = "alpha"):
+    """A level in (0, 1), or an array of them (returned as float / float64 array)."""
+    a = np.asarray(alpha, dtype=np.float64)
+    if not np.all((a > 0.0) & (a < 1.0)):
+        raise ValueError(f"{name}: expected a value in (0, 1), got {alpha}")
+    return float(a) if a.ndim == 0 else a
 
 
 def _check_prior(prior) -> tuple[float, float]:
@@ -146,21 +202,22 @@ def log_martingale(successes, trials, p, prior=DEFAULT_PRIOR) -> np.ndarray:
     return betaln(a + s, b + f) - betaln(a, b) - xlogy(s, p) - xlog1py(f, -p)
 
 
-def cs_bounds(successes, trials, alpha: float, prior=DEFAULT_PRIOR, *, method: str = "bisect"):
+def cs_bounds(successes, trials, alpha, prior=DEFAULT_PRIOR, *, method: str = "bisect"):
     """(lower, upper) of the (1 - alpha) confidence sequence {p : M_t(p) < 1/alpha} after `successes` in `trials`.
 
-    Vectorised over broadcastable arrays (returns float64 arrays, or floats for scalar input). lower = 0 when
-    successes = 0, upper = 1 when successes = trials, (0, 1) when trials = 0. Both ends are rounded outwards
-    (conservative). method="brentq" solves each entry with scipy.optimize.brentq instead (a loop; for checks).
+    Vectorised over broadcastable arrays, alpha included (returns float64 arrays, or floats for scalar input).
+    lower = 0 when successes = 0, upper = 1 when successes = trials, (0, 1) when trials = 0. Both ends are rounded
+    outwards (conservative). method="brentq" solves each entry with scipy.optimize.brentq instead (a loop; for
+    checks).
     """
     alpha = _check_alpha(alpha)
     a, b = _check_prior(prior)
     s, t = _counts(successes, trials)
+    s, t, alpha = np.broadcast_arrays(s, t, np.asarray(alpha, dtype=np.float64))
     scalar = s.ndim == 0
-    s, t = np.atleast_1d(s), np.atleast_1d(t)
+    s, t, alpha = (np.atleast_1d(v) for v in (s, t, alpha))
     f = t - s
-    level = math.log(1.0 / alpha)
-    const = betaln(a + s, b + f) - betaln(a, b) - level  # outside the CS where const - xlogy - xlog1py >= 0
+    const = betaln(a + s, b + f) - betaln(a, b) - np.log(1.0 / alpha)  # outside where const - xlogy - xlog1py >= 0
     with np.errstate(divide="ignore", invalid="ignore"):
         phat = np.where(t > 0, s / np.where(t > 0, t, 1.0), 0.5)
 
@@ -213,6 +270,108 @@ def _bounds_brentq(s, f, const, phat):
     return lower, upper
 
 
+# ------------------------------------------------------------------------------ the two bounds of the stopping rules
+class ConfidenceSequence:
+    """Bound object for the stopping rules: bound(successes, trials, level) -> (lower, upper) float64 arrays, the
+    Beta-binomial confidence sequence at error level `level` (cs_bounds). Valid at every trials at once."""
+
+    name = "cs"
+
+    def __init__(self, prior=DEFAULT_PRIOR):
+        self.prior = _check_prior(prior)
+
+    def __call__(self, successes, trials, level):
+        lower, upper = cs_bounds(successes, trials, level, self.prior)
+        return np.atleast_1d(lower), np.atleast_1d(upper)
+
+    def __repr__(self) -> str:
+        return f"ConfidenceSequence(prior={self.prior})"
+
+
+def spending_weights(num_looks: int, final_share: float | None = None, weights=None) -> np.ndarray:
+    """The shares w_1 .. w_K (sum 1) of the error level spent at each look: `weights` as given, or `final_share`
+    (default DEFAULT_FINAL_SHARE) at the final look and the rest split equally over the earlier ones (all of it
+    at the only look when K = 1). The final share must be the largest, so that the final look's bound is the
+    tightest any later look can give (the reachability checks of the stopping rules read it)."""
+    num_looks = operator.index(num_looks)
+    if weights is not None:
+        if final_share is not None:
+            raise ValueError("final_share: give final_share or weights, not both")
+        w = np.asarray(weights, dtype=np.float64).reshape(-1)
+        if w.size != num_looks:
+            raise ValueError(f"weights: expected {num_looks} shares (one per look), got {w.size}")
+        if not np.all(np.isfinite(w)) or np.any(w <= 0) or abs(w.sum() - 1.0) > 1e-9:
+            raise ValueError(f"weights: expected positive shares summing to 1, got {w.tolist()}")
+        if w[-1] < w.max():
+            raise ValueError(f"weights: expected the final look's share to be the largest, got {w.tolist()}")
+        return w / w.sum()
+    share = DEFAULT_FINAL_SHARE if final_share is None else float(final_share)
+    if num_looks == 1:
+        if not 0.0 < share <= 1.0:
+            raise ValueError(f"final_share: expected a value in (0, 1], got {final_share}")
+        return np.ones(1)
+    if not 1.0 / num_looks <= share < 1.0:
+        raise ValueError(f"final_share: expected a value in [1/{num_looks}, 1) with {num_looks} looks (the final "
+                         f"look's share the largest, something left for the earlier ones), got {final_share}")
+    return np.append(np.full(num_looks - 1, (1.0 - share) / (num_looks - 1)), share)
+
+
+class AlphaSpending:
+    """Bound object for the stopping rules: at look k (trials = looks[k], fixed before sampling) the exact
+    one-sided Clopper-Pearson bounds at level * w_k on each side (msrs.stats); weights w from spending_weights.
+    Evaluating it at a trials count that is not a look is an error: the spent levels are defined per look."""
+
+    name = "spending"
+
+    def __init__(self, looks: Sequence[int], final_share: float | None = None, weights=None):
+        looks = [operator.index(p) for p in looks]
+        if not looks or looks[0] < 1 or any(b <= a for a, b in zip(looks, looks[1:])):
+            raise ValueError(f"looks: expected increasing sample counts >= 1, got {looks}")
+        self.looks = np.asarray(looks, dtype=np.int64)
+        self.weights = spending_weights(len(looks), final_share, weights)
+
+    def shares(self, trials) -> np.ndarray:
+        """w_k of the look each trials count is (any share for trials = 0, where the bounds are (0, 1))."""
+        t = np.asarray(trials)
+        k = np.minimum(np.searchsorted(self.looks, t), self.looks.size - 1)
+        ok = (self.looks[k] == t) | (t == 0)
+        if not np.all(ok):
+            bad = np.unique(np.asarray(t)[~ok]).astype(np.int64)[:5].tolist()
+            raise ValueError(f"trials: the alpha-spending bound is defined only at its looks "
+                             f"{self.looks.tolist()} (fixed before sampling), got {bad}")
+        return self.weights[k]
+
+    def __call__(self, successes, trials, level):
+        s, t = _counts(successes, trials)
+        s, t = np.atleast_1d(s), np.atleast_1d(t)
+        spent = _check_alpha(level, "level") * self.shares(t)
+        n = np.maximum(t, 1.0)  # trials = 0: any n, the result is replaced by (0, 1)
+        lower = np.where(t > 0, stats.clopper_pearson_lower(s, n, spent), 0.0)
+        upper = np.where(t > 0, stats.clopper_pearson_upper(s, n, spent), 1.0)
+        return np.atleast_1d(lower), np.atleast_1d(upper)
+
+    def __repr__(self) -> str:
+        return f"AlphaSpending(looks={self.looks.tolist()}, weights={np.round(self.weights, 6).tolist()})"
+
+
+def make_bound(bound, looks: Sequence[int], *, final_share: float | None = None, weights=None,
+               prior=DEFAULT_PRIOR):
+    """The bound object for `bound`: "spending" (AlphaSpending over `looks`), "cs" (ConfidenceSequence(prior)),
+    or an object bound(successes, trials, level) -> (lower, upper) used as it is."""
+    if not isinstance(bound, str):
+        if not callable(bound):
+            raise TypeError(f"bound: expected one of {BOUNDS} or a callable bound object, got {bound!r}")
+        return bound
+    if bound == "spending":
+        return AlphaSpending(looks, final_share, weights)
+    if bound == "cs":
+        if final_share is not None or weights is not None:
+            raise ValueError("final_share, weights: only for bound='spending'")
+        return ConfidenceSequence(prior)
+    raise ValueError(f"bound: expected one of {BOUNDS}, got {bound!r}")
+
+
+# ------------------------------------------------------------------------------------------- single-sigma stopping
 def thresholds(target_radii, sigma: float, p0: float = 0.5) -> np.ndarray:
     """The pA needed for each radius: Phi(r / sigma + PhiInv(p0)), ascending, starting with p0 (radius 0).
     Radii <= 0 fold into the leading p0."""
@@ -221,11 +380,14 @@ def thresholds(target_radii, sigma: float, p0: float = 0.5) -> np.ndarray:
         raise ValueError(f"sigma: expected > 0, got {sigma}")
     if not 0.5 <= p0 < 1.0:
         raise ValueError(f"p0: expected a value in [0.5, 1), got {p0}")
+    return np.concatenate(([p0], norm.cdf(_positive_radii(target_radii) / sigma + norm.ppf(p0))))
+
+
+def _positive_radii(target_radii) -> np.ndarray:
     radii = np.unique(np.asarray([] if target_radii is None else target_radii, dtype=np.float64))
     if radii.size and not np.all(np.isfinite(radii)):
         raise ValueError("target_radii: expected finite values")
-    radii = radii[radii > 0]
-    return np.concatenate(([p0], norm.cdf(radii / sigma + norm.ppf(p0))))
+    return radii[radii > 0]
 
 
 def radius_from_lower(lower, sigma: float, p0: float = 0.5) -> np.ndarray:
@@ -236,24 +398,35 @@ def radius_from_lower(lower, sigma: float, p0: float = 0.5) -> np.ndarray:
     return np.where(lower >= p0, r, 0.0)
 
 
-def decide_many(successes, trials, n_max: int, sigma: float, alpha: float, target_radii=None, p0: float = 0.5, *,
-                prior=DEFAULT_PRIOR, lower=None, upper=None):
-    """Vectorised stopping rule. Returns (status, radius, lower, upper) arrays: status CONTINUE / CERTIFY / ABSTAIN,
-    radius > 0 only where certified. lower / upper: bounds to use instead of cs_bounds(successes, trials) (e.g. the
-    running intersection); they must be anytime-valid at level alpha."""
-    n_max = operator.index(n_max)
-    ths = thresholds(target_radii, sigma, p0)
+def _trial_counts(successes, trials, n_max: int) -> tuple[np.ndarray, np.ndarray]:
     s, t = _counts(successes, trials)
     if np.any(t > n_max):
         raise ValueError(f"trials: expected <= n_max = {n_max}")
-    s, t = np.atleast_1d(s), np.atleast_1d(t)
+    return np.atleast_1d(s), np.atleast_1d(t)
+
+
+def _current(bound, s, t, level, lower, upper) -> tuple[np.ndarray, np.ndarray]:
+    """The bounds at (s, t), or the given ones (e.g. running intersections) in their place."""
     if lower is None or upper is None:
-        lo, hi = (np.atleast_1d(b) for b in cs_bounds(s, t, alpha, prior))
+        lo, hi = (np.atleast_1d(v) for v in bound(s, t, level))
     if lower is not None:
         lo = np.broadcast_to(np.asarray(lower, dtype=np.float64), s.shape)
     if upper is not None:
         hi = np.broadcast_to(np.asarray(upper, dtype=np.float64), s.shape)
-    best, _ = cs_bounds(s + (n_max - t), np.full_like(t, n_max), alpha, prior)  # every remaining sample a success
+    return lo, hi
+
+
+def decide_many(successes, trials, n_max: int, sigma: float, alpha: float, target_radii=None, p0: float = 0.5, *,
+                prior=DEFAULT_PRIOR, lower=None, upper=None, bound=None):
+    """Vectorised stopping rule. Returns (status, radius, lower, upper) arrays: status CONTINUE / CERTIFY / ABSTAIN,
+    radius > 0 only where certified. bound: a bound object (default ConfidenceSequence(prior)); lower / upper:
+    bounds to use instead of bound(successes, trials) (e.g. the running intersection), valid at level alpha."""
+    n_max = operator.index(n_max)
+    bound = ConfidenceSequence(prior) if bound is None else bound
+    ths = thresholds(target_radii, sigma, p0)
+    s, t = _trial_counts(successes, trials, n_max)
+    lo, hi = _current(bound, s, t, alpha, lower, upper)
+    best = bound(s + (n_max - t), np.full_like(t, n_max), alpha)[0]  # every remaining sample a success
     best = np.maximum(np.atleast_1d(best), lo)
     bucket = np.searchsorted(ths, lo, side="right")  # number of thresholds <= lower
     certified = bucket > 0
@@ -272,12 +445,12 @@ def decide_many(successes, trials, n_max: int, sigma: float, alpha: float, targe
 
 
 def decide(successes: int, trials: int, n_max: int, sigma: float, alpha: float, target_radii=None,
-           p0: float = 0.5, *, prediction: int = 0, prior=DEFAULT_PRIOR, lower=None, upper=None):
+           p0: float = 0.5, *, prediction: int = 0, prior=DEFAULT_PRIOR, lower=None, upper=None, bound=None):
     """'continue', or the final (prediction, radius) with prediction -1 and radius 0.0 for ABSTAIN.
 
     `prediction` is the class selected on the independent n0 sample (returned when certified)."""
     status, radius, _, _ = decide_many(successes, trials, n_max, sigma, alpha, target_radii, p0,
-                                       prior=prior, lower=lower, upper=upper)
+                                       prior=prior, lower=lower, upper=upper, bound=bound)
     status, radius = int(status[0]), float(radius[0])
     if status == CONTINUE:
         return "continue"
@@ -286,7 +459,7 @@ def decide(successes: int, trials: int, n_max: int, sigma: float, alpha: float, 
 
 def checkpoints(n_max: int, schedule: str = "geometric", *, first: int | None = None, growth: float = 2.0,
                 chunk: int | None = None) -> list[int]:
-    """Cumulative sample counts at which the bounds are evaluated, ending at n_max.
+    """Cumulative sample counts at which the bounds are evaluated (the looks), ending at n_max.
 
     "geometric": first, first * growth, ... (rounded up), default first = max(64, n_max // 256) (at most log2
     of n_max / first + 1 rounds, overshoot of the ideal stopping time below a factor `growth`);
@@ -315,14 +488,24 @@ def checkpoints(n_max: int, schedule: str = "geometric", *, first: int | None = 
     return points + [n_max]
 
 
+def _looks(n_max: int, points, schedule, first, growth, chunk) -> list[int]:
+    """The given checkpoints (n_max added), or checkpoints(n_max, ...)."""
+    if points is None:
+        return checkpoints(n_max, schedule, first=first, growth=growth, chunk=chunk)
+    points = sorted({operator.index(p) for p in points} | {n_max})
+    if points[0] < 1 or points[-1] > n_max:
+        raise ValueError(f"points: expected checkpoints in [1, {n_max}]")
+    return points
+
+
 @dataclass
 class SequentialResult:
     prediction: np.ndarray  # int64 [B]: cA where certified, -1 where abstained
     radius: np.ndarray  # float64 [B]: certified radius (0 when abstaining)
     samples: np.ndarray  # int64 [B]: estimation samples drawn per image
     successes: np.ndarray  # int64 [B]: votes for cA among them
-    lower: np.ndarray  # float64 [B]: CS lower bound at the stopping time (running max)
-    upper: np.ndarray  # float64 [B]: CS upper bound at the stopping time (running min)
+    lower: np.ndarray  # float64 [B]: lower bound at the stopping time (running max)
+    upper: np.ndarray  # float64 [B]: upper bound at the stopping time (running min)
 
     def __len__(self) -> int:
         return len(self.prediction)
@@ -341,6 +524,9 @@ def run_sequential(
     target_radii=None,
     p0: float = 0.5,
     *,
+    bound="spending",
+    final_share: float | None = None,
+    weights=None,
     prior=DEFAULT_PRIOR,
     schedule: str = "geometric",
     first: int | None = None,
@@ -357,20 +543,18 @@ def run_sequential(
     ``sample_counts(images[idx], ids[idx], sigma, num_samples, stream=2*stage+1, seed=seed, batch_size=bs,
     sample_start=sample_start)[arange, cA[idx]]``.
     predictions: cA per image from the selection sample (-1: abstain without sampling).
-    Stops each image by the rule in the module docstring at the checkpoints `points` (default: checkpoints(n_max,
-    schedule, first=, growth=, chunk=)). intersect: use the running intersection of the CS (valid, tighter).
+    Stops each image by the rule in the module docstring at the looks `points` (default: checkpoints(n_max,
+    schedule, first=, growth=, chunk=)). bound: "spending" (Clopper-Pearson with alpha spent over the looks:
+    final_share or weights, see spending_weights), "cs" (the confidence sequence with `prior`) or a bound object.
+    intersect: use the running intersection of the bounds over the looks (valid, tighter).
     Returns a SequentialResult; iterating over it gives (prediction, radius, samples_used) per image.
     """
     cls = np.asarray(predictions, dtype=np.int64).reshape(-1)
     n_max = operator.index(n_max)
     alpha = _check_alpha(alpha)
     thresholds(target_radii, sigma, p0)  # validates sigma, p0, radii up front
-    if points is None:
-        points = checkpoints(n_max, schedule, first=first, growth=growth, chunk=chunk)
-    else:
-        points = sorted({operator.index(p) for p in points} | {n_max})
-        if points[0] < 1 or points[-1] > n_max:
-            raise ValueError(f"points: expected checkpoints in [1, {n_max}]")
+    points = _looks(n_max, points, schedule, first, growth, chunk)
+    bound = make_bound(bound, points, final_share=final_share, weights=weights, prior=prior)
     count = cls.shape[0]
     successes = np.zeros(count, dtype=np.int64)
     samples = np.zeros(count, dtype=np.int64)
@@ -390,12 +574,12 @@ def run_sequential(
         successes[active] += votes
         samples[active] = point
         done_at = point
-        lo, hi = cs_bounds(successes[active], samples[active], alpha, prior)
+        lo, hi = bound(successes[active], samples[active], alpha)
         if intersect:
             lo, hi = np.maximum(lo, lower[active]), np.minimum(hi, upper[active])
         lower[active], upper[active] = lo, hi
         st, rad, _, _ = decide_many(successes[active], samples[active], n_max, sigma, alpha, target_radii, p0,
-                                    prior=prior, lower=lo, upper=hi)
+                                    lower=lo, upper=hi, bound=bound)
         status[active], radius[active] = st, rad
     prediction = np.where(status == CERTIFY, cls, -1)
     return SequentialResult(prediction, np.where(status == CERTIFY, radius, 0.0), samples, successes, lower, upper)
@@ -403,22 +587,17 @@ def run_sequential(
 
 # ----------------------------------------------------------------------------------------------- cascade routing
 def route_stage_many(successes, trials, n_max: int, alpha_s: float, p0: float = 0.5, *, prior=DEFAULT_PRIOR,
-                     lower=None, upper=None) -> np.ndarray:
+                     lower=None, upper=None, bound=None) -> np.ndarray:
     """Vectorised three-way routing of one cascade stage (codes ROUTE_CONTINUE / ROUTE_CERTIFY /
-    ROUTE_FALL_THROUGH / ROUTE_UNDECIDED), from the CS of the selected class at the stage's alpha_s."""
+    ROUTE_FALL_THROUGH / ROUTE_UNDECIDED), from the bounds of the selected class at the stage's level alpha_s
+    (bound: a bound object, default ConfidenceSequence(prior); lower / upper: running bounds to use instead)."""
     n_max = operator.index(n_max)
-    s, t = _counts(successes, trials)
-    s, t = np.atleast_1d(s), np.atleast_1d(t)
-    if np.any(t > n_max):
-        raise ValueError(f"trials: expected <= n_max = {n_max}")
-    lo, hi = (np.atleast_1d(v) for v in cs_bounds(s, t, alpha_s, prior))
-    if lower is not None:
-        lo = np.broadcast_to(np.asarray(lower, dtype=np.float64), lo.shape)
-    if upper is not None:
-        hi = np.broadcast_to(np.asarray(upper, dtype=np.float64), hi.shape)
+    bound = ConfidenceSequence(prior) if bound is None else bound
+    s, t = _trial_counts(successes, trials, n_max)
+    lo, hi = _current(bound, s, t, alpha_s, lower, upper)
     n = np.full_like(t, n_max)
-    best_lower = np.atleast_1d(cs_bounds(s + (n_max - t), n, alpha_s, prior)[0])
-    worst_upper = np.atleast_1d(cs_bounds(s, n, alpha_s, prior)[1])
+    best_lower = np.atleast_1d(bound(s + (n_max - t), n, alpha_s)[0])  # every remaining sample a success
+    worst_upper = np.atleast_1d(bound(s, n, alpha_s)[1])  # every remaining sample a failure
     route = np.full(lo.shape, ROUTE_CONTINUE)
     stuck = (t >= n_max) | ((np.maximum(best_lower, lo) < p0) & (np.minimum(worst_upper, hi) >= p0))
     route = np.where(stuck, ROUTE_UNDECIDED, route)
@@ -428,43 +607,344 @@ def route_stage_many(successes, trials, n_max: int, alpha_s: float, p0: float = 
 
 
 def route_stage(successes: int, trials: int, n_max: int, alpha_s: float, p0: float = 0.5, *,
-                prior=DEFAULT_PRIOR, lower=None, upper=None) -> str:
+                prior=DEFAULT_PRIOR, lower=None, upper=None, bound=None) -> str:
     """'certify' | 'fall_through' | 'undecided' | 'continue' for one cascade stage (rule in the module docstring)."""
     return ROUTE_NAMES[int(route_stage_many(successes, trials, n_max, alpha_s, p0, prior=prior,
-                                            lower=lower, upper=upper)[0])]
+                                            lower=lower, upper=upper, bound=bound)[0])]
 
 
-def other_classes_upper(counts, exclude, level: float, prior=DEFAULT_PRIOR, *, groups=None) -> np.ndarray:
-    """Anytime-valid upper bound on max_{c != exclude} p_c from one stage's full vote counts [..., K] (trials =
-    their sum), holding with probability >= 1 - level at any stopping time.
-
-    groups: a partition of the classes other than `exclude` (e.g. msrs.cascade.pool_groups(counts0, exclude), pooled
-    on the independent selection counts); default: every class its own group. One CS per group at
-    level / len(groups) (Bonferroni) on the group's summed votes; the bound is the largest upper end. `exclude`
-    (the class a later stage certifies) depends only on the later stages' samples, so a union over the groups
-    of the *other* classes suffices (msrs.cascade's argument, unchanged by stopping: each CS is anytime-valid).
-    This replaces Goodman's / Clopper-Pearson's fixed-n bounds, which are not valid on a stopped sample."""
-    counts = np.asarray(counts, dtype=np.int64)
-    if counts.ndim < 1 or counts.shape[-1] < 2:
-        raise ValueError("counts: expected [..., K] with K >= 2")
-    level = _check_alpha(level)
-    k = counts.shape[-1]
-    lead = counts.shape[:-1]
-    exclude = np.broadcast_to(np.asarray(exclude, dtype=np.int64), lead)
-    if np.any((exclude < 0) | (exclude >= k)):
-        raise ValueError(f"exclude: expected classes in [0, {k})")
-    trials = counts.sum(axis=-1)
-    if groups is None:
-        _, upper = cs_bounds(counts, np.broadcast_to(trials[..., None], counts.shape), level / (k - 1), prior)
-        upper = np.array(upper, dtype=np.float64).reshape(counts.shape)
-        np.put_along_axis(upper, exclude[..., None], -np.inf, axis=-1)
-        return upper.max(axis=-1)
+def _group_ids(k: int, exclude: np.ndarray, groups) -> tuple[np.ndarray, np.ndarray]:
+    """(group id per class [..., K], -1 for classes in no group; number of groups [...]) for other_classes_upper."""
+    if groups is None:  # every class but `exclude` its own group
+        classes = np.arange(k)
+        gid = classes - (classes > exclude[..., None])
+        return np.where(classes == exclude[..., None], -1, gid), np.full(exclude.shape, k - 1)
     groups = [list(map(int, g)) for g in groups]
     if not groups or any(not g for g in groups):
         raise ValueError("groups: expected a non-empty list of non-empty class lists")
     members = sorted(c for g in groups for c in g)
     if len(set(members)) != len(members) or any(not 0 <= c < k for c in members) or np.any(np.isin(exclude, members)):
         raise ValueError("groups: expected disjoint groups of classes in [0, K) without the excluded class")
-    totals = np.stack([counts[..., g].sum(axis=-1) for g in groups], axis=-1)
-    _, upper = cs_bounds(totals, np.broadcast_to(trials[..., None], totals.shape), level / len(groups), prior)
-    return np.asarray(upper, dtype=np.float64).reshape(totals.shape).max(axis=-1)
+    gid = np.full(k, -1)
+    for g, classes in enumerate(groups):
+        gid[classes] = g
+    return np.broadcast_to(gid, exclude.shape + (k,)), np.full(exclude.shape, len(groups))
+
+
+def _group_bounds(counts, gid, ngroups, level, bound, trials=None) -> tuple[np.ndarray, np.ndarray]:
+    """(largest lower end, largest upper end) over the groups of each row of counts [..., K]: one bound per group
+    on its summed votes at level / ngroups (Bonferroni over the groups). gid [..., K]: a class's group (-1: none);
+    trials: default the row's total."""
+    counts = np.asarray(counts, dtype=np.int64)
+    lead, k = counts.shape[:-1], counts.shape[-1]
+    flat = counts.reshape(-1, k)
+    gid = np.broadcast_to(gid, counts.shape).reshape(-1, k)
+    rows = flat.shape[0]
+    slot = np.arange(rows)[:, None] * k + np.maximum(gid, 0)  # bincount, not a [rows, K, K] one-hot: K may be 1000
+    totals = np.bincount(slot.ravel(), np.where(gid >= 0, flat, 0).ravel(), minlength=rows * k)
+    totals = np.rint(totals).astype(np.int64).reshape(rows, k)
+    ngroups = np.broadcast_to(np.asarray(ngroups), lead).reshape(-1)
+    n = flat.sum(axis=1) if trials is None else np.broadcast_to(np.asarray(trials), lead).reshape(-1)
+    used = np.arange(k) < ngroups[:, None]
+    r, g = np.nonzero(used)
+    levels = np.broadcast_to(np.asarray(level, dtype=np.float64), lead).reshape(-1) / ngroups
+    lo, hi = (np.full((rows, k), -np.inf) for _ in range(2))
+    lo[r, g], hi[r, g] = bound(totals[r, g], n[r], levels[r])
+    return lo.max(axis=1).reshape(lead), hi.max(axis=1).reshape(lead)
+
+
+def other_classes_upper(counts, exclude, level: float, prior=DEFAULT_PRIOR, *, groups=None,
+                        bound=None) -> np.ndarray:
+    """Upper bound on max_{c != exclude} p_c from one stage's full vote counts [..., K] (trials = their sum),
+    holding with probability >= 1 - level at any stopping time of the bound's kind (ConfidenceSequence(prior) by
+    default: any time; AlphaSpending: any of its looks).
+
+    groups: a partition of the classes other than `exclude` (e.g. msrs.cascade.pool_groups(counts0, exclude), pooled
+    on the independent selection counts); default: every class its own group. One bound per group at
+    level / len(groups) (Bonferroni) on the group's summed votes; the result is the largest upper end. `exclude`
+    (the class a later stage certifies) depends only on the later stages' samples, so a union over the groups
+    of the *other* classes suffices (msrs.cascade's argument, unchanged by stopping: each bound is valid at the
+    stopping look). This replaces Goodman's / fixed-n Clopper-Pearson's bounds, not valid on a stopped sample."""
+    counts = np.asarray(counts, dtype=np.int64)
+    if counts.ndim < 1 or counts.shape[-1] < 2:
+        raise ValueError("counts: expected [..., K] with K >= 2")
+    level = _check_alpha(level, "level")
+    k = counts.shape[-1]
+    exclude = np.broadcast_to(np.asarray(exclude, dtype=np.int64), counts.shape[:-1])
+    if np.any((exclude < 0) | (exclude >= k)):
+        raise ValueError(f"exclude: expected classes in [0, {k})")
+    gid, ngroups = _group_ids(k, exclude, groups)
+    return _group_bounds(counts, gid, ngroups, level, ConfidenceSequence(prior) if bound is None else bound)[1]
+
+
+# ---------------------------------------------------------------------------------------------- sequential cascade
+@dataclass
+class CascadeResult:
+    prediction: np.ndarray  # int64 [B]: the certified class, -1 where abstained
+    radius: np.ndarray  # float64 [B]: certified radius (0 when abstaining)
+    stage: np.ndarray  # int64 [B]: the certifying stage, -1 when abstaining
+    last: np.ndarray  # int64 [B]: the stage that decided, or the last stage tried
+    p_lower: np.ndarray  # float64 [B]: running lower bound of stage `last`'s selected class
+    counts0: np.ndarray  # int64 [B, L, K]: selection counts (zeros for stages not reached)
+    counts: np.ndarray  # int64 [B, L, K]: estimation counts drawn (samples 0 .. samples[b, s] - 1 of each stage)
+    samples: np.ndarray  # int64 [B, L]: estimation samples drawn per stage
+
+    def __len__(self) -> int:
+        return len(self.prediction)
+
+    @property
+    def total_samples(self) -> np.ndarray:
+        """Monte Carlo samples per image, selection (n0 per stage entered) and estimation."""
+        return self.samples.sum(axis=1) + self.counts0.sum(axis=(1, 2))
+
+
+def run_cascade_sequential(
+    draw: Callable[[np.ndarray, int, int, int], np.ndarray],
+    num_images: int,
+    sigmas: Sequence[float],
+    n0: int,
+    n_max: int,
+    alpha: float,
+    target_radii=None,
+    p0: float = 0.5,
+    *,
+    bound="spending",
+    final_share: float | None = None,
+    weights=None,
+    prior=DEFAULT_PRIOR,
+    alpha_schedule: str = "union",
+    schedule: str = "geometric",
+    first: int | None = None,
+    growth: float = 2.0,
+    chunk: int | None = None,
+    points: Sequence[int] | None = None,
+    intersect: bool = True,
+) -> CascadeResult:
+    """Sequential multi-scale cascade of `num_images` images (rules and validity in the module docstring).
+
+    draw(image_indices, stream, num_samples, sample_start) -> int vote counts [len(image_indices), K] of samples
+    sample_start .. sample_start + num_samples - 1 of noise stream `stream` at sigma = sigmas[stream // 2]:
+    stream 2s is stage s's selection (always samples 0 .. n0-1), 2s + 1 its estimation samples. In the engine:
+    ``sample_counts(images[idx], ids[idx], sigmas[stream // 2], num_samples, stream=stream, ...,
+    sample_start=sample_start)``. sigmas: strictly decreasing (stage 0 = largest). The error budget is
+    msrs.cascade.schedule_levels(alpha, L, "union") (the "paper" schedule is no union bound: refused).
+    bound / final_share / weights / prior / schedule / first / growth / chunk / points / intersect: as in
+    run_sequential (the looks are the same for every stage).
+    """
+    sigmas = [float(s) for s in sigmas]
+    if not sigmas or any(s <= 0 for s in sigmas) or any(a <= b for a, b in zip(sigmas, sigmas[1:])):
+        raise ValueError(f"sigmas: expected strictly decreasing noise levels > 0 (stage 0 = largest), got {sigmas}")
+    if alpha_schedule != "union":
+        raise ValueError(f"alpha_schedule: the sequential cascade needs 'union' (a union bound over its "
+                         f"statements); {alpha_schedule!r} is not valid in sequential mode")
+    alpha = _check_alpha(alpha)
+    n0, n_max, num_images = (operator.index(v) for v in (n0, n_max, num_images))
+    if n0 < 1 or num_images < 0:
+        raise ValueError(f"n0, num_images: expected n0 >= 1 and num_images >= 0, got {n0}, {num_images}")
+    thresholds(target_radii, sigmas[-1], p0)  # validates p0 and the radii up front
+    looks = _looks(n_max, points, schedule, first, growth, chunk)
+    bound = make_bound(bound, looks, final_share=final_share, weights=weights, prior=prior)
+    run = _CascadeRun(draw, num_images, sigmas, n0, looks, bound, alpha, p0, target_radii, intersect)
+    run.select(np.arange(num_images), 0)
+    while True:
+        want = run.requests()
+        if not want.any():
+            break
+        run.sample(want)
+        run.route(want)
+        run.settle()
+    return run.result()
+
+
+_ROUTING, _CERTIFIED, _DONE = 0, 1, 2
+
+
+class _CascadeRun:
+    """State of run_cascade_sequential, arrays over images b and stages s. An image is _ROUTING at its current
+    stage, _CERTIFIED at its certifying stage (sampling whichever stage limits its radius bucket), or _DONE."""
+
+    def __init__(self, draw, count, sigmas, n0, looks, bound, alpha, p0, target_radii, intersect):
+        self.draw, self.sigmas, self.n0, self.bound, self.p0, self.intersect = draw, sigmas, n0, bound, p0, intersect
+        self.looks = np.asarray(looks, dtype=np.int64)
+        self.n_max = int(self.looks[-1])
+        self.cert, self.off = cascade.schedule_levels(alpha, len(sigmas), "union")
+        radii = _positive_radii(target_radii)
+        # radius buckets: 0 = not certified (r <= 0), then one per target radius; None: no targets
+        self.edges = None if target_radii is None else np.concatenate(([np.nextafter(0.0, 1.0)], radii))
+        shape = (count, len(sigmas))
+        self.phase = np.full(count, _ROUTING)
+        self.stage = np.zeros(count, dtype=np.int64)  # current (routing) or certifying stage
+        self.selected = np.full(shape, -1, dtype=np.int64)
+        self.drawn = np.zeros(shape, dtype=np.int64)
+        self.lower, self.upper = np.zeros(shape), np.ones(shape)  # running bounds of each stage's selected class
+        self.more = np.zeros(shape, dtype=bool)  # certified images: the stages to sample next
+        self.gid = None  # [B, L, K] off-class groups of the earlier stages (set at certification), -1: no group
+        self.ngroups = np.ones(shape, dtype=np.int64)
+        self.counts0 = self.counts = None  # [B, L, K], allocated at the first draw (K comes from it)
+        self.prediction = np.full(count, -1, dtype=np.int64)
+        self.radius = np.zeros(count)
+
+    # ------------------------------------------------------------------ sampling
+    def _draw(self, idx, stream, num, start) -> np.ndarray:
+        votes = np.asarray(self.draw(idx, stream, num, start))
+        k = (votes.shape[-1] if votes.ndim else 0) if self.counts is None else self.counts.shape[2]  # first draw: K
+        if votes.shape != (idx.size, k) or k < 2 or votes.dtype.kind not in "iu" or np.any(votes < 0) \
+                or np.any(votes.sum(axis=1) != num):  # one vote per sample
+            raise ValueError(f"draw: expected integer vote counts [{idx.size}, K] summing to {num} per image, got "
+                             f"{votes.dtype} shape {votes.shape}")
+        if self.counts is None:
+            shape = self.drawn.shape + (votes.shape[1],)
+            self.counts0, self.counts = np.zeros(shape, dtype=np.int64), np.zeros(shape, dtype=np.int64)
+            self.gid = np.full(shape, -1, dtype=np.int64)
+        return votes.astype(np.int64)
+
+    def select(self, idx, s) -> None:
+        """Enter stage s: its n0 selection samples (stream 2s) fix the stage's class, before any estimation."""
+        if idx.size:
+            votes = self._draw(idx, 2 * s, self.n0, 0)
+            self.counts0[idx, s] = votes
+            self.selected[idx, s] = votes.argmax(axis=1)  # ties: the smallest class, as msrs.cascade
+            self.stage[idx] = s
+
+    def requests(self) -> np.ndarray:
+        """[B, L]: which stage of which image draws its next look this round."""
+        want = self.more.copy()
+        routing = np.flatnonzero(self.phase == _ROUTING)
+        want[routing, self.stage[routing]] = True
+        return want
+
+    def sample(self, want) -> None:
+        """Every wanted (image, stage) draws up to its next look; images at the same stage and sample count share
+        one draw call, so an evaluation always happens at a pre-set look (the spending look index is defined)."""
+        for s in range(len(self.sigmas)):
+            for done in np.unique(self.drawn[want[:, s], s]):
+                idx = np.flatnonzero(want[:, s] & (self.drawn[:, s] == done))
+                nxt = int(self.looks[np.searchsorted(self.looks, done, side="right")])
+                self.counts[idx, s] += self._draw(idx, 2 * s + 1, nxt - int(done), int(done))
+                self.drawn[idx, s] = nxt
+                self._update_bounds(idx[self.stage[idx] == s], s)
+
+    def _update_bounds(self, idx, s) -> None:
+        """Running bounds of stage s's selected class, at the stage's level cert[s] (route and radius)."""
+        c = self.selected[idx, s]
+        lo, hi = self.bound(self.counts[idx, s, c], self.drawn[idx, s], self.cert[s])
+        if self.intersect:
+            lo, hi = np.maximum(lo, self.lower[idx, s]), np.minimum(hi, self.upper[idx, s])
+        self.lower[idx, s], self.upper[idx, s] = lo, hi
+
+    # ------------------------------------------------------------------ decisions
+    def route(self, want) -> None:
+        """The routing images that drew this round: certify, fall through (enter the next stage), or abstain."""
+        for s in range(len(self.sigmas)):
+            idx = np.flatnonzero((self.phase == _ROUTING) & (self.stage == s) & want[:, s])
+            if not idx.size:
+                continue
+            c = self.selected[idx, s]
+            code = route_stage_many(self.counts[idx, s, c], self.drawn[idx, s], self.n_max, self.cert[s], self.p0,
+                                    lower=self.lower[idx, s], upper=self.upper[idx, s], bound=self.bound)
+            self._certify(idx[code == ROUTE_CERTIFY], s)
+            self.phase[idx[code == ROUTE_UNDECIDED]] = _DONE  # abstain, as the fixed-n cascade
+            fell = idx[code == ROUTE_FALL_THROUGH]
+            if s + 1 < len(self.sigmas):
+                self.select(fell, s + 1)
+            else:
+                self.phase[fell] = _DONE  # no stage left: abstain
+
+    def _certify(self, idx, s) -> None:
+        """Stage s certifies its class cA: the earlier stages' off-class groups are pooled on their own selection
+        counts without cA (msrs.cascade.pool_groups), fixed from now on."""
+        self.phase[idx] = _CERTIFIED
+        for b in idx:
+            for j in range(s):
+                groups = cascade.pool_groups(self.counts0[b, j], int(self.selected[b, s]))
+                for g, classes in enumerate(groups):
+                    self.gid[b, j, classes] = g
+                self.ngroups[b, j] = len(groups)
+
+    def settle(self) -> None:
+        """Certified images: stop once the bucket of min(radius components) cannot change, else mark the stages
+        whose component holds the minimum's bucket (module docstring: "Stopping a certified image")."""
+        idx = np.flatnonzero(self.phase == _CERTIFIED)
+        if not idx.size:
+            return
+        r, reach, end = self._components(idx)
+        settled, more = _plan(r, reach, end, self.edges)
+        self.more[idx] = more
+        done, radius = idx[settled], r[settled].min(axis=1)
+        ok = radius > 0  # the fixed-n cascade abstains at r <= 0 too
+        self.prediction[done[ok]] = self.selected[done[ok], self.stage[done[ok]]]
+        self.radius[done[ok]] = radius[ok]
+        self.phase[done] = _DONE
+
+    def _components(self, idx):
+        """(radius, best reachable radius, at n_max) [n, L] of each certified image's components: its certifying
+        stage s and every earlier stage j (fell through); +inf / True for stages that are not components."""
+        shape = (idx.size, len(self.sigmas))
+        r, reach, end = np.full(shape, np.inf), np.full(shape, np.inf), np.ones(shape, dtype=bool)
+        for s in np.unique(self.stage[idx]):
+            rows = np.flatnonzero(self.stage[idx] == s)
+            b = idx[rows]
+            r[rows, s], reach[rows, s], end[rows, s] = self._own_radius(b, s)
+            for j in range(s):
+                r[rows, j], reach[rows, j], end[rows, j] = self._off_radius(b, j, s)
+        return r, np.maximum(reach, r), end
+
+    def _own_radius(self, b, s):
+        """sigma_s (PhiInv(lower) - PhiInv(p0)), and its best case: every remaining sample a vote for cA (read at
+        the final look), but no more than the running upper bound allows."""
+        c, t = self.selected[b, s], self.drawn[b, s]
+        hits = self.counts[b, s, c]
+        best = self.bound(hits + (self.n_max - t), np.full_like(t, self.n_max), self.cert[s])[0]
+        reach = np.maximum(np.minimum(best, self.upper[b, s]), self.lower[b, s])
+        end = t >= self.n_max
+        r = _radius(self.sigmas[s], self.lower[b, s], self.p0)
+        return r, np.where(end, r, _radius(self.sigmas[s], reach, self.p0)), end
+
+    def _off_radius(self, b, j, s):
+        """-r_j = sigma_j (PhiInv(p0) - PhiInv(pB_upper_j)) at level off[j, s] on stage j's counts so far, and its
+        best case: no more votes outside cA up to n_max (final look), but pB_upper no lower than the largest
+        group's current lower end."""
+        counts, gid, ng, level = self.counts[b, j], self.gid[b, j], self.ngroups[b, j], self.off[j, s]
+        floor, upper = _group_bounds(counts, gid, ng, level, self.bound)
+        best = _group_bounds(counts, gid, ng, level, self.bound, trials=self.n_max)[1]
+        end = self.drawn[b, j] >= self.n_max
+        r = -_radius(self.sigmas[j], upper, self.p0)
+        return r, np.where(end, r, -_radius(self.sigmas[j], np.maximum(best, floor), self.p0)), end
+
+    def result(self) -> CascadeResult:
+        count = self.phase.size
+        k = 0 if self.counts is None else self.counts.shape[2]
+        empty = np.zeros(self.drawn.shape + (k,), dtype=np.int64)
+        counts0 = empty if self.counts0 is None else self.counts0
+        counts = empty if self.counts is None else self.counts
+        stage = np.where(self.prediction >= 0, self.stage, -1)
+        p_lower = self.lower[np.arange(count), self.stage]
+        return CascadeResult(self.prediction, np.where(self.prediction >= 0, self.radius, 0.0), stage,
+                             self.stage.copy(), p_lower, counts0, counts, self.drawn)
+
+
+def _radius(sigma: float, p, p0: float) -> np.ndarray:
+    """sigma * (PhiInv(p) - PhiInv(p0)), signed (-inf at p = 0, +inf at p = 1)."""
+    with np.errstate(divide="ignore"):
+        return float(sigma) * (norm.ppf(np.asarray(p, dtype=np.float64)) - norm.ppf(p0))
+
+
+def _plan(r, reach, end, edges) -> tuple[np.ndarray, np.ndarray]:
+    """Stopping rule of certified images on their radius components r [n, C] (the certificate is min over them),
+    best reachable values reach >= r, and end (component at n_max). Returns (settled [n], sample [n, C]).
+
+    With target radii (bucket edges): settled when the bucket of min(reach) is no higher than that of min(r);
+    else sample every component whose bucket is the minimum's (all of them must rise for the minimum to rise).
+    Without (edges None): sample every component to n_max; stop early only when min(reach) <= 0 (abstain)."""
+    low, high = r.min(axis=1), reach.min(axis=1)
+    if edges is None:
+        settled = (high <= 0) | end.all(axis=1)
+        sample = ~end
+    else:
+        def bucket(v):
+            return np.searchsorted(edges, np.ravel(v), side="right").reshape(np.shape(v))
+
+        current = bucket(low)
+        settled = bucket(high) <= current
+        sample = (bucket(r) <= current[:, None]) & ~end
+    return settled, sample & ~settled[:, None]

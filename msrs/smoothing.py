@@ -108,10 +108,12 @@ class SmoothedClassifier:
     the denoiser and classifier under torch.autocast. backend: the msrs.ops backend (None: automatic). device: where
     images, noise and counts live (default: the classifier module's device, else CPU).
     Modules are put in eval mode during sampling and restored afterwards.
+    compile: run the classifier and the denoiser's UNet through torch.compile at one static batch shape
+    (msrs.compiled; calls denoiser.compile_for_inference()); the first batch compiles (tens of seconds on a CPU).
     """
 
     def __init__(self, classifier, num_classes, *, denoiser=None, mean=None, std=None, device=None, backend=None,
-                 dtype=torch.float32):
+                 dtype=torch.float32, compile=False):
         if not callable(classifier):
             raise TypeError(f"classifier: expected an nn.Module or a callable [N, C, H, W] -> logits [N, K], "
                             f"got {type(classifier).__name__}")
@@ -130,6 +132,7 @@ class SmoothedClassifier:
             ops.resolve_backend(backend, self.device)
         self.backend = backend
         self._batch_cap = None  # set when a batch ran out of memory: the largest batch size that fitted
+        self._run_classifier = self._compile(classifier, denoiser) if compile else classifier
 
     # ---------------------------------------------------------------- public API (docs/DESIGN.md)
     def sample_counts(self, images, image_ids, sigma, num_samples, *, stream, seed, batch_size, sample_start=0):
@@ -199,11 +202,12 @@ class SmoothedClassifier:
     def certify_sequential(self, images, sigma, n0, n_max, alpha, *, seed, batch_size, image_ids=None, p0=0.5,
                            target_radii=None, **options) -> list[Certificate]:
         """Sequential (early-stopping) CERTIFY (msrs.sequential): the class is selected on n0 samples of stream 0,
-        then estimation samples of stream 1 are drawn in rounds and each image stops as soon as its outcome at
-        `target_radii` is settled (or at n_max). The radius comes from the anytime-valid confidence-sequence lower
-        bound at the stopping time (p_lower); the samples drawn are a prefix of a fixed-n certify's samples.
-        options: run_sequential's prior / schedule / first / growth / chunk / points / intersect.
-        Certificate.counts: the estimation counts actually drawn; samples: n0 + estimation samples drawn."""
+        then estimation samples of stream 1 are drawn look by look and each image stops as soon as its outcome at
+        `target_radii` is settled (or at n_max). The radius comes from the lower bound at the stopping look
+        (p_lower), valid under early stopping: alpha spent over the looks (bound="spending", the default) or the
+        confidence sequence (bound="cs"); the samples drawn are a prefix of a fixed-n certify's samples.
+        options: run_sequential's bound / final_share / weights / prior / schedule / first / growth / chunk /
+        points / intersect. Certificate.counts: the estimation counts drawn; samples: n0 + those drawn."""
         from . import sequential
 
         x, ids = self._group(images, image_ids)
@@ -229,6 +233,46 @@ class SmoothedClassifier:
                                    0 if prediction >= 0 else -1, counts[b][None].copy(), counts0[b][None].copy(),
                                    float(result.lower[b]), n0 + int(result.samples[b])))
         return out
+
+    def _compile(self, classifier, denoiser):
+        from .compiled import StaticBatch, compile_model
+
+        if denoiser is not None:
+            if not callable(getattr(denoiser, "compile_for_inference", None)):
+                raise TypeError(f"compile: the denoiser ({type(denoiser).__name__}) has no compile_for_inference(); "
+                                "use msrs.denoiser.DiffusionDenoiser or compile=False")
+            denoiser.compile_for_inference()
+        return StaticBatch(compile_model(classifier, self.device))
+
+    def certify_cascade_sequential(self, images, sigmas, n0, n_max, alpha, *, seed, batch_size, image_ids=None,
+                                   p0=0.5, target_radii=None, **options) -> list[Certificate]:
+        """The multi-scale cascade with early stopping (msrs.sequential.run_cascade_sequential): stage s (largest
+        sigma first) selects on n0 samples of stream 2s and draws estimation samples of stream 2s + 1 look by look
+        until it routes (certify / fall through / undecided); a certified image then samples its certifying stage
+        or a fall-through stage until its bucket at `target_radii` is settled. Error budget: the "union" schedule
+        (options alpha_schedule="paper" is refused), each statement valid at its stopping look.
+        options: run_cascade_sequential's bound / final_share / weights / prior / alpha_schedule / schedule /
+        first / growth / chunk / points / intersect. Certificate as certify_cascade's: counts [L, K] the
+        estimation counts drawn per stage (a prefix of each stage's stream), counts0 the selection counts, p_lower
+        the running lower bound of the deciding stage, samples all Monte Carlo samples drawn for the image."""
+        from . import sequential
+
+        x, ids = self._group(images, image_ids)
+        sigmas = self._check_sigmas(sigmas)
+        alpha, p0 = self._check_certify(n0, n_max, alpha, p0, seed, batch_size)
+        sequential.thresholds(target_radii, sigmas[-1], p0)  # checks the radii before any sampling
+
+        def draw(idx, stream, num, start):
+            first = torch.full((len(idx),), int(start), dtype=torch.int64, device=self.device)
+            drawn = self._counts(x, ids, idx, sigmas[stream // 2], [(stream, num)], seed, batch_size, first)
+            return drawn[0].cpu().numpy()
+
+        result = sequential.run_cascade_sequential(draw, x.shape[0], sigmas, n0, n_max, alpha, target_radii, p0,
+                                                   **options)
+        total = result.total_samples
+        return [Certificate(int(result.prediction[b]), float(result.radius[b]), sigmas[int(result.last[b])],
+                            int(result.stage[b]), result.counts[b].copy(), result.counts0[b].copy(),
+                            float(result.p_lower[b]), int(total[b])) for b in range(x.shape[0])]
 
     # ---------------------------------------------------------------- checks (all before any sampling)
     def _group(self, images, image_ids) -> tuple[torch.Tensor, torch.Tensor]:
@@ -366,12 +410,12 @@ class SmoothedClassifier:
                                                               device=self.device))
             inp = ops.finalize_denoised(noisy, eps, a, mean=self._stat(self.mean, 0.0), std=self._stat(self.std, 1.0),
                                         out_dtype=self.dtype, backend=self.backend, check=False)
-        return self._classify(inp) if probe else self.classifier(inp)
+        return self._classify(inp) if probe else self._run_classifier(inp)
 
     def _classify(self, inp: torch.Tensor) -> torch.Tensor:
         """The first batch of a run: classifier errors and output shapes get a message naming the classifier."""
         try:
-            logits = self.classifier(inp)
+            logits = self._run_classifier(inp)
         except Exception as err:
             if is_out_of_memory(err):
                 raise

@@ -23,17 +23,32 @@ def test_demo_smoke(tmp_path, monkeypatch):
     monkeypatch.setenv("MSRS_BACKEND", "torch")  # no C++ build needed here
     bench = _load()
     out = tmp_path / "bench.json"
-    assert bench.main(["--workloads", "demo", "--impls", "reference,msrs,msrs+sequential", "--images", "2",
+    assert bench.main(["--workloads", "demo", "--impls", "reference,msrs,msrs+sequential,msrs:bfloat16", "--images", "2",
                        "--n0", "4", "--n", "16", "--batch-size", "8", "--repeat", "1", "--threads", "1",
                        "--device", "cpu", "--json", str(out)]) == 0
     records = json.loads(out.read_text())
-    assert [r["impl"] for r in records] == ["reference", "msrs", "msrs+sequential"]
+    assert [(r["impl"], r["dtype"]) for r in records] == [("reference", "float32"), ("msrs", "float32"),
+                                                          ("msrs+sequential", "float32"), ("msrs", "bfloat16")]
     for r in records:
-        for key in ("workload", "device", "impl", "samples_per_s", "speedup_vs_reference", "unet_time_fraction",
+        for key in ("workload", "device", "impl", "dtype", "samples_per_s", "images_per_s", "speedup_vs_reference",
+                    "speedup_vs_reference_same_dtype", "unet_time_fraction", "unet_fraction_of_matmul_peak",
                     "peak_memory_bytes", "batch_size"):
             assert key in r
         assert r["workload"] == "demo" and r["samples_per_s"] > 0 and r["peak_memory_bytes"] > 0
         assert 0 < r["unet_time_fraction"]
         assert r["batch_size"] == 8
     assert records[0]["speedup_vs_reference"] == 1.0
+    assert records[3]["speedup_vs_reference_same_dtype"] is None  # no bf16 reference in this run
+    assert 0 < records[1]["unet_fraction_of_matmul_peak"] < 2
     assert records[2]["samples_drawn"] <= 2 * (4 + 16)
+
+
+def test_impl_specs():
+    bench = _load()
+    assert bench.parse_impl("reference", "bfloat16") == ("reference", "float32")  # the field's code runs fp32
+    assert bench.parse_impl("msrs", "bfloat16") == ("msrs", "bfloat16")
+    assert bench.parse_impl("msrs+compile:float16", "float32") == ("msrs+compile", "float16")
+    with pytest.raises(ValueError, match="unknown 'fast'"):
+        bench.parse_impl("fast", "float32")
+    with pytest.raises(ValueError, match="unknown dtype 'int8'"):
+        bench.parse_impl("msrs:int8", "float32")

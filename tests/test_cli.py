@@ -229,3 +229,30 @@ def test_batch_size_auto_gives_the_same_log(tmp_path, classifier, capsys):
     assert rows_without_time(auto) == rows_without_time(fixed)
     assert main(certify_args(classifier, tmp_path / "bad.tsv", "--batch-size", "automatic")) == 2
     assert "--batch-size" in capsys.readouterr().err and not (tmp_path / "bad.tsv").exists()
+
+
+@pytest.mark.slow  # a reference run and a killed-then-resumed one, in fresh processes
+def test_killed_sequential_cascade_run_resumes_to_the_uninterrupted_log(tmp_path, classifier):
+    """`msrs certify --sequential --sigma 0.5 0.25` (the sequential cascade): SIGKILL midway, the same command
+    again, and the log equals the uninterrupted run's, the samples column included."""
+    sequential = ("--sigma", "0.5", "0.25", "--sequential", "--target-radii", "0.25", "0.5")
+    reference = tmp_path / "reference.tsv"
+    assert main(certify_args(classifier, reference, *sequential, "--batch-size", "97", "--group-size", "3")) == 0
+    header = reference.read_text().splitlines()[0].split("\t")
+    assert header == list(logs.CASCADE_COLUMNS + ("samples",)) and data_rows(reference) == 10
+
+    out = tmp_path / "killed.tsv"
+    process = run_msrs(certify_args(classifier, out, *sequential), tmp_path)
+    deadline = time.monotonic() + 120
+    while data_rows(out) < 2 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    _, err = process.communicate(timeout=60)
+    written = data_rows(out)
+    assert 2 <= written < 10, f"the run was not killed midway ({written} rows); stderr:\n{err}"
+    again = run_msrs(certify_args(classifier, out, *sequential), tmp_path)
+    _, stderr = again.communicate(timeout=300)
+    assert again.returncode == 0, stderr
+    assert rows_without_time(out) == rows_without_time(reference)
+    samples = [int(line.split("\t")[-1]) for line in out.read_text().splitlines()[1:]]
+    assert all(20 + 64 <= s <= 2 * 220 for s in samples) and min(samples) < 220  # some stopped early

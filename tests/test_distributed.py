@@ -147,10 +147,10 @@ class _Linear(torch.nn.Module):
         return x.flatten(1).to(torch.float64) @ self.w.t() + self.b
 
 
-def _certify_command(classifier: Path, out: Path, *extra: str) -> list:
+def _certify_command(classifier: Path, out: Path, *extra: str, options: tuple = ()) -> list:
     return ["certify", "--dataset", "digits", "--classifier", str(classifier), "--sigma", *extra, "--n0", "16",
             "--n", "120", "--alpha", "0.01", "--batch-size", "50", "--seed", "5", "--max", "6", "--backend", "torch",
-            "--device", "cpu", "--quiet", "--out", str(out)]
+            "--device", "cpu", "--quiet", "--out", str(out), *options]  # options: later ones override
 
 
 def _run_msrs(argv: list, nproc: int | None) -> subprocess.CompletedProcess:
@@ -167,19 +167,27 @@ def _run_msrs(argv: list, nproc: int | None) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, env=env, cwd=str(ROOT), capture_output=True, text=True, timeout=120)
 
 
+# sequential runs: a larger budget (looks 64 .. 1000) so that images stop at different looks, and radii that settle
+_SEQUENTIAL = ("--sequential", "--n", "1000", "--target-radii", "0.1", "0.25", "--alpha", "0.05")
+
+
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
-@pytest.mark.parametrize("sigmas", [["0.5"], ["0.5", "0.25"]], ids=["certify", "cascade"])
-def test_torchrun_certify_log_equals_single_process(tmp_path, sigmas):
-    """`torchrun --nproc-per-node 2 -m msrs certify` writes the single-process log, row for row (but the time)."""
+@pytest.mark.parametrize("sigmas, options", [(["0.5"], ()), (["0.5", "0.25"], ()), (["0.5"], _SEQUENTIAL),
+                                             (["1.0", "0.25"], _SEQUENTIAL)],
+                         ids=["certify", "cascade", "sequential", "sequential-cascade"])
+def test_torchrun_certify_log_equals_single_process(tmp_path, sigmas, options):
+    """`torchrun --nproc-per-node 2 -m msrs certify` writes the single-process log, row for row (but the time).
+    Sequential runs too: every rank takes the same stopping decisions on the all-reduced counts, so the ranks
+    make the same sampling calls and split each one."""
     from msrs import logs
 
     classifier = tmp_path / "linear.ts"
     torch.jit.save(torch.jit.script(_Linear().eval()), str(classifier))
     single, multi = tmp_path / "single.tsv", tmp_path / "multi.tsv"
-    proc = _run_msrs(_certify_command(classifier, single, *sigmas), None)
+    proc = _run_msrs(_certify_command(classifier, single, *sigmas, options=options), None)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for _attempt in range(2):  # the free port may be taken between probing and binding: retry once
-        proc = _run_msrs(_certify_command(classifier, multi, *sigmas), 2)
+        proc = _run_msrs(_certify_command(classifier, multi, *sigmas, options=options), 2)
         if proc.returncode == 0:
             break
     assert proc.returncode == 0, f"torchrun failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
@@ -190,6 +198,9 @@ def test_torchrun_certify_log_equals_single_process(tmp_path, sigmas):
     assert len(strip) == 6
     assert strip == [{k: v for k, v in row.items() if k != "time"} for row in b["rows"]]
     assert any(row["predict"] >= 0 for row in strip) and len({row["predict"] for row in strip}) > 1
+    if options:  # the runs stopped images at different sample counts, below the budget
+        assert len({row["samples"] for row in strip}) > 1 and min(row["samples"] for row in strip) < 1016
+        assert len(sigmas) == 1 or any(row["stage"] == 1 for row in strip)  # a stage-1 certificate
     single_info, multi_info = logs.read_sidecar(single), logs.read_sidecar(multi)
     assert single_info["run"] == multi_info["run"]  # the world size is not part of the compared configuration
     assert (single_info["info"]["world_size"], multi_info["info"]["world_size"]) == (1, 2)

@@ -76,6 +76,24 @@ class FakeSmoothed:
                                        (max(stage, 0) + 1) * (n0 + n)))
         return out
 
+    def certify_sequential(self, images, sigma, n0, n, alpha, *, seed, batch_size, image_ids=None, p0=0.5,
+                           target_radii=None, bound="spending"):
+        self.sequential = (list(target_radii), bound)
+        out = self.certify(images, sigma, n0, n, alpha, seed=seed, batch_size=batch_size, image_ids=image_ids, p0=p0)
+        return [self._stopped(c, idx, n0) for c, idx in zip(out, image_ids)]
+
+    def certify_cascade_sequential(self, images, sigmas, n0, n, alpha, *, seed, batch_size, image_ids=None, p0=0.5,
+                                   target_radii=None, bound="spending"):
+        self.sequential = (list(target_radii), bound)
+        out = self.certify_cascade(images, sigmas, n0, n, alpha, seed=seed, batch_size=batch_size,
+                                   image_ids=image_ids, p0=p0)
+        return [self._stopped(c, idx, n0) for c, idx in zip(out, image_ids)]
+
+    @staticmethod
+    def _stopped(cert, idx, n0):
+        cert.samples = n0 + 64 * (1 + int(idx) % 5)  # a sequential run draws fewer samples, image by image
+        return cert
+
 
 def make_dataset(count=20):
     images = (torch.arange(count, dtype=torch.float32) / 1000).view(count, 1, 1, 1).expand(count, 1, 2, 2)
@@ -269,6 +287,48 @@ def test_interrupted_run_resumes_to_the_same_file(tmp_path):
     again = FakeSmoothed()
     certify_dataset(again, data, out, overwrite=True, **{**KW, "seed": 1})
     assert len(sum(again.calls, [])) == 12 and rows_without_time(out) != rows_without_time(full)
+
+
+def test_sequential_logs_add_samples_record_the_bound_and_resume(tmp_path):
+    data = make_dataset(12)
+    kw = {**KW, "sigmas": [0.25, 0.5], "sequential": True, "target_radii": [0.5, 0.25], "group_size": 2}
+    engine = FakeSmoothed()
+    full = certify_dataset(engine, data, tmp_path / "full.tsv", **kw)
+    assert engine.sequential == ([0.25, 0.5], "spending")
+    table = logs.read_log(full, required=logs.CASCADE_COLUMNS)
+    assert table["columns"] == logs.CASCADE_COLUMNS + ("samples",)  # Cohen's columns first, then the samples
+    assert [row["samples"] for row in table["rows"]] == [10 + 64 * (1 + i % 5) for i in range(12)]
+    sidecar = json.loads(logs.sidecar_path(full).read_text())
+    assert sidecar["run"]["method"] == "sequential_cascade" and sidecar["run"]["alpha_schedule"] == "union"
+    assert sidecar["run"]["sequential"] == {"target_radii": [0.25, 0.5], "bound": "spending", "looks": [64, 100],
+                                            "final_share": 0.9}
+    out = tmp_path / "resumed.tsv"
+    with pytest.raises(Interrupt):
+        certify_dataset(FakeSmoothed(fail_after_calls=3), data, out, **kw)
+    with pytest.raises(ValueError, match="different configuration.*bound: was \"spending\", now \"cs\""):
+        certify_dataset(FakeSmoothed(), data, out, **kw, sequential_bound="cs")
+    certify_dataset(FakeSmoothed(), data, out, **{**kw, "group_size": 5})
+    assert rows_without_time(out) == rows_without_time(full)
+    # one sigma: Cohen's columns and the samples; the confidence sequence is recorded without looks
+    single = FakeSmoothed()
+    one = certify_dataset(single, data, tmp_path / "one.tsv", **{**kw, "sigmas": [0.25]}, sequential_bound="cs")
+    assert single.sequential == ([0.25, 0.5], "cs")
+    assert logs.read_log(one)["columns"] == logs.COLUMNS + ("samples",)
+    assert json.loads(logs.sidecar_path(one).read_text())["run"]["sequential"] == {"target_radii": [0.25, 0.5],
+                                                                                 "bound": "cs"}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"sequential": True, "sigmas": [0.5, 0.25], "alpha_schedule": "paper"}, "alpha_schedule: the sequential"),
+    ({"sequential": True, "sequential_bound": "bonferroni"}, "sequential_bound: expected one of"),
+    ({"sequential_bound": "cs"}, "sequential_bound: only used in sequential mode"),
+    ({"target_radii": [0.5]}, "target_radii: only used in sequential mode"),
+])
+def test_bad_sequential_arguments_create_no_file(tmp_path, change, message):
+    out = tmp_path / "run.tsv"
+    with pytest.raises(ValueError, match=message):
+        certify_dataset(FakeSmoothed(), make_dataset(3), out, **{**KW, **change})
+    assert not out.exists() and not logs.sidecar_path(out).exists()
 
 
 def test_changed_data_is_refused(tmp_path):

@@ -13,6 +13,9 @@ import torch
 from scipy.stats import beta, binom, norm
 
 from msrs import sequential as Q
+from msrs import stats
+
+from test_validity import NaiveClopperPearson  # the invalid rule, for the negative controls
 
 
 def _se(alpha, n):
@@ -76,6 +79,62 @@ def test_bisection_matches_brentq_and_handles_edges():
         Q.cs_bounds(1.5, 10, 0.05)
 
 
+def test_spending_bound_is_clopper_pearson_at_the_spent_level_of_each_look():
+    looks = Q.checkpoints(1000)  # [64, 128, 256, 512, 1000]
+    bound = Q.AlphaSpending(looks)
+    np.testing.assert_allclose(bound.weights, [0.025] * 4 + [0.9])
+    assert bound.weights.sum() == pytest.approx(1.0, abs=1e-15)
+    rng = np.random.default_rng(0)
+    for k, t in enumerate(looks):
+        s = rng.integers(0, t + 1, size=50)
+        s[:2] = 0, t
+        lo, hi = bound(s, t, 0.01)
+        np.testing.assert_array_equal(lo, stats.clopper_pearson_lower(s, t, 0.01 * bound.weights[k]))
+        np.testing.assert_array_equal(hi, stats.clopper_pearson_upper(s, t, 0.01 * bound.weights[k]))
+    # the final look is nearly the fixed-n bound (0.9 alpha); an early look is much wider than CP at alpha
+    assert bound(900, 1000, 0.01)[0][0] == pytest.approx(stats.clopper_pearson_lower(900, 1000, 0.009))
+    assert bound(60, 64, 0.01)[0][0] < stats.clopper_pearson_lower(60, 64, 0.01) - 0.03
+    lo, hi = bound([0, 3], [0, 64], 0.01)
+    assert (lo[0], hi[0]) == (0.0, 1.0)  # no samples yet: (0, 1)
+    with pytest.raises(ValueError, match="trials.*looks"):
+        bound(5, 100, 0.01)  # not a look: the spent level is undefined
+    # other shares; the rules accept the bound object
+    np.testing.assert_allclose(Q.AlphaSpending(looks, final_share=0.6).weights, [0.1] * 4 + [0.6])
+    np.testing.assert_allclose(Q.AlphaSpending([10, 20], weights=[0.3, 0.7]).weights, [0.3, 0.7])
+    assert Q.AlphaSpending([500]).weights.tolist() == [1.0]
+    assert Q.route_stage(600, 1000, 1000, 0.01, bound=bound) == "certify"
+    assert Q.other_classes_upper(np.array([900, 60, 40]), 0, 0.02, bound=bound) == pytest.approx(
+        stats.clopper_pearson_upper(60, 1000, 0.01 * 0.9))
+    assert isinstance(Q.make_bound("cs", looks), Q.ConfidenceSequence)
+    assert Q.make_bound(bound, looks) is bound
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"final_share": 0.0}, "final_share"), ({"final_share": 1.0}, "final_share"), ({"final_share": 1.5}, "final_share"),
+    ({"final_share": float("nan")}, "final_share"), ({"final_share": 0.1}, "final_share"),  # < 1/5: not the largest
+    ({"weights": [0.2, 0.2, 0.2, 0.4]}, "weights"), ({"weights": [0.1, 0.1, 0.1, 0.1, 0.5]}, "weights"),
+    ({"weights": [-0.1, 0.1, 0.1, 0.1, 0.8]}, "weights"), ({"weights": [0.1, 0.1, 0.1, 0.5, 0.2]}, "weights"),
+    ({"weights": [0.2] * 5, "final_share": 0.2}, "final_share"),
+])
+def test_spending_bad_shares_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Q.AlphaSpending(Q.checkpoints(1000), **kwargs)
+
+
+def test_bad_bound_arguments():
+    looks = Q.checkpoints(1000)
+    with pytest.raises(ValueError, match="bound"):
+        Q.make_bound("bonferroni", looks)
+    with pytest.raises(TypeError, match="bound"):
+        Q.make_bound(3, looks)
+    with pytest.raises(ValueError, match="final_share"):
+        Q.make_bound("cs", looks, final_share=0.5)
+    with pytest.raises(ValueError, match="looks"):
+        Q.AlphaSpending([64, 64, 128])
+    with pytest.raises(ValueError, match="final_share"):
+        Q.run_sequential(lambda idx, n, s: np.zeros(len(idx), dtype=int), [0], 1000, 0.25, 0.01, final_share=2.0)
+
+
 # ---------------------------------------------------------------------------------- coverage under optional stopping
 @pytest.mark.parametrize("p", [0.5, 0.9])
 def test_cs_covers_under_adversarial_optional_stopping_and_cp_does_not(p):
@@ -118,6 +177,27 @@ def test_cs_bounds_cover_at_a_data_dependent_checkpoint():
     assert stopped.all()
     wrong = (lower_at_stop > p).mean()
     assert wrong <= alpha + 3 * _se(alpha, sequences), wrong
+
+
+@pytest.mark.parametrize("p", [0.7, 0.9])
+def test_spending_is_valid_under_adversarial_stopping_and_naive_cp_is_not(p):
+    """run_sequential with the target radius just above the true radius sigma PhiInv(p): an image stops (and
+    certifies) exactly when its bound has become wrong, else runs to n_max, the stopping rule that maximises the
+    error. Alpha spending and the CS err in at most alpha of the runs; Clopper-Pearson at the full alpha at every
+    look (the naive rule) errs in far more on the same simulation, so the check has power."""
+    sigma, alpha, runs, n_max = 0.5, 0.1, 4000, 4096
+    truth = sigma * norm.ppf(p)
+    allowed = alpha + 3 * _se(alpha, runs)
+    rates = {}
+    for name, bound in (("spending", "spending"), ("cs", "cs"), ("naive", NaiveClopperPearson())):
+        rng = np.random.default_rng(5)
+        res = Q.run_sequential(lambda idx, num, start, rng=rng: rng.binomial(num, p, size=idx.size), np.ones(runs, int),
+                               n_max, sigma, alpha, [truth * (1 + 1e-9)], bound=bound, first=16, growth=1.5)
+        rates[name] = (res.radius > truth).mean()
+    print(f"p={p}: violation rates {rates} (allowed {allowed:.4f})")
+    assert rates["spending"] <= allowed and rates["cs"] <= allowed
+    assert rates["spending"] > 0.5 * alpha  # tight: the final look spends 0.9 alpha
+    assert rates["naive"] > allowed + 0.1
 
 
 # ---------------------------------------------------------------------------------------------- stopping rule
@@ -248,18 +328,17 @@ def test_sequential_radius_is_valid_on_the_linear_classifier():
     assert res.samples.mean() < 0.5 * n_max
     for pred, radius, used in list(res)[:5]:
         assert pred in (-1, 0, 1) and radius >= 0 and 0 < used <= n_max
-    # the certified radius lands in the same target bucket as the fixed-n (n_max samples) Clopper-Pearson radius
-    # in most runs (among runs whose selection found the true class), never more than one bucket lower
+    # the certified radius lands in the same target bucket as the fixed-n Clopper-Pearson radius on the same
+    # samples (the run's prefix extended to n_max) in almost every run whose selection found the true class: the
+    # alpha-spending default spends 0.9 alpha at the final look, nearly the fixed-n certificate
+    s_fixed = res.successes + rng.binomial(n_max - res.samples, p_selected)
+    lo_fixed = beta.ppf(alpha, s_fixed, n_max - s_fixed + 1)
+    bucket_fixed = np.searchsorted(RADII, np.where(lo_fixed >= 0.5, sigma * norm.ppf(lo_fixed), -1.0), "right")
+    bucket_mine = np.searchsorted(RADII, np.where(res.prediction == 1, res.radius, -1.0), "right")
     for k in range(margins.size):
-        s_fixed = rng.binomial(n_max, p_a[k], size=runs)
-        lo_fixed = beta.ppf(alpha, s_fixed, n_max - s_fixed + 1)
-        fixed = np.where(lo_fixed >= 0.5, sigma * norm.ppf(lo_fixed), -1.0)
-        sel = (point == k) & correct  # the fixed-n side is given the right class: compare like with like
-        mine = np.where(res.prediction[sel] == 1, res.radius[sel], -1.0)
-        bucket_fixed = np.searchsorted(RADII, fixed[: sel.sum()], "right")
-        bucket_mine = np.searchsorted(RADII, mine, "right")
-        assert (bucket_mine == bucket_fixed).mean() > 0.85, k
-        assert (bucket_mine >= bucket_fixed - 1).mean() > 0.99, k
+        sel = (point == k) & correct
+        assert (bucket_mine[sel] == bucket_fixed[sel]).mean() > 0.97, k
+        assert (bucket_mine[sel] >= bucket_fixed[sel] - 1).all(), k
 
 
 def test_sequential_full_budget_equals_fixed_n_samples():
@@ -303,6 +382,129 @@ def test_run_sequential_abstains_without_sampling_and_checks_draw():
     assert res.prediction.tolist() == [-1, -1] and res.samples.tolist() == [0, 0]
     with pytest.raises(ValueError, match="draw"):
         Q.run_sequential(lambda idx, n, s: np.full(len(idx), n + 1), [0], 100, 0.25, 0.01)
+
+
+# ------------------------------------------------------------------------------- sequential cascade, simulated
+CASCADE_SIM_SIGMAS = [1.0, 0.25]
+
+
+def _cascade_setup():
+    """tests/test_validity.py's two-stage cascade (sigmas 1.0, 0.25) in closed form: stage 0 splits its votes
+    0.309 / 0.309 / 0.382 over classes 0, 1, 2 (falls through), stage 1 votes class 1 with Phi(4). The true radius
+    of the cascaded classifier is 0.3, set by the stage-0 class-2 probability: a certificate beyond it needs a
+    wrong off-class bound on stage 0."""
+    sys_path = str(Path(__file__).resolve().parent)
+    if sys_path not in sys.path:
+        sys.path.insert(0, sys_path)
+    from test_validity import SIGMAS, stage0_probs, true_cascade_radius
+
+    assert list(SIGMAS) == CASCADE_SIM_SIGMAS
+    probs = [stage0_probs(np.zeros(1), np.zeros(1))[0], np.array([norm.sf(4.0), norm.cdf(4.0), 0.0])]
+    return probs, true_cascade_radius()
+
+
+def _simulate_cascade(probs, runs, bound, alpha, target_radii, seed=0, **options):
+    """run_cascade_sequential with multinomial votes of known per-stage probabilities; returns (result, calls)."""
+    rng = np.random.default_rng(seed)
+    calls = []
+
+    def draw(idx, stream, num, start):
+        calls.append((stream, idx.size, num, start))
+        return rng.multinomial(num, probs[stream // 2], size=idx.size)
+
+    res = Q.run_cascade_sequential(draw, runs, CASCADE_SIM_SIGMAS, 32, 4096, alpha, target_radii, bound=bound,
+                                   **options)
+    return res, calls
+
+
+def test_sequential_cascade_off_class_bound_is_valid_and_naive_cp_is_not():
+    """The target radius just above the truth (0.3): once stage 1 certifies class 1, stage 0 (fallen through) is
+    resumed until its cap reaches the target, which happens exactly when its off-class bound is wrong: the
+    adversarial stopping time for the statement O_0 (level off[0] = alpha / 4 with two stages). Spending and CS
+    stay within that statement's level; the naive rule (Clopper-Pearson at the full level at every look) does
+    not, on the same simulation."""
+    probs, truth = _cascade_setup()
+    alpha, runs = 0.2, 3000
+    level = Q.cascade.schedule_levels(alpha, 2)[1][0, 1]
+    allowed = level + 3 * _se(level, runs)
+    rates = {}
+    for name, bound in (("spending", "spending"), ("cs", "cs"), ("naive", NaiveClopperPearson())):
+        res, _ = _simulate_cascade(probs, runs, bound, alpha, [truth * (1 + 1e-9)], growth=1.5)
+        assert np.mean((res.prediction == 1) & (res.stage == 1)) > 0.95  # the path under test
+        wrong = ((res.prediction >= 0) & (res.prediction != 1)) | (res.radius > truth)
+        rates[name] = wrong.mean()
+        if name == "spending":
+            resumed = res.samples[(res.stage == 1) & ~wrong, 0]
+            assert np.mean(resumed == 4096) > 0.95  # stage 0 resumed to n_max: its cap never reached the target
+            assert np.mean(res.samples[res.stage == 1, 1]) < 200  # stage 1 settled at its first looks
+    print(f"cascade O_0: violation rates {rates} (allowed {allowed:.4f} at level {level})")
+    assert rates["spending"] <= allowed and rates["cs"] <= allowed
+    assert rates["naive"] > allowed + 0.02
+
+
+def test_sequential_cascade_certifying_stage_bound_is_valid_and_naive_cp_is_not():
+    """Stage 0 certifies class 1 with p = 0.85 (true R_0 = PhiInv(0.85)); the target radius just above R_0 stops an
+    image exactly when its stage-0 lower bound is wrong: the adversarial stopping time for C_0 (level cert[0])."""
+    alpha, runs = 0.2, 3000
+    probs = [np.array([0.15, 0.85, 0.0]), np.array([0.0, 1.0, 0.0])]
+    r0 = norm.ppf(0.85)
+    level = Q.cascade.schedule_levels(alpha, 2)[0][0]
+    allowed = level + 3 * _se(level, runs)
+    rates = {}
+    for name, bound in (("spending", "spending"), ("cs", "cs"), ("naive", NaiveClopperPearson())):
+        res, _ = _simulate_cascade(probs, runs, bound, alpha, [r0 * (1 + 1e-9)], growth=1.5)
+        assert np.mean(res.stage == 0) > 0.95
+        rates[name] = ((res.stage == 0) & (res.radius > r0)).mean()
+    print(f"cascade C_0: violation rates {rates} (allowed {allowed:.4f} at level {level})")
+    assert rates["spending"] <= allowed and rates["cs"] <= allowed
+    assert rates["naive"] > allowed + 0.02
+
+
+def test_sequential_cascade_decisions_and_samples():
+    probs, _ = _cascade_setup()
+    res, calls = _simulate_cascade(probs, 200, "spending", 0.01, [0.05, 0.1])
+    looks = Q.checkpoints(4096)
+    # every estimation call starts at a look and ends at the next one; selection calls draw samples 0 .. n0-1
+    for stream, size, num, start in calls:
+        if stream % 2 == 0:
+            assert (num, start) == (32, 0)
+        else:
+            assert start in [0] + looks[:-1] and start + num == looks[looks.index(start + num)]
+    assert calls[0] == (0, 200, 32, 0)
+    certified = res.prediction == 1
+    assert certified.mean() > 0.95 and np.all(res.stage[certified] == 1) and np.all(res.last[certified] == 1)
+    assert np.all(res.radius[certified] >= 0.1)  # top bucket: stops as soon as the stage-0 cap reaches 0.1
+    assert np.all(res.samples[certified, 0] < 4096) and np.all(res.samples[certified, 1] == 64)  # both early
+    np.testing.assert_array_equal(res.counts.sum(axis=2), res.samples)
+    np.testing.assert_array_equal(res.counts0.sum(axis=2), 32 * (res.samples > 0))
+    np.testing.assert_array_equal(res.total_samples, res.samples.sum(1) + 32 * (res.samples > 0).sum(1))
+    assert np.all(np.isin(res.samples, [0] + looks))
+    # without target radii every component samples to n_max (the largest radius the budget allows)
+    full, _ = _simulate_cascade(probs, 50, "spending", 0.01, None)
+    assert np.all(full.samples[full.prediction == 1] == 4096)
+    # a stage that certifies the wrong class with p < p0 everywhere: every image abstains at the last stage
+    undecided, _ = _simulate_cascade([np.array([0.5, 0.5, 0.0]), np.array([0.4, 0.3, 0.3])], 20, "cs", 0.01, None)
+    assert np.all(undecided.prediction == -1) and np.all(undecided.stage == -1)
+
+
+def test_sequential_cascade_refuses_bad_input_before_drawing():
+    def draw(idx, stream, num, start):
+        raise AssertionError("drew samples")
+
+    args = (draw, 3, [1.0, 0.5], 10, 100, 0.01)
+    with pytest.raises(ValueError, match="alpha_schedule"):
+        Q.run_cascade_sequential(*args, alpha_schedule="paper")
+    with pytest.raises(ValueError, match="sigmas"):
+        Q.run_cascade_sequential(draw, 3, [0.5, 1.0], 10, 100, 0.01)
+    with pytest.raises(ValueError, match="target_radii"):
+        Q.run_cascade_sequential(*args, [0.1, float("inf")])
+    with pytest.raises(ValueError, match="bound"):
+        Q.run_cascade_sequential(*args, bound="nope")
+    with pytest.raises(ValueError, match="alpha"):
+        Q.run_cascade_sequential(draw, 3, [1.0, 0.5], 10, 100, 1.5)
+    with pytest.raises(ValueError, match="draw"):
+        Q.run_cascade_sequential(lambda idx, stream, num, start: np.zeros((len(idx), 3), dtype=np.int64),
+                                 *args[1:])
 
 
 # ----------------------------------------------------------------------------------- the engine's certify_sequential
@@ -369,20 +571,120 @@ def test_engine_certify_sequential_stops_early_on_easy_images():
         smoothed.certify_sequential(x, 0.25, 100, 50, 0.001, seed=0, batch_size=64)
 
 
-def test_cli_sequential_runs_and_refuses_the_cascade(tmp_path):
+# ----------------------------------------------------------------------- the engine's certify_cascade_sequential
+def _tiny_cascade():
+    """tests/test_smoothing.py's tiny classifier on 8 images at sigmas 0.5, 0.25, 0.12: certificates at stages 0
+    and 1, stage-0 abstentions, early stops, and fall-through stages resumed after a later stage certified."""
+    from msrs.smoothing import SmoothedClassifier
+
+    sys_path = str(Path(__file__).resolve().parent)
+    if sys_path not in sys.path:
+        sys.path.insert(0, sys_path)
+    from test_smoothing import BACKEND, Counting, images, same_certificates, tiny_classifier
+
+    def make(backend=BACKEND):  # the fastest CPU backend: the counts do not depend on it
+        return SmoothedClassifier(counting, 4, backend=backend)
+
+    counting = Counting(tiny_classifier(0))
+    return make, counting, images(8, seed=0), torch.arange(100, 108), same_certificates
+
+
+CASCADE_SIGMAS, CASCADE_KW = [0.5, 0.25, 0.12], {"seed": 9, "target_radii": [0.05, 0.1]}
+
+
+def test_engine_cascade_sequential_draws_a_prefix_of_the_fixed_n_samples():
+    make, _, x, ids, _ = _tiny_cascade()
+    smoothed = make()
+    certs = smoothed.certify_cascade_sequential(x, CASCADE_SIGMAS, 20, 600, 0.05, batch_size=4096, image_ids=ids,
+                                                **CASCADE_KW)
+    drawn = np.stack([c.counts.sum(1) for c in certs])
+    stage = np.array([c.stage for c in certs])
+    assert {0, 1} <= set(stage.tolist()) and -1 in stage  # the paths under test
+    assert np.any((stage == 1) & (drawn[:, 0] < 600))  # a fall-through stage not drawn to n_max
+    assert np.any((stage == 0) & (drawn[:, 0] < 600))  # an early stop at the certifying stage
+    looks = Q.checkpoints(600)
+    for b, cert in enumerate(certs):
+        reached = cert.counts0.sum(1) > 0
+        assert reached.tolist() == sorted(reached.tolist(), reverse=True) and reached[0]  # a prefix of the stages
+        assert cert.samples == 20 * reached.sum() + drawn[b].sum()
+        assert cert.sigma == CASCADE_SIGMAS[cert.stage if cert.stage >= 0 else reached.sum() - 1]
+        for s in map(int, np.flatnonzero(reached)):  # selection 0..n0-1 of stream 2s, estimation 0..t-1 of 2s+1
+            assert drawn[b, s] in looks
+            for stream, num, got in ((2 * s, 20, cert.counts0[s]), (2 * s + 1, int(drawn[b, s]), cert.counts[s])):
+                fixed = smoothed.sample_counts(x[b:b + 1], ids[b:b + 1], CASCADE_SIGMAS[s], num, stream=stream,
+                                               seed=9, batch_size=333)
+                np.testing.assert_array_equal(fixed[0].numpy(), got)
+        if cert.prediction >= 0:  # the radius is min(R_s, caps): at most the certifying stage's own radius
+            assert 0 < cert.radius <= CASCADE_SIGMAS[cert.stage] * norm.ppf(cert.p_lower) + 1e-12
+    # the fixed-n cascade draws the same stage-0 samples: where the sequential run went to n_max, same counts
+    fixed = smoothed.certify_cascade(x, CASCADE_SIGMAS, 20, 600, 0.05, seed=9, batch_size=4096, image_ids=ids)
+    for seq, full in zip(certs, fixed):
+        np.testing.assert_array_equal(seq.counts0[0], full.counts0[0])
+        if seq.counts[0].sum() == 600:
+            np.testing.assert_array_equal(seq.counts[0], full.counts[0])
+
+
+def test_engine_cascade_sequential_is_reproducible_across_batches_groupings_and_backends():
+    make, _, x, ids, same_certificates = _tiny_cascade()
+    smoothed = make()
+    ref = smoothed.certify_cascade_sequential(x, CASCADE_SIGMAS, 20, 600, 0.05, batch_size=4096, image_ids=ids,
+                                              **CASCADE_KW)
+    same_certificates(smoothed.certify_cascade_sequential(x, CASCADE_SIGMAS[::-1], 20, 600, 0.05, batch_size=37,
+                                                          image_ids=ids, **CASCADE_KW), ref)
+    pair = smoothed.certify_cascade_sequential(x[[4, 0]], CASCADE_SIGMAS, 20, 600, 0.05, batch_size=500,
+                                               image_ids=ids[[4, 0]], **CASCADE_KW)  # another grouping and order
+    same_certificates(pair, [ref[4], ref[0]])
+    if smoothed.backend != "torch":  # the reference ops give the same certificates
+        same_certificates(make("torch").certify_cascade_sequential(x, CASCADE_SIGMAS, 20, 600, 0.05, batch_size=100,
+                                                                   image_ids=ids, **CASCADE_KW), ref)
+    # the confidence sequence is the other bound: valid too, never tighter at the final look
+    cs = smoothed.certify_cascade_sequential(x, CASCADE_SIGMAS, 20, 600, 0.05, batch_size=4096, image_ids=ids,
+                                             bound="cs", **CASCADE_KW)
+    assert len(cs) == 8 and all(c.prediction in (-1, r.prediction) or r.prediction == -1 for c, r in zip(cs, ref))
+    assert smoothed.certify_cascade_sequential(x[:0], CASCADE_SIGMAS, 20, 600, 0.05, batch_size=8, seed=0) == []
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"alpha_schedule": "paper"}, "alpha_schedule"), ({"n0": 700}, "n0"), ({"sigmas": [0.5, 0.5]}, "sigmas"),
+    ({"target_radii": [0.1, float("nan")]}, "target_radii"), ({"alpha": 0.0}, "alpha"), ({"bound": "x"}, "bound"),
+    ({"final_share": 0.01}, "final_share"), ({"p0": 0.4}, "p0"),
+])
+def test_engine_cascade_sequential_refuses_bad_input_before_sampling(change, message):
+    make, classifier, x, _, _ = _tiny_cascade()
+    smoothed = make()
+    kw = {"sigmas": CASCADE_SIGMAS, "n0": 20, "n_max": 600, "alpha": 0.05, "seed": 9, "batch_size": 64, **change}
+    sigmas, n0, n_max, alpha = (kw.pop(k) for k in ("sigmas", "n0", "n_max", "alpha"))
+    with pytest.raises(ValueError, match=message):
+        smoothed.certify_cascade_sequential(x, sigmas, n0, n_max, alpha, **kw)
+    assert classifier.rows == 0
+
+
+def test_cli_sequential_single_sigma_and_cascade(tmp_path):
     from msrs import logs
     from msrs.cli import main
 
     out = tmp_path / "seq.tsv"
-    base = ["certify", "--dataset", "digits", "--classifier", "demo", "--n0", "20", "--n", "2000", "--alpha",
+    base = ["certify", "--dataset", "digits", "--classifier", "demo", "--n0", "20", "--n", "1000", "--alpha",
             "0.01", "--batch-size", "1000", "--max", "3", "--backend", "torch", "--device", "cpu", "--quiet",
             "--out", str(out)]
     assert main(base + ["--sigma", "0.25", "--sequential", "--target-radii", "0.25"]) == 0
     log = logs.read_log(out)
-    assert len(log["rows"]) == 3
+    assert log["columns"] == logs.COLUMNS + ("samples",) and len(log["rows"]) == 3
+    assert all(20 + 64 <= row["samples"] <= 1020 for row in log["rows"])
     run = logs.read_sidecar(out)["run"]
-    assert run["method"] == "sequential" and run["sequential"] == {"target_radii": [0.25]}
-    # another target is another configuration: not resumed silently
+    assert run["method"] == "sequential"
+    assert run["sequential"] == {"target_radii": [0.25], "bound": "spending", "looks": Q.checkpoints(1000),
+                                 "final_share": 0.9}
+    # another target or bound is another configuration: not resumed silently
     assert main(base + ["--sigma", "0.25", "--sequential", "--target-radii", "0.5"]) == 2
-    assert main(base + ["--sigma", "0.5", "0.25", "--sequential", "--overwrite"]) == 2
+    assert main(base + ["--sigma", "0.25", "--sequential", "--target-radii", "0.25", "--sequential-bound", "cs"]) == 2
     assert main(base + ["--sigma", "0.25", "--target-radii", "0.5", "--overwrite"]) == 2
+    assert main(base + ["--sigma", "0.25", "--sequential-bound", "cs", "--overwrite"]) == 2
+    assert main(base + ["--sigma", "0.5", "0.25", "--sequential", "--alpha-schedule", "paper", "--overwrite"]) == 2
+    # several sigmas: the sequential cascade, with the cascade's columns and the samples
+    assert main(base + ["--sigma", "0.5", "0.25", "--sequential", "--sequential-bound", "cs", "--overwrite"]) == 0
+    log = logs.read_log(out)
+    assert log["columns"] == logs.CASCADE_COLUMNS + ("samples",) and len(log["rows"]) == 3
+    run = logs.read_sidecar(out)["run"]
+    assert run["method"] == "sequential_cascade" and run["alpha_schedule"] == "union"
+    assert run["sequential"] == {"target_radii": [0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0], "bound": "cs"}

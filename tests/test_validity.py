@@ -5,6 +5,8 @@ fused ops, the vote counting), the copies of one image told apart by their image
 that the fraction of certificates whose radius exceeds the true radius (or whose class is wrong) is at most
 alpha + 3 standard errors. Each test also recomputes the certificates from the same counts with a deliberately
 broken bound and asserts that the same check rejects it, so the check has the power to see a wrong bound.
+The sequential (early-stopping) modes are checked under the stopping rule that maximises their error, against the
+naive rule (fixed-n Clopper-Pearson re-evaluated at every look) on the same noise.
 """
 from __future__ import annotations
 
@@ -38,6 +40,18 @@ def orthonormal(k: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     q, _ = torch.linalg.qr(torch.randn(D, k, generator=g, dtype=torch.float64))
     return q.T.contiguous()  # [k, D], orthonormal rows
+
+
+class NaiveClopperPearson:
+    """The invalid sequential rule, as a bound object for msrs.sequential (bound(successes, trials, level) ->
+    (lower, upper)): fixed-n Clopper-Pearson at the full level, re-evaluated at every look."""
+
+    def __call__(self, successes, trials, level):
+        s, t = (np.atleast_1d(np.asarray(v, dtype=np.float64)) for v in (successes, trials))
+        s, t, level = np.broadcast_arrays(s, t, np.asarray(level, dtype=np.float64))
+        n = np.maximum(t, 1.0)
+        return (np.where(t > 0, stats.clopper_pearson_lower(s, n, level), 0.0),
+                np.where(t > 0, stats.clopper_pearson_upper(s, n, level), 1.0))
 
 
 # ------------------------------------------------------------------ Cohen CERTIFY on a linear classifier
@@ -199,3 +213,55 @@ def test_cascade_certificates_are_valid():
     paper = [cascade.cascade_certify_from_counts(c0, c, list(SIGMAS), alpha, 0.5, "paper")
              for c0, c in zip(counts0[both], counts[both])]
     assert violation_check(np.array([d.radius > truth for d in paper]), alpha)[0]
+
+
+# ------------------------------------------------------------------ sequential (early-stopping) certificates
+# The adversarial stopping rule: a target radius just above the true one stops an image (and certifies it) exactly
+# when its bound has become wrong, and otherwise runs it to n_max. Many looks (growth 1.25 from 16 samples) give the
+# naive rule many chances to be wrong.
+LOOKS = {"first": 16, "growth": 1.25}
+
+
+def test_sequential_certificates_are_valid():
+    sigma, n_max = 0.5, 4096
+    w = 2.0 * orthonormal(1, seed=0)[0] * torch.linspace(0.5, 1.5, D, dtype=torch.float64)
+    x = torch.full((1, *SHAPE), 0.5)
+    b = sigma * float(w.norm()) * PPF(P_A) - float(w @ x.reshape(-1).double())
+    true_radius = sigma * PPF(P_A)
+    smoothed = SmoothedClassifier(Linear(w, b), 2, backend=BACKEND)
+    fractions = {}
+    for name, bound in (("spending", "spending"), ("naive", NaiveClopperPearson())):
+        certs = smoothed.certify_sequential(x.expand(COPIES, *SHAPE), sigma, N0, n_max, ALPHA, seed=11,
+                                            batch_size=8192, image_ids=torch.arange(COPIES),
+                                            target_radii=[true_radius * (1 + 1e-9)], bound=bound, **LOOKS)
+        prediction = np.array([c.prediction for c in certs])
+        violations = (prediction == 0) | (np.array([c.radius for c in certs]) > true_radius)
+        ok, fractions[name], threshold = violation_check(violations, ALPHA)
+        assert ok == (name == "spending"), f"{name}: violation fraction {fractions[name]:.4f} (allowed {threshold:.4f})"
+    print(f"sequential: violation fractions {fractions} (allowed {threshold:.4f})")
+    assert fractions["spending"] > 0.5 * ALPHA  # tight: the final look spends 0.9 alpha
+
+
+def test_sequential_cascade_certificates_are_valid():
+    """The cascade of test_cascade_certificates_are_valid in sequential mode, target radius just above the truth:
+    stage 1 certifies at once and stage 0 (fallen through) is resumed until its cap reaches the target, which
+    happens only if its off-class bound is wrong. The check at that statement's level (alpha / 4) holds for alpha
+    spending and rejects the naive rule on the same noise."""
+    alpha, n_max, copies = 0.2, 4096, 1500
+    u = orthonormal(3, seed=1)
+    x = torch.full((1, *SHAPE), 0.5)
+    t = (u @ x.reshape(-1).double()).tolist()
+    denoiser = StageDenoiser(u, a1=t[0] - D1, b2=t[1] + D2, c3=t[2])
+    smoothed = SmoothedClassifier(read_class, 3, denoiser=denoiser, backend=BACKEND)
+    truth = true_cascade_radius()
+    fractions = {}
+    for name, bound in (("spending", "spending"), ("naive", NaiveClopperPearson())):
+        certs = smoothed.certify_cascade_sequential(
+            x.expand(copies, *SHAPE), list(SIGMAS), 32, n_max, alpha, seed=5, batch_size=8192,
+            image_ids=torch.arange(10_000, 10_000 + copies), target_radii=[truth * (1 + 1e-9)], bound=bound, **LOOKS)
+        prediction = np.array([c.prediction for c in certs])
+        assert np.mean((prediction == 1) & np.array([c.stage == 1 for c in certs])) > 0.95  # the path under test
+        violations = ((prediction >= 0) & (prediction != 1)) | (np.array([c.radius for c in certs]) > truth)
+        ok, fractions[name], threshold = violation_check(violations, alpha / 4)
+        assert ok == (name == "spending"), f"{name}: violation fraction {fractions[name]:.4f} (allowed {threshold:.4f})"
+    print(f"sequential cascade: violation fractions {fractions} (allowed {threshold:.4f} at alpha / 4)")

@@ -52,3 +52,19 @@ def test_impl_specs():
         bench.parse_impl("fast", "float32")
     with pytest.raises(ValueError, match="unknown dtype 'int8'"):
         bench.parse_impl("msrs:int8", "float32")
+
+
+def test_sequential_savings_smoke(tmp_path):
+    """benchmarks/sequential_savings.py on 3 digits: both runs certify the same images, the sequential one draws
+    at most the fixed run's samples (n is its budget) and the record says whether the tables are equal."""
+    spec = importlib.util.spec_from_file_location("bench_savings", ROOT / "benchmarks" / "sequential_savings.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "savings.json"
+    assert module.main(["--configs", "smooth-0.25", "--images", "3", "--n0", "10", "--n", "300", "--batch-size", "64",
+                        "--json", str(out)]) == 0
+    (record,) = json.loads(out.read_text())
+    assert record["config"] == "smooth-0.25" and record["samples_fixed"] == 3 * 310
+    assert 3 * (10 + 64) <= record["samples_sequential"] <= record["samples_fixed"]
+    assert record["table_equal"] == (record["table_fixed"] == record["table_sequential"])
+    assert len(record["table_fixed"]) == len(module.DEFAULT_RADII)

@@ -83,6 +83,19 @@ def data_rows(path):
         return 0
 
 
+def kill_midway(args, out, cwd, rows: int = 10) -> int:
+    """Run `msrs` with args in a fresh process, SIGKILL it once `out` has 2 rows, return the rows written."""
+    process = run_msrs(args, cwd)
+    deadline = time.monotonic() + 120
+    while data_rows(out) < 2 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    _, err = process.communicate(timeout=60)
+    written = data_rows(out)
+    assert 2 <= written < rows, f"the run was not killed midway ({written} rows); stderr:\n{err}"
+    return written
+
+
 @pytest.mark.slow  # three runs of 10 images, two of them fresh processes
 def test_killed_run_resumes_to_the_uninterrupted_log(tmp_path, classifier, capsys):
     # the reference: an uninterrupted run (in-process, and with other batch / group sizes: same certificates)
@@ -91,14 +104,7 @@ def test_killed_run_resumes_to_the_uninterrupted_log(tmp_path, classifier, capsy
     assert data_rows(reference) == 10
 
     out = tmp_path / "killed.tsv"
-    process = run_msrs(certify_args(classifier, out), tmp_path)
-    deadline = time.monotonic() + 120
-    while data_rows(out) < 2 and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    process.send_signal(signal.SIGKILL)
-    _, err = process.communicate(timeout=60)
-    written = data_rows(out)
-    assert 2 <= written < 10, f"the run was not killed midway ({written} rows); stderr:\n{err}"
+    written = kill_midway(certify_args(classifier, out), out, tmp_path)
     assert logs.sidecar_path(out).exists()
     with open(out, "a") as f:  # as if the kill had cut a row in half: the resume drops it
         f.write(f"{written}\t0\t0\t0.4")
@@ -242,14 +248,7 @@ def test_killed_sequential_cascade_run_resumes_to_the_uninterrupted_log(tmp_path
     assert header == list(logs.CASCADE_COLUMNS + ("samples",)) and data_rows(reference) == 10
 
     out = tmp_path / "killed.tsv"
-    process = run_msrs(certify_args(classifier, out, *sequential), tmp_path)
-    deadline = time.monotonic() + 120
-    while data_rows(out) < 2 and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    process.send_signal(signal.SIGKILL)
-    _, err = process.communicate(timeout=60)
-    written = data_rows(out)
-    assert 2 <= written < 10, f"the run was not killed midway ({written} rows); stderr:\n{err}"
+    kill_midway(certify_args(classifier, out, *sequential), out, tmp_path)
     again = run_msrs(certify_args(classifier, out, *sequential), tmp_path)
     _, stderr = again.communicate(timeout=300)
     assert again.returncode == 0, stderr

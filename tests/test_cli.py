@@ -255,3 +255,22 @@ def test_killed_sequential_cascade_run_resumes_to_the_uninterrupted_log(tmp_path
     assert rows_without_time(out) == rows_without_time(reference)
     samples = [int(line.split("\t")[-1]) for line in out.read_text().splitlines()[1:]]
     assert all(20 + 64 <= s <= 2 * 220 for s in samples) and min(samples) < 220  # some stopped early
+
+
+def test_compile_gives_the_eager_log_and_is_part_of_the_configuration(tmp_path, classifier, capsys):
+    """--compile (msrs.compiled) in float32: the same certificates as eager; a resume without it is refused (the
+    sidecar records it); a TorchScript classifier is refused with a message naming --compile."""
+    def args(out, *extra):
+        return ["certify", "--dataset", "digits", "--classifier", "demo", "--sigma", "0.25", "--n0", "10", "--n", "60",
+                "--batch-size", "64", "--max", "3", "--device", "cpu", "--quiet", "--out", str(out), *extra]
+
+    eager, compiled = tmp_path / "eager.tsv", tmp_path / "compiled.tsv"
+    assert main(args(eager)) == 0
+    assert main(args(compiled, "--compile")) == 0
+    assert rows_without_time(compiled) == rows_without_time(eager)
+    capsys.readouterr()
+    assert main(args(compiled, "--max", "4")) == 2  # extend by one image, without --compile
+    assert "run.compile: was true" in capsys.readouterr().err
+    bad = tmp_path / "bad.tsv"
+    assert main(certify_args(classifier, bad, "--compile")) == 2
+    assert "compile: a TorchScript model" in capsys.readouterr().err and not bad.exists()

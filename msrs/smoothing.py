@@ -219,9 +219,7 @@ class SmoothedClassifier:
         counts = np.zeros_like(counts0)
 
         def draw(idx, num, start):
-            drawn = self._counts(x, ids, idx, sigma, [(1, num)], seed, batch_size,
-                                 torch.full((len(idx),), int(start), dtype=torch.int64, device=self.device))
-            drawn = drawn[0].cpu().numpy()
+            drawn = self._stream_counts(x, ids, idx, sigma, 1, num, start, seed, batch_size)
             counts[idx] += drawn
             return drawn[np.arange(len(idx)), selected[idx]]
 
@@ -233,16 +231,6 @@ class SmoothedClassifier:
                                    0 if prediction >= 0 else -1, counts[b][None].copy(), counts0[b][None].copy(),
                                    float(result.lower[b]), n0 + int(result.samples[b])))
         return out
-
-    def _compile(self, classifier, denoiser):
-        from .compiled import StaticBatch, compile_model
-
-        if denoiser is not None:
-            if not callable(getattr(denoiser, "compile_for_inference", None)):
-                raise TypeError(f"compile: the denoiser ({type(denoiser).__name__}) has no compile_for_inference(); "
-                                "use msrs.denoiser.DiffusionDenoiser or compile=False")
-            denoiser.compile_for_inference()
-        return StaticBatch(compile_model(classifier, self.device))
 
     def certify_cascade_sequential(self, images, sigmas, n0, n_max, alpha, *, seed, batch_size, image_ids=None,
                                    p0=0.5, target_radii=None, **options) -> list[Certificate]:
@@ -263,9 +251,7 @@ class SmoothedClassifier:
         sequential.thresholds(target_radii, sigmas[-1], p0)  # checks the radii before any sampling
 
         def draw(idx, stream, num, start):
-            first = torch.full((len(idx),), int(start), dtype=torch.int64, device=self.device)
-            drawn = self._counts(x, ids, idx, sigmas[stream // 2], [(stream, num)], seed, batch_size, first)
-            return drawn[0].cpu().numpy()
+            return self._stream_counts(x, ids, idx, sigmas[stream // 2], stream, num, start, seed, batch_size)
 
         result = sequential.run_cascade_sequential(draw, x.shape[0], sigmas, n0, n_max, alpha, target_radii, p0,
                                                    **options)
@@ -323,11 +309,26 @@ class SmoothedClassifier:
         return values
 
     # ---------------------------------------------------------------- sampling
+    def _compile(self, classifier, denoiser):
+        from .compiled import StaticBatch, compile_model
+
+        if denoiser is not None:
+            if not callable(getattr(denoiser, "compile_for_inference", None)):
+                raise TypeError(f"compile: the denoiser ({type(denoiser).__name__}) has no compile_for_inference(); "
+                                "use msrs.denoiser.DiffusionDenoiser or compile=False")
+            denoiser.compile_for_inference()
+        return StaticBatch(compile_model(classifier, self.device))
+
     def _stage(self, x, ids, sources, sigma, stage, n0, n, seed, batch_size) -> tuple[np.ndarray, np.ndarray]:
         """Selection and estimation counts (numpy [B', K] each) of one stage, sampled in one pass."""
         segments = [(2 * stage, n0), (2 * stage + 1, n)]
         counts = self._counts(x, ids, sources, sigma, segments, seed, batch_size).cpu().numpy()
         return counts[0], counts[1]
+
+    def _stream_counts(self, x, ids, sources, sigma, stream, num, start: int, seed, batch_size) -> np.ndarray:
+        """Votes (numpy [len(sources), K]) of samples start .. start + num - 1 of one stream: a sequential round."""
+        first = torch.full((len(sources),), int(start), dtype=torch.int64, device=self.device)
+        return self._counts(x, ids, sources, sigma, [(stream, num)], seed, batch_size, first)[0].cpu().numpy()
 
     def _counts(self, x, ids, sources, sigma, segments, seed, batch_size, start=None) -> torch.Tensor:
         """Votes [len(segments), len(sources), K] on the device (sources: indices into x, default all).

@@ -174,43 +174,30 @@ def _describe_source(path_or_id: str) -> dict:
 
 
 def run_certify(args: argparse.Namespace) -> int:
-    from . import runner
+    from . import checks
+    from .config import from_options
 
-    # cheap checks first, before any model is loaded
-    runner.validate_arguments(sigmas=args.sigma, n0=args.n0, n=args.n, alpha=args.alpha, seed=args.seed,
-                              batch_size=args.batch_size, group_size=args.group_size, skip=args.skip,
-                              max_images=args.max_images, p0=args.p0, alpha_schedule=args.alpha_schedule)
+    # cheap checks first, before any model is loaded: the whole configuration, the log path, the device
+    config = from_options(sigmas=args.sigma, n0=args.n0, n=args.n, alpha=args.alpha, p0=args.p0, seed=args.seed,
+                          batch_size=args.batch_size, alpha_schedule=args.alpha_schedule, sequential=args.sequential,
+                          target_radii=args.target_radii, sequential_bound=args.sequential_bound)
+    if args.group_size is not None:
+        checks.integer("group_size", args.group_size, 1)
     if os.path.isdir(os.path.expanduser(args.out)):
         raise IsADirectoryError(f"out: {args.out!r} is a folder; give a file name for the log")
-    if args.target_radii is not None and not args.sequential:
-        raise ValueError("target-radii: only used with --sequential")
-    if args.sequential_bound is not None and not args.sequential:
-        raise ValueError("sequential-bound: only used with --sequential")
-    if args.sequential and len(args.sigma) > 1 and args.alpha_schedule != "union":
-        raise ValueError("alpha-schedule: the sequential cascade needs union (a valid union bound), got "
-                         f"{args.alpha_schedule}")
     if args.image_size is not None and len(args.image_size) > 2:
         raise ValueError(f"image-size: give N or H W, got {args.image_size}")
-
-    import torch
-
-    try:
-        device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available()
-                                                                               else "cpu")
-    except RuntimeError as e:
-        raise ValueError(f"device: {args.device!r} is not a device ({e})") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device: {args.device!r} requested but CUDA is not available here")
+    device = checks.device("device", args.device)
     from . import distributed
 
     device = distributed.init_from_env(device)  # torchrun: this rank's device (cuda:LOCAL_RANK), gloo / nccl
     try:
-        return _certify_on(args, device)
+        return _certify_on(args, config, device)
     finally:
         distributed.shutdown()
 
 
-def _certify_on(args: argparse.Namespace, device) -> int:
+def _certify_on(args: argparse.Namespace, config, device) -> int:
     import torch
 
     from . import distributed, runner
@@ -277,11 +264,9 @@ def _certify_on(args: argparse.Namespace, device) -> int:
                   "denoiser": args.denoiser, "device": str(device), "backend": args.backend,
                   "world_size": distributed.world_size()}
     out = runner.certify_dataset(
-        smoothed, dataset, args.out, sigmas=args.sigma, n0=args.n0, n=args.n, alpha=args.alpha, seed=args.seed,
-        batch_size=args.batch_size, group_size=args.group_size, skip=args.skip, max_images=args.max_images,
-        indices=args.indices, p0=args.p0, alpha_schedule=args.alpha_schedule, progress=not args.quiet and main,
-        overwrite=args.overwrite, run_info=run_info, extra_info=extra_info,
-        sequential=args.sequential, target_radii=args.target_radii, sequential_bound=args.sequential_bound)
+        smoothed, dataset, args.out, config, group_size=args.group_size, skip=args.skip, max_images=args.max_images,
+        indices=args.indices, progress=not args.quiet and main, overwrite=args.overwrite, run_info=run_info,
+        extra_info=extra_info)
 
     if main:
         from . import report

@@ -89,6 +89,22 @@ class FakeSmoothed:
                                    image_ids=image_ids, p0=p0)
         return [self._stopped(c, idx, n0) for c, idx in zip(out, image_ids)]
 
+    def run(self, images, image_ids, config):
+        """msrs.runner's entry point: the method config.method names, with the config's settings (as
+        SmoothedClassifier.run dispatches to msrs.procedures)."""
+        common = dict(seed=config.seed, batch_size=config.batch_size, image_ids=image_ids, p0=config.p0)
+        sigmas = config.sigmas if config.cascade else config.sigmas[0]
+        if config.sequential is not None:
+            common.update(target_radii=config.sequential.target_radii, bound=config.sequential.bound)
+        if config.cascade and config.sequential is None:
+            common["alpha_schedule"] = config.alpha_schedule
+        method = {"certify": self.certify, "cascade": self.certify_cascade, "sequential": self.certify_sequential,
+                  "sequential_cascade": self.certify_cascade_sequential}[config.method]
+        return method(images, sigmas, config.n0, config.n, config.alpha, **common)
+
+    def check_pipeline(self, images, image_ids, sigmas, *, seed, batch_size):
+        """Nothing to check: the fake has no models."""
+
     @staticmethod
     def _stopped(cert, idx, n0):
         cert.samples = n0 + 64 * (1 + int(idx) % 5)  # a sequential run draws fewer samples, image by image

@@ -9,7 +9,7 @@ import pytest
 from scipy import stats as sps
 from statsmodels.stats.proportion import multinomial_proportions_confint, proportion_confint
 
-from msrs import cascade, stats
+from msrs import bounds, decisions
 
 PPF = sps.norm.ppf
 CASES = [(0, 10), (1, 10), (5, 10), (9, 10), (10, 10), (0, 1), (1, 1), (73, 100), (99_990, 100_000), (1, 100_000)]
@@ -20,66 +20,66 @@ CASES = [(0, 10), (1, 10), (5, 10), (9, 10), (10, 10), (0, 1), (1, 1), (73, 100)
 def test_clopper_pearson_matches_statsmodels(alpha):
     for n_a, n in CASES:
         lo2, hi2 = proportion_confint(n_a, n, alpha=2 * alpha, method="beta")  # each side alpha
-        assert stats.clopper_pearson_lower(n_a, n, alpha) == pytest.approx(lo2, rel=1e-12, abs=0)
-        assert stats.clopper_pearson_upper(n_a, n, alpha) == pytest.approx(hi2, rel=1e-12, abs=0)
+        assert bounds.clopper_pearson_lower(n_a, n, alpha) == pytest.approx(lo2, rel=1e-12, abs=0)
+        assert bounds.clopper_pearson_upper(n_a, n, alpha) == pytest.approx(hi2, rel=1e-12, abs=0)
         lo, hi = proportion_confint(n_a, n, alpha=alpha, method="beta")
-        interval = stats.clopper_pearson_interval(n_a, n, alpha)
+        interval = bounds.clopper_pearson_interval(n_a, n, alpha)
         assert interval == (pytest.approx(lo, rel=1e-12), pytest.approx(hi, rel=1e-12))
 
 
 def test_clopper_pearson_known_answers():
     for n in (1, 7, 100, 100_000):
         for alpha in (0.001, 0.1):
-            lower = stats.clopper_pearson_lower(n, n, alpha)
+            lower = bounds.clopper_pearson_lower(n, n, alpha)
             assert lower == pytest.approx(alpha ** (1 / n), rel=1e-12)
             assert lower < 1.0  # never 1 for a finite n: the radius stays finite
-            assert stats.clopper_pearson_upper(0, n, alpha) == pytest.approx(1 - alpha ** (1 / n), rel=1e-9)
-            assert stats.clopper_pearson_lower(0, n, alpha) == 0.0
-            assert stats.clopper_pearson_upper(n, n, alpha) == 1.0
+            assert bounds.clopper_pearson_upper(0, n, alpha) == pytest.approx(1 - alpha ** (1 / n), rel=1e-9)
+            assert bounds.clopper_pearson_lower(0, n, alpha) == 0.0
+            assert bounds.clopper_pearson_upper(n, n, alpha) == 1.0
     # vectorised
     n_a = np.array([0, 3, 10])
-    np.testing.assert_allclose(stats.clopper_pearson_lower(n_a, 10, 0.05),
+    np.testing.assert_allclose(bounds.clopper_pearson_lower(n_a, 10, 0.05),
                                [0.0] + [proportion_confint(k, 10, 0.1, method="beta")[0] for k in (3, 10)], rtol=1e-12)
 
 
 def test_bound_argument_errors():
     with pytest.raises(ValueError, match="n_a, n"):
-        stats.clopper_pearson_lower(11, 10, 0.05)
+        bounds.clopper_pearson_lower(11, 10, 0.05)
     with pytest.raises(ValueError, match="n_a, n"):
-        stats.clopper_pearson_lower(0, 0, 0.05)
+        bounds.clopper_pearson_lower(0, 0, 0.05)
     with pytest.raises(ValueError, match="alpha"):
-        stats.clopper_pearson_lower(1, 10, 0.0)
+        bounds.clopper_pearson_lower(1, 10, 0.0)
     with pytest.raises(ValueError, match="alpha"):
-        stats.goodman_bounds([1, 2], 1.0)
+        bounds.goodman_bounds([1, 2], 1.0)
     with pytest.raises(ValueError, match="counts"):
-        stats.goodman_bounds([5], 0.1)
+        bounds.goodman_bounds([5], 0.1)
 
 
 @pytest.mark.parametrize("counts", [[5, 3, 2], [100, 0, 0, 7], [9000, 500, 300, 200], [1, 1], [0, 40, 60]])
 @pytest.mark.parametrize("alpha", [0.002, 0.1])
 def test_goodman_matches_statsmodels(counts, alpha):
     expected = multinomial_proportions_confint(counts, alpha=alpha, method="goodman")
-    np.testing.assert_allclose(stats.goodman_bounds(counts, alpha), expected, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(bounds.goodman_bounds(counts, alpha), expected, rtol=1e-12, atol=1e-15)
 
 
 def test_binomial_pvalue():
     for n_a, n in [(5, 10), (9, 10), (50, 60), (0, 3)]:
-        assert stats.binomial_pvalue(n_a, n) == pytest.approx(sps.binomtest(n_a, n, 0.5).pvalue, rel=1e-12)
-    assert stats.binomial_pvalue(7, 14) == 1.0
+        assert bounds.binomial_pvalue(n_a, n) == pytest.approx(sps.binomtest(n_a, n, 0.5).pvalue, rel=1e-12)
+    assert bounds.binomial_pvalue(7, 14) == 1.0
 
 
 def test_radius():
-    assert stats.radius(0.5, 0.5) == 0.0
-    assert stats.radius(0.5, 0.9) == pytest.approx(0.5 * PPF(0.9))
-    assert stats.radius(0.25, 0.95, p0=0.7) == pytest.approx(0.25 * (PPF(0.95) - PPF(0.7)))
-    assert stats.radius(1.0, 0.6, p0=0.7) < 0
-    np.testing.assert_allclose(stats.radius(np.array([0.25, 0.5]), np.array([0.8, 0.99])),
+    assert bounds.radius(0.5, 0.5) == 0.0
+    assert bounds.radius(0.5, 0.9) == pytest.approx(0.5 * PPF(0.9))
+    assert bounds.radius(0.25, 0.95, p0=0.7) == pytest.approx(0.25 * (PPF(0.95) - PPF(0.7)))
+    assert bounds.radius(1.0, 0.6, p0=0.7) < 0
+    np.testing.assert_allclose(bounds.radius(np.array([0.25, 0.5]), np.array([0.8, 0.99])),
                                [0.25 * PPF(0.8), 0.5 * PPF(0.99)])
     for bad in (1.0, 1.2, -0.1, math.nan):
         with pytest.raises(ValueError, match="p_lower"):
-            stats.radius(0.5, bad)
+            bounds.radius(0.5, bad)
     with pytest.raises(ValueError, match="p0"):
-        stats.radius(0.5, 0.9, p0=0.4)
+        bounds.radius(0.5, 0.9, p0=0.4)
 
 
 # ------------------------------------------------------------------ Cohen CERTIFY / PREDICT
@@ -96,7 +96,7 @@ def test_cohen_certify_from_counts(p0):
              ([0, 0, 100], [0, 12, 99_988]), ([1, 0, 0], [0, 5, 5])]
     for counts0, counts in cases:
         for alpha, sigma in [(0.001, 0.25), (0.1, 1.0)]:
-            d = cascade.cohen_certify_from_counts(np.array(counts0), np.array(counts), alpha, sigma, p0)
+            d = decisions.cohen_certify_from_counts(np.array(counts0), np.array(counts), alpha, sigma, p0)
             prediction, radius = cohen_reference(counts0, counts, alpha, sigma, p0)
             assert d.prediction == prediction
             assert d.radius == pytest.approx(radius, rel=1e-12, abs=1e-15)
@@ -105,22 +105,22 @@ def test_cohen_certify_from_counts(p0):
 
 def test_cohen_certify_edge_cases():
     # nA = n: the radius is sigma * PhiInv(alpha ** (1 / n)) exactly; nA = 0 abstains.
-    d = cascade.cohen_certify_from_counts(np.array([0, 5]), np.array([0, 1000]), 0.001, 0.5)
+    d = decisions.cohen_certify_from_counts(np.array([0, 5]), np.array([0, 1000]), 0.001, 0.5)
     assert (d.prediction, d.radius) == (1, pytest.approx(0.5 * PPF(0.001 ** (1 / 1000)), rel=1e-12))
-    d = cascade.cohen_certify_from_counts(np.array([0, 5]), np.array([1000, 0]), 0.001, 0.5)
+    d = decisions.cohen_certify_from_counts(np.array([0, 5]), np.array([1000, 0]), 0.001, 0.5)
     assert (d.prediction, d.radius) == (-1, 0.0)
     assert d.p_lower == 0.0
     # p0 > 0.5: a bound between 0.5 and p0 abstains
-    d = cascade.cohen_certify_from_counts(np.array([0, 5]), np.array([30, 70]), 0.05, 0.5, p0=0.8)
+    d = decisions.cohen_certify_from_counts(np.array([0, 5]), np.array([30, 70]), 0.05, 0.5, p0=0.8)
     assert d.prediction == -1 and 0.5 < d.p_lower < 0.8
 
 
 def test_cohen_predict_from_counts():
-    assert cascade.cohen_predict_from_counts(np.array([5, 5, 0]), 0.01) == -1  # a tie always abstains
-    assert cascade.cohen_predict_from_counts(np.array([0, 50, 50]), 0.5) == -1
-    assert cascade.cohen_predict_from_counts(np.array([0, 3, 60]), 0.001) == 2
-    assert cascade.cohen_predict_from_counts(np.array([40, 60]), 0.01) == -1  # p-value 0.057
-    assert cascade.cohen_predict_from_counts(np.array([40, 60]), 0.1) == 1
+    assert decisions.cohen_predict_from_counts(np.array([5, 5, 0]), 0.01) == -1  # a tie always abstains
+    assert decisions.cohen_predict_from_counts(np.array([0, 50, 50]), 0.5) == -1
+    assert decisions.cohen_predict_from_counts(np.array([0, 3, 60]), 0.001) == 2
+    assert decisions.cohen_predict_from_counts(np.array([40, 60]), 0.01) == -1  # p-value 0.057
+    assert decisions.cohen_predict_from_counts(np.array([40, 60]), 0.1) == 1
 
 
 # ------------------------------------------------------------------ the cascade
@@ -187,7 +187,7 @@ def test_pool_groups_matches_public_reduce_counts():
         k = int(rng.integers(2, 12))
         counts = rng.multinomial(int(rng.integers(1, 60)), rng.dirichlet(np.full(k, 0.3)))
         c = int(rng.integers(k))
-        groups = cascade.pool_groups(counts, c)
+        groups = decisions.pool_groups(counts, c)
         assert sorted(sum(groups, [])) == [i for i in range(k) if i != c]  # a partition of the other classes
         totals = sorted(int(counts[g].sum()) for g in groups)
         expected = public_reduce_counts(counts, c)
@@ -204,7 +204,7 @@ def test_paper_schedule_matches_public_code(p0):
     decided = 0
     for _ in range(300):
         counts0, counts = random_cascade_counts(rng, 3, int(rng.integers(2, 11)), 100, 2000)
-        d = cascade.cascade_certify_from_counts(counts0, counts, sigmas, 0.001, p0, schedule="paper")
+        d = decisions.cascade_certify_from_counts(counts0, counts, sigmas, 0.001, p0, schedule="paper")
         prediction, radius, stage = public_cascade(counts0, counts, sigmas, 0.001, p0)
         assert (d.prediction, d.stage) == (prediction, stage)
         assert d.radius == pytest.approx(radius, rel=1e-10, abs=1e-12)
@@ -214,21 +214,21 @@ def test_paper_schedule_matches_public_code(p0):
 
 def test_union_schedule_levels_sum_to_alpha():
     for num_stages in (1, 2, 3, 5):
-        cert, off = cascade.schedule_levels(0.01, num_stages, "union")
+        cert, off = decisions.schedule_levels(0.01, num_stages, "union")
         # the statements a certificate may rest on: a lower bound per stage, an off-class bound per stage but the last
         assert cert.sum() + off[: num_stages - 1, 0].sum() == pytest.approx(0.01, rel=1e-12)
-    cert, off = cascade.schedule_levels(0.01, 3, "paper")
+    cert, off = decisions.schedule_levels(0.01, 3, "paper")
     np.testing.assert_allclose(cert, [0.01, 0.005, 0.01 / 3])
     assert off[0, 2] == off[1, 2] == pytest.approx(0.01 / 3)
     with pytest.raises(ValueError, match="alpha_schedule"):
-        cascade.schedule_levels(0.01, 3, "bonferroni")
+        decisions.schedule_levels(0.01, 3, "bonferroni")
 
 
 def test_union_single_stage_is_cohen():
     rng = np.random.default_rng(2)
     for _ in range(100):
         counts0, counts = random_cascade_counts(rng, 1, 4, 50, 500)
-        d = cascade.cascade_certify_from_counts(counts0, counts, [0.5], 0.01)
+        d = decisions.cascade_certify_from_counts(counts0, counts, [0.5], 0.01)
         prediction, radius = cohen_reference(counts0[0], counts[0], 0.01, 0.5)
         assert (d.prediction, d.radius) == (prediction, pytest.approx(radius, rel=1e-12))
 
@@ -240,7 +240,7 @@ def test_union_cascade_known_groups():
     alpha, sigmas, p0 = 0.01, [1.0, 0.25], 0.5
     counts0 = np.array([[30, 25, 40, 2, 1, 1, 1, 0], [0, 100, 0, 0, 0, 0, 0, 0]])
     counts = np.array([[1500, 1300, 1900, 150, 50, 40, 60, 0], [3, 4980, 10, 3, 2, 1, 1, 0]])
-    d = cascade.cascade_certify_from_counts(counts0, counts, sigmas, alpha, p0)
+    d = decisions.cascade_certify_from_counts(counts0, counts, sigmas, alpha, p0)
     level = alpha / 4  # union, L = 2: the cert and off-class levels of stage 0 (alpha / (2L)); stage 1 gets alpha / 2
     n = counts[0].sum()
     exact = max(proportion_confint(t, n, alpha=2 * level / 3, method="beta")[1] for t in (1500, 1900, 300))
@@ -255,7 +255,7 @@ def test_union_cascade_known_groups():
 def test_union_two_groups_uses_one_minus_lower_bound():
     counts0 = np.array([[60, 40, 0], [0, 100, 0]])
     counts = np.array([[580, 420, 0], [0, 1000, 0]])
-    d = cascade.cascade_certify_from_counts(counts0, counts, [1.0, 0.5], 0.1, 0.7)
+    d = decisions.cascade_certify_from_counts(counts0, counts, [1.0, 0.5], 0.1, 0.7)
     # stage 0: CP interval of class 0 (580 / 1000) at 2 * 0.025 lies below 0.7 -> falls through; the groups other
     # than class 1 are {0, 2} (class 2 has no selection vote), a single group: pB = 1 - CP_lower(420) at 0.025,
     # and the paper's pooling on the estimation counts gives the same single group.
@@ -269,22 +269,22 @@ def test_union_two_groups_uses_one_minus_lower_bound():
 def test_cascade_outcomes():
     sigmas = [1.0, 0.5]
     # stage 0 certifies: the later stage's counts are never looked at
-    d = cascade.cascade_certify_from_counts(np.array([[0, 100], [0, 0]]), np.array([[5, 995], [0, 0]]), sigmas, 0.01)
+    d = decisions.cascade_certify_from_counts(np.array([[0, 100], [0, 0]]), np.array([[5, 995], [0, 0]]), sigmas, 0.01)
     assert (d.prediction, d.stage, d.last) == (1, 0, 0)
     # undecided at stage 0 (the interval contains 0.5): abstain without looking further
-    d = cascade.cascade_certify_from_counts(np.array([[50, 50], [0, 0]]), np.array([[500, 500], [0, 0]]), sigmas, 0.01)
+    d = decisions.cascade_certify_from_counts(np.array([[50, 50], [0, 0]]), np.array([[500, 500], [0, 0]]), sigmas, 0.01)
     assert (d.prediction, d.stage, d.last) == (-1, -1, 0)
     # every stage falls through: abstain at the last stage
     c0 = np.array([[40, 30, 30], [40, 30, 30]])
     c = np.array([[400, 300, 300], [400, 300, 300]])
-    d = cascade.cascade_certify_from_counts(c0, c, sigmas, 0.01)
+    d = decisions.cascade_certify_from_counts(c0, c, sigmas, 0.01)
     assert (d.prediction, d.stage, d.last) == (-1, -1, 1)
     # stage 1 certifies class 1 but stage 0 is nearly confident in class 0: R <= 0 -> abstain
     c0 = np.array([[48, 2, 50], [0, 100, 0]])
     c = np.array([[4700, 200, 4100], [0, 1000, 0]])
-    d = cascade.cascade_certify_from_counts(c0, c, sigmas, 0.01)
+    d = decisions.cascade_certify_from_counts(c0, c, sigmas, 0.01)
     assert (d.prediction, d.radius, d.stage, d.last) == (-1, 0.0, -1, 1)
     with pytest.raises(ValueError, match="sigmas"):
-        cascade.cascade_certify_from_counts(c0, c, [0.5, 1.0], 0.01)
+        decisions.cascade_certify_from_counts(c0, c, [0.5, 1.0], 0.01)
     with pytest.raises(ValueError, match="counts0, counts"):
-        cascade.cascade_certify_from_counts(c0, c[:1], sigmas, 0.01)
+        decisions.cascade_certify_from_counts(c0, c[:1], sigmas, 0.01)

@@ -17,7 +17,7 @@ import pytest
 import torch
 from scipy import stats as sps
 
-from msrs import cascade, stats
+from msrs import bounds, decisions
 from msrs.smoothing import SmoothedClassifier
 
 PHI, PPF = sps.norm.cdf, sps.norm.ppf
@@ -50,8 +50,8 @@ class NaiveClopperPearson:
         s, t = (np.atleast_1d(np.asarray(v, dtype=np.float64)) for v in (successes, trials))
         s, t, level = np.broadcast_arrays(s, t, np.asarray(level, dtype=np.float64))
         n = np.maximum(t, 1.0)
-        return (np.where(t > 0, stats.clopper_pearson_lower(s, n, level), 0.0),
-                np.where(t > 0, stats.clopper_pearson_upper(s, n, level), 1.0))
+        return (np.where(t > 0, bounds.clopper_pearson_lower(s, n, level), 0.0),
+                np.where(t > 0, bounds.clopper_pearson_upper(s, n, level), 1.0))
 
 
 # ------------------------------------------------------------------ Cohen CERTIFY on a linear classifier
@@ -94,7 +94,7 @@ def test_cohen_certificates_are_valid(p0):
 
     # the same counts with broken bounds: alpha doubled, and the two-sided interval's upper side
     n_a = np.array([c.counts[0, 1] for c in certs])
-    for broken in (stats.clopper_pearson_lower(n_a, N, 2 * ALPHA), stats.clopper_pearson_upper(n_a, N, ALPHA)):
+    for broken in (bounds.clopper_pearson_lower(n_a, N, 2 * ALPHA), bounds.clopper_pearson_upper(n_a, N, ALPHA)):
         broken_radius = np.where(broken >= p0, sigma * (PPF(np.minimum(broken, 1 - 1e-16)) - PPF(p0)), 0.0)
         assert not violation_check(broken_radius > true_radius, ALPHA)[0]
 
@@ -198,9 +198,9 @@ def test_cascade_certificates_are_valid():
     counts0 = np.stack([c.counts0 for c in certs])
     counts = np.stack([c.counts for c in certs])
     certified = prediction == 1
-    r1 = np.array([stats.radius(SIGMAS[1], c.p_lower) for c in certs])
+    r1 = np.array([bounds.radius(SIGMAS[1], c.p_lower) for c in certs])
     assert not violation_check(certified & (r1 > truth), alpha)[0]
-    wrong_side = np.array([np.max(stats.clopper_pearson_lower(np.delete(c[0], 1), c[0].sum(), alpha / 4))
+    wrong_side = np.array([np.max(bounds.clopper_pearson_lower(np.delete(c[0], 1), c[0].sum(), alpha / 4))
                            for c in counts])
     broken = np.minimum(r1, -SIGMAS[0] * PPF(wrong_side))
     assert not violation_check(certified & (broken > truth), alpha)[0]
@@ -210,7 +210,7 @@ def test_cascade_certificates_are_valid():
     np.testing.assert_allclose(counts0[:, 0].sum(0) / (copies * n0), expected, atol=0.02)
     # the paper's schedule on the same counts (not union-bound valid in general), where both stages were sampled
     both = counts[:, 1].sum(1) > 0
-    paper = [cascade.cascade_certify_from_counts(c0, c, list(SIGMAS), alpha, 0.5, "paper")
+    paper = [decisions.cascade_certify_from_counts(c0, c, list(SIGMAS), alpha, 0.5, "paper")
              for c0, c in zip(counts0[both], counts[both])]
     assert violation_check(np.array([d.radius > truth for d in paper]), alpha)[0]
 

@@ -19,14 +19,16 @@ from __future__ import annotations
 
 import importlib
 import json
+import pickle
 import sys
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import torch
 from torch import nn
+
+from . import torchvision_compat
 
 __all__ = ["LibraryClassifier", "MissingExtraError", "load_timm", "load_hf", "import_library", "INSTALL_HINT",
            "PIL_RESAMPLE_NAMES"]
@@ -55,47 +57,10 @@ class LibraryClassifier:
 
 
 # ------------------------------------------------------------------------------------------------- optional imports
-_torchvision_stand_in = None  # the torch.library.Library that declares torchvision's two ops (kept alive)
-
-
-def _torchvision_importable() -> None:
-    """Makes ``import torchvision`` work when its compiled ops cannot load.
-
-    timm imports torchvision, and so does transformers when torchvision is installed. A torchvision wheel built for
-    another build of the same torch release (PyPI's CUDA wheel beside a CPU-only torch 2.13.0+cpu, as on this
-    project's machines) cannot load its _C library; torchvision then registers fake kernels for the undefined ops
-    torchvision::nms and torchvision::qnms and its import fails ("operator torchvision::nms does not exist"). Model
-    construction needs none of torchvision's compiled ops, so the two ops are declared here (without kernels: a
-    call still fails) and torchvision is imported again, with a warning. Nothing happens when torchvision imports
-    (or is not installed)."""
-    global _torchvision_stand_in
-    try:
-        import torchvision  # noqa: F401
-        return
-    except ModuleNotFoundError as e:
-        if e.name == "torchvision":
-            return  # not installed: transformers works without it; timm's own import error names it
-        raise
-    except RuntimeError as e:
-        if "torchvision::nms" not in str(e):
-            raise
-    for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-        del sys.modules[name]  # the failed import left some submodules behind
-    library = torch.library.Library("torchvision", "DEF")
-    library.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    library.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    _torchvision_stand_in = library
-    import torchvision  # noqa: F811
-
-    warnings.warn(f"torchvision {torchvision.__version__} cannot load its compiled ops beside torch "
-                  f"{torch.__version__} (a wheel built for another torch build); msrs declared torchvision::nms/qnms "
-                  "without kernels so that timm / transformers import. Install the torchvision built for this torch "
-                  "to use torchvision's own ops.", RuntimeWarning, stacklevel=3)
-
-
 def import_library(package: str, spec: str):
-    """Imports timm or transformers for the classifier ``spec``, or says what to install."""
-    _torchvision_importable()
+    """Imports timm or transformers for the classifier ``spec``, or says what to install. (Where torchvision cannot
+    load its compiled ops, msrs.torchvision_compat, installed with msrs, lets it import.)"""
+    torchvision_compat.install()
     try:
         return importlib.import_module(package)
     except ModuleNotFoundError as e:
@@ -282,7 +247,12 @@ def load_hf(folder, *, trust_code: bool = False, spec: Optional[str] = None) -> 
         options["use_safetensors"] = True  # torch.load(weights_only=True) is not safe on this torch (models.py)
     try:
         model, info = transformers.AutoModelForImageClassification.from_pretrained(str(path), **options)
-    except (OSError, ValueError, KeyError) as e:
+    except pickle.UnpicklingError as e:
+        raise ValueError(f"classifier: transformers cannot load {str(path)!r}: its pickled weights hold objects "
+                         "other than tensors and plain containers, which msrs never unpickles (they could run code) "
+                         f"({str(e).splitlines()[0] if str(e) else ''}); save the folder with safetensors "
+                         "(save_pretrained's default) where it can be trusted") from None
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise ValueError(f"classifier: transformers cannot load {str(path)!r} as an image classifier "
                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     problems = {key: sorted(info.get(key) or []) for key in ("missing_keys", "unexpected_keys", "mismatched_keys")}

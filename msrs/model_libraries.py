@@ -129,7 +129,15 @@ def load_timm(name: str, weights, *, factory_kwargs: Optional[dict] = None, trus
     cfg = getattr(model, "pretrained_cfg", None) or (config.to_dict() if config is not None else {})
     mean, std, source, config_path = _declared_normalization(metadata, weights_path)  # the file's own first
     if mean is None and cfg.get("mean") is not None:
-        mean, std, source = cfg["mean"], cfg.get("std"), f"timm pretrained config of {name!r}"
+        mean, std, source = tuple(cfg["mean"]), tuple(cfg["std"]), f"timm pretrained config of {name!r}"
+    input_size, interpolation = _timm_input(name, cfg, kwargs)
+    files = [config_path, weights_path] if config_path is not None else [weights_path]
+    return LibraryClassifier(model, mean, std, source, input_size, interpolation, files)
+
+
+def _timm_input(name: str, cfg: dict, kwargs: dict) -> tuple:
+    """(input size, interpolation) of a timm model: its constructor's img_size when given (the model is then built
+    for it), else its pretrained config's input_size; the config's interpolation."""
     if "img_size" in kwargs:
         input_size = _size_pair("factory_kwargs img_size", kwargs["img_size"])
     elif cfg.get("input_size"):
@@ -140,9 +148,7 @@ def load_timm(name: str, weights, *, factory_kwargs: Optional[dict] = None, trus
     if interpolation is not None and interpolation not in PIL_RESAMPLE_NAMES.values():
         raise ValueError(f"classifier: timm pretrained config of {name!r} has interpolation {interpolation!r}, "
                          f"expected one of {sorted(PIL_RESAMPLE_NAMES.values())}")
-    files = [config_path, weights_path] if config_path is not None else [weights_path]
-    return LibraryClassifier(model, tuple(mean) if mean is not None else None,
-                             tuple(std) if std is not None else None, source, input_size, interpolation, files)
+    return input_size, interpolation
 
 
 # ---------------------------------------------------------------------------------------------------- transformers

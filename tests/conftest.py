@@ -6,6 +6,8 @@ import os
 import pytest
 import torch
 
+import msrs  # noqa: F401 - first: msrs.torchvision_compat must see torchvision's import (test modules import diffusers)
+
 
 def triton_interpreted() -> bool:
     """True when Triton runs through its CPU interpreter (about 5 ms per program: tiny shapes only)."""

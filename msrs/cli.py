@@ -111,6 +111,15 @@ def add_certify_arguments(p: argparse.ArgumentParser) -> None:
                             "(the shipped digits classifier)")
     model.add_argument("--weights", default=None, metavar="PATH",
                        help="weights of a module:factory classifier (.safetensors, .pt, .pth)")
+    model.add_argument("--trust-code", action="store_true",
+                       help="allow classifier formats whose loading runs code from the file (a torch.export .pt2, "
+                            "an hf:DIR folder with its own modelling code): only for files you trust")
+    model.add_argument("--input-size", type=_positive_int, nargs="+", default=None, metavar="N",
+                       help="the classifier's input size, N or H W: the (denoised) image is resized to it before "
+                            "the classifier (default: what a timm / hf configuration declares, else no resize)")
+    model.add_argument("--interpolation", default=None, choices=("nearest", "bilinear", "bicubic", "lanczos", "box",
+                                                                 "hamming"),
+                       help="the filter of that resize (default: the configuration's, else bilinear)")
     model.add_argument("--mean", type=float, nargs="+", default=None, help="classifier input normalisation mean")
     model.add_argument("--std", type=float, nargs="+", default=None, help="classifier input normalisation std")
     model.add_argument("--num-classes", type=_positive_int, default=None,
@@ -163,7 +172,7 @@ def add_certify_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _describe_source(path_or_id: str) -> dict:
-    from .models import file_fingerprint
+    from .fingerprint import file_fingerprint
 
     path = os.path.expanduser(path_or_id)
     if os.path.exists(path):
@@ -185,8 +194,9 @@ def run_certify(args: argparse.Namespace) -> int:
         checks.integer("group_size", args.group_size, 1)
     if os.path.isdir(os.path.expanduser(args.out)):
         raise IsADirectoryError(f"out: {args.out!r} is a folder; give a file name for the log")
-    if args.image_size is not None and len(args.image_size) > 2:
-        raise ValueError(f"image-size: give N or H W, got {args.image_size}")
+    for name in ("image_size", "input_size"):
+        if getattr(args, name) is not None and len(getattr(args, name)) > 2:
+            raise ValueError(f"{name.replace('_', '-')}: give N or H W, got {getattr(args, name)}")
     device = checks.device("device", args.device)
     from . import distributed
 
@@ -202,7 +212,9 @@ def _certify_on(args: argparse.Namespace, config, device) -> int:
 
     from . import distributed, runner
     from .data import load_dataset
-    from .models import check_normalization, file_fingerprint, load_classifier
+    from .checks import normalization as check_normalization
+    from .fingerprint import file_fingerprint
+    from .models import load_classifier
 
     main = distributed.is_main()
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
@@ -211,7 +223,9 @@ def _certify_on(args: argparse.Namespace, config, device) -> int:
 
     dataset = load_dataset(args.dataset, split=args.split, size=size, mode="L" if args.grayscale else None)
     mean, std = check_normalization(mean, std, dataset.images.shape[1])
-    loaded = load_classifier(args.classifier, args.weights, device, mean=mean, std=std)
+    input_size = None if args.input_size is None else (args.input_size * 2)[:2]
+    loaded = load_classifier(args.classifier, args.weights, device, mean=mean, std=std, trust_code=args.trust_code,
+                             input_size=input_size, interpolation=args.interpolation)
     mean, std = check_normalization(loaded.mean, loaded.std, dataset.images.shape[1])
     if not args.quiet and main:
         how = "none" if mean is None else f"mean={list(mean)} std={list(std)} (from {loaded.normalization_source})"
@@ -242,7 +256,7 @@ def _certify_on(args: argparse.Namespace, config, device) -> int:
 
     smoothed = SmoothedClassifier(loaded.model, num_classes, denoiser=denoiser, mean=mean, std=std, device=device,
                                   backend=None if args.backend == "auto" else args.backend, dtype=dtype,
-                                  compile=args.compile)
+                                  compile=args.compile, input_size=loaded.input_size, resize_mode=loaded.resize_mode)
 
     classifier_files = []
     for path in loaded.files:
@@ -260,6 +274,9 @@ def _certify_on(args: argparse.Namespace, config, device) -> int:
     }
     if args.compile:  # compiled kernels may round differently: a resume must compile too (absent: older logs match)
         run_info["compile"] = True
+    if loaded.input_size is not None:  # absent without a resize, so that older logs still match
+        run_info["classifier"]["input_size"] = list(loaded.input_size)
+        run_info["classifier"]["interpolation"] = loaded.interpolation or "bilinear"
     extra_info = {"dataset": args.dataset, "classifier": args.classifier, "weights": args.weights,
                   "denoiser": args.denoiser, "device": str(device), "backend": args.backend,
                   "world_size": distributed.world_size()}

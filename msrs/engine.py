@@ -65,10 +65,15 @@ class Engine:
     Modules are put in eval mode during sampling and restored afterwards.
     compile: run the classifier and the denoiser's UNet through torch.compile at one static batch shape, the
     batch size of the first sampling call (msrs.compiled): one graph per model for a whole run.
+    input_size: the classifier's declared input (H, W) (msrs.models.LoadedClassifier.input_size): the (denoised)
+    image is resized to it right before the classifier, with resize_mode = (torch interpolate mode, antialias), as
+    the public code upsamples 32x32 CIFAR-10 to a 224x224 ViT (Carlini et al.). The resize is linear with weights
+    summing to one, so it commutes with the per-channel normalisation that the fused ops apply first; the denoised
+    image is clamped to [0, 1] before it, as in the public code.
     """
 
     def __init__(self, classifier, num_classes, *, denoiser=None, mean=None, std=None, device=None, backend=None,
-                 dtype=torch.float32, compile=False):
+                 dtype=torch.float32, compile=False, input_size=None, resize_mode=("bilinear", True)):
         if not callable(classifier):
             raise checks.ArgumentTypeError(f"classifier: expected an nn.Module or a callable [N, C, H, W] -> logits "
                                            f"[N, K], got {type(classifier).__name__}")
@@ -88,6 +93,8 @@ class Engine:
         if backend is not None:
             ops.resolve_backend(backend, self.device)
         self.backend = backend
+        self.input_size = _input_size(input_size)
+        self.resize_mode = (str(resize_mode[0]), bool(resize_mode[1]))
         self._batch_cap = None  # set when a batch ran out of memory: the largest batch size that fitted
         self._static = []  # the compiled models' StaticBatch wrappers, sized by the first sampling call
         self._run_classifier = self._compile(classifier, denoiser) if compile else classifier
@@ -245,7 +252,17 @@ class Engine:
                                                               device=self.device))
             inp = ops.finalize_denoised(noisy, eps, a, mean=self._stat(self.mean, 0.0), std=self._stat(self.std, 1.0),
                                         out_dtype=self.dtype, backend=self.backend, check=False)
+        inp = self._resize(inp)
         return self._classify(inp) if probe else self._run_classifier(inp)
+
+    def _resize(self, x: torch.Tensor) -> torch.Tensor:
+        """To the classifier's declared input size (nothing to do without one, or when it already has it)."""
+        if self.input_size is None or tuple(x.shape[-2:]) == self.input_size:
+            return x
+        mode, antialias = self.resize_mode
+        corners = False if mode in ("bilinear", "bicubic") else None
+        return torch.nn.functional.interpolate(x, size=self.input_size, mode=mode, antialias=antialias,
+                                               align_corners=corners)
 
     def _classify(self, inp: torch.Tensor) -> torch.Tensor:
         """The first batch of a call: classifier errors and output shapes get a message naming the classifier."""
@@ -307,6 +324,16 @@ class Engine:
         static = StaticBatch(compile_model(classifier, self.device))
         self._static.append(static)
         return static
+
+
+def _input_size(value):
+    """None, or (H, W) from an int or a pair of positive ints."""
+    if value is None:
+        return None
+    size = (value, value) if isinstance(value, int) else tuple(value)
+    if len(size) != 2:
+        raise checks.ArgumentValueError(f"input_size: expected an int or (H, W), got {value!r}")
+    return tuple(checks.integer("input_size", v, 1) for v in size)
 
 
 def _module_device(module) -> torch.device:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import importlib
 import json
 import pickle
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -98,7 +97,7 @@ def load_timm(name: str, weights, *, factory_kwargs: Optional[dict] = None, trus
               spec: Optional[str] = None) -> LibraryClassifier:
     """``timm:NAME`` with its weights file: see the module docstring. ``factory_kwargs`` go to
     ``timm.create_model`` (e.g. ``img_size=32`` for a ViT trained at 32x32: the declared input size follows)."""
-    from .models import _declared_normalization, _existing_file, _load_state, _read_state_dict
+    from .weights import declared_normalization, existing_file, load_state, read_state_dict
 
     spec = spec or f"timm:{name}"
     if not name or not name.strip():
@@ -110,12 +109,12 @@ def load_timm(name: str, weights, *, factory_kwargs: Optional[dict] = None, trus
     if weights is None:
         raise ValueError(f"weights: {spec!r} needs its weights file (msrs never downloads pretrained weights): "
                          "--weights FILE (.safetensors, or a .pt / .pth / .bin state dict)")
-    weights_path = _existing_file("weights", weights)
+    weights_path = existing_file("weights", weights)
     kwargs = dict(factory_kwargs or {})
     if "pretrained" in kwargs:
         raise ValueError("factory_kwargs: 'pretrained' is not accepted (msrs loads the weights file itself)")
     config = timm.models.get_pretrained_cfg(name)
-    state, metadata = _read_state_dict(weights_path, trust_code=trust_code)
+    state, metadata = read_state_dict(weights_path, trust_code=trust_code)
     if "num_classes" not in kwargs and config is not None:
         classes = _head_size(state, config.classifier)
         if classes is not None:
@@ -124,10 +123,10 @@ def load_timm(name: str, weights, *, factory_kwargs: Optional[dict] = None, trus
         model = timm.create_model(name, pretrained=False, **kwargs)
     except TypeError as e:
         raise ValueError(f"classifier: timm.create_model({name!r}, **{kwargs}) failed: {e}") from None
-    _load_state(model, state, weights_path)
+    load_state(model, state, weights_path)
 
     cfg = getattr(model, "pretrained_cfg", None) or (config.to_dict() if config is not None else {})
-    mean, std, source, config_path = _declared_normalization(metadata, weights_path)  # the file's own first
+    mean, std, source, config_path = declared_normalization(metadata, weights_path)  # the file's own first
     if mean is None and cfg.get("mean") is not None:
         mean, std, source = tuple(cfg["mean"]), tuple(cfg["std"]), f"timm pretrained config of {name!r}"
     input_size, interpolation = _timm_input(name, cfg, kwargs)
@@ -219,7 +218,8 @@ def _preprocessor_input(config: dict, path: Path) -> tuple:
 
 def load_hf(folder, *, trust_code: bool = False, spec: Optional[str] = None) -> LibraryClassifier:
     """``hf:DIR``: see the module docstring."""
-    from .models import SAFE_TORCH_LOAD, check_normalization
+    from .checks import normalization as check_normalization
+    from .weights import SAFE_TORCH_LOAD
 
     spec = spec or f"hf:{folder}"
     path = Path(str(folder)).expanduser()

@@ -37,9 +37,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
-import json
 import os
-import pickle
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -48,21 +46,16 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-__all__ = ["LoadedClassifier", "load_classifier", "check_normalization", "file_fingerprint", "CLASSIFIER_SPECS",
-           "RESIZE_MODES", "SAFE_TORCH_LOAD"]
+from . import checks
+from .weights import STATE_DICT_SUFFIXES, declared_normalization, existing_file, load_state, read_state_dict
+
+__all__ = ["CLASSIFIER_SPECS", "LoadedClassifier", "RESIZE_MODES", "load_classifier"]
 
 PathLike = Union[str, os.PathLike]
 
 CLASSIFIER_SPECS = ("a TorchScript file, a torch.export .pt2 file (with --trust-code), module:factory "
                     "(package.module:function or file.py:function) together with --weights (.safetensors / .pt / "
                     ".pth state dict), timm:NAME with --weights, hf:DIR (a local transformers folder), or demo")
-
-STATE_DICT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
-
-# torch.load(weights_only=True) could run code from a crafted file before torch 2.10: CVE-2025-32434 (< 2.6,
-# GHSA-53q9-r3pm-6pq6) and CVE-2026-24747 (< 2.10, GHSA-63cw-57p8-fm3p, memory corruption in the weights_only
-# unpickler). On such a torch msrs reads only safetensors unless the caller trusts the file.
-SAFE_TORCH_LOAD = torch.__version__ >= "2.10"
 
 # The torch.nn.functional.interpolate mode (and antialias flag) for each resize filter a classifier may declare
 # (LoadedClassifier.interpolation, PIL's filter names, as timm and transformers give them). PIL's bilinear / bicubic
@@ -111,73 +104,6 @@ class LoadedClassifier:
         return iter((self.model, self.mean, self.std))
 
 
-def check_normalization(mean, std, channels: Optional[int] = None) -> tuple:
-    """Validates a (mean, std) pair: both None, or equal-length sequences of finite floats, std > 0, of length 1
-    or ``channels``.  Returns them as tuples (or (None, None))."""
-    if mean is None and std is None:
-        return None, None
-    if mean is None or std is None:
-        raise ValueError("mean, std: give both the classifier's mean and std (--mean and --std), or neither")
-
-    def as_tuple(name, value):
-        if isinstance(value, (int, float)):
-            value = [value]
-        if isinstance(value, torch.Tensor):
-            value = value.reshape(-1).tolist()
-        try:
-            values = tuple(float(v) for v in value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{name}: expected a list of numbers, got {value!r}") from None
-        if not values:
-            raise ValueError(f"{name}: expected at least one value")
-        if any(v != v or v in (float("inf"), float("-inf")) for v in values):
-            raise ValueError(f"{name}: values must be finite, got {values}")
-        return values
-
-    mean, std = as_tuple("mean", mean), as_tuple("std", std)
-    if len(mean) != len(std):
-        raise ValueError(f"mean, std: different lengths ({len(mean)} and {len(std)})")
-    if any(s <= 0 for s in std):
-        raise ValueError(f"std: values must be > 0, got {std}")
-    if channels is not None and len(mean) not in (1, channels):
-        raise ValueError(f"mean, std: {len(mean)} values for images with {channels} channels (give 1 or {channels})")
-    return mean, std
-
-
-def file_fingerprint(path: PathLike, *, hash_limit: int = 1 << 30) -> dict:
-    """{"path", "size", "sha256"} of a file (files larger than hash_limit bytes: "mtime" instead of "sha256"), or,
-    for a folder, of every file in it (sorted relative paths)."""
-    path = Path(path)
-    if path.is_dir():
-        entries = {}
-        for p in sorted(q for q in path.rglob("*") if q.is_file()):
-            entries[p.relative_to(path).as_posix()] = {k: v for k, v in file_fingerprint(p, hash_limit=hash_limit)
-                                                       .items() if k != "path"}
-        return {"path": str(path.resolve()), "files": entries}
-    stat = path.stat()
-    out = {"path": str(path.resolve()), "size": stat.st_size}
-    if stat.st_size <= hash_limit:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                digest.update(chunk)
-        out["sha256"] = digest.hexdigest()
-    else:
-        out["mtime_ns"] = stat.st_mtime_ns
-    return out
-
-
-def _existing_file(what: str, path: PathLike) -> Path:
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise FileNotFoundError(f"{what}: {str(p)!r} does not exist")
-    if p.is_dir():
-        raise IsADirectoryError(f"{what}: {str(p)!r} is a folder, expected a file")
-    if not os.access(p, os.R_OK):
-        raise PermissionError(f"{what}: {str(p)!r} is not readable")
-    return p
-
-
 def _looks_like_factory(spec: str) -> bool:
     if ":" not in spec:
         return False
@@ -192,7 +118,7 @@ def _looks_like_factory(spec: str) -> bool:
 def _import_factory(spec: str):
     module_name, _, attr = spec.rpartition(":")
     if module_name.endswith(".py"):
-        path = _existing_file("classifier", module_name)
+        path = existing_file("classifier", module_name)
         name = f"_msrs_factory_{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]}"
         module_spec = importlib.util.spec_from_file_location(name, path)
         if module_spec is None or module_spec.loader is None:
@@ -218,104 +144,6 @@ def _import_factory(spec: str):
     if not callable(obj):
         raise ValueError(f"classifier: {spec!r} is not callable")
     return obj
-
-
-def _read_state_dict(path: Path, *, trust_code: bool = False) -> tuple:
-    """(state dict, metadata dict) from a .safetensors file or a torch.save'd state dict, read with
-    torch.load(weights_only=True): tensors and plain containers only, never the unrestricted unpickler (whatever
-    trust_code says). On a torch whose weights_only unpickler is not safe (SAFE_TORCH_LOAD) only safetensors are
-    read, unless trust_code."""
-    if path.suffix.lower() == ".safetensors":
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
-        try:
-            state = load_file(str(path), device="cpu")
-            with safe_open(str(path), framework="pt") as f:
-                metadata = dict(f.metadata() or {})
-        except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
-            raise ValueError(f"weights: {str(path)!r} is not a readable safetensors file ({e})") from None
-        return state, metadata
-    if not SAFE_TORCH_LOAD and not trust_code:
-        raise ValueError(f"weights: {str(path)!r} is a pickle file, and torch {torch.__version__}'s "
-                         "torch.load(weights_only=True) can run code from a crafted file (CVE-2025-32434, "
-                         "CVE-2026-24747; fixed in torch 2.10): convert it to .safetensors, upgrade torch to >= 2.10, "
-                         "or pass trust_code=True (--trust-code) for a file whose source you trust")
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - unpickling errors of every kind
-        reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        if isinstance(e, pickle.UnpicklingError):
-            raise ValueError(
-                f"weights: cannot read {str(path)!r} with torch.load(weights_only=True): it holds objects other than "
-                f"tensors and plain containers, which msrs never unpickles (they could run code) ({reason}). Save "
-                "the state dict alone, e.g. safetensors.torch.save_file(model.state_dict(), 'weights.safetensors'), "
-                "where the file can be trusted") from None
-        raise ValueError(f"weights: cannot read {str(path)!r} as a state dict with torch.load(weights_only=True) "
-                         f"({reason})") from None
-    if isinstance(state, dict) and not any(isinstance(v, torch.Tensor) for v in state.values()):
-        for key in ("state_dict", "model_state_dict", "model", "ema"):
-            inner = state.get(key)
-            if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
-                state = inner
-                break
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"weights: {str(path)!r} does not hold a state dict (a dict of tensor names to tensors)")
-    return state, {}
-
-
-def _load_state(model: torch.nn.Module, state: dict, path: Path) -> None:
-    expected = set(model.state_dict().keys())
-    if expected and all(k.startswith("module.") for k in state) and not any(k.startswith("module.") for k in expected):
-        state = {k[len("module."):]: v for k, v in state.items()}  # saved from DataParallel / DDP
-    missing = sorted(expected - set(state))
-    unexpected = sorted(set(state) - expected)
-
-    def show(keys):
-        return ", ".join(keys[:10]) + (f", ... ({len(keys)} in all)" if len(keys) > 10 else "")
-
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing keys: {show(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys: {show(unexpected)}")
-        raise ValueError(f"weights: {str(path)!r} does not match the classifier's parameters ({'; '.join(parts)})")
-    own = model.state_dict()
-    wrong = [f"{k}: file {list(v.shape)} vs model {list(own[k].shape)}" for k, v in state.items()
-             if tuple(v.shape) != tuple(own[k].shape)]
-    if wrong:
-        raise ValueError(f"weights: {str(path)!r} has tensors of the wrong shape ({show(wrong)})")
-    model.load_state_dict(state, strict=True)
-
-
-def _parse_metadata_floats(metadata: dict, key: str):
-    value = metadata.get(key)
-    if value is None:
-        return None
-    try:
-        return tuple(float(v) for v in str(value).replace("[", "").replace("]", "").split(","))
-    except ValueError:
-        raise ValueError(f"weights: metadata {key!r} = {value!r} is not a comma-separated list of numbers") from None
-
-
-def _sibling_config_normalization(weights_path: Path) -> tuple:
-    """(mean, std, path) from a JSON file beside the weights with the same stem (as msrs/assets ships them), when
-    it has both "mean" and "std"; (None, None, None) otherwise."""
-    path = weights_path.with_suffix(".json")
-    if not path.is_file():
-        return None, None, None
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None, None, None
-    if not isinstance(config, dict) or "mean" not in config or "std" not in config:
-        return None, None, None
-    try:
-        mean, std = check_normalization(config["mean"], config["std"])
-    except ValueError as e:
-        raise ValueError(f"weights: the normalisation in {str(path)!r} is invalid ({e})") from None
-    return mean, std, path
 
 
 _TRAIN_ARG = {  # op name -> position of its `train` / `training` flag
@@ -466,11 +294,11 @@ def _load_factory(spec: str, weights, factory_kwargs: Optional[dict], trust_code
     files: list = []
     mean = std = source = None
     if weights is not None:
-        weights_path = _existing_file("weights", weights)
-        state, metadata = _read_state_dict(weights_path, trust_code=trust_code)
-        _load_state(model, state, weights_path)
+        weights_path = existing_file("weights", weights)
+        state, metadata = read_state_dict(weights_path, trust_code=trust_code)
+        load_state(model, state, weights_path)
         if want_normalization:
-            mean, std, source, config_path = _declared_normalization(metadata, weights_path)
+            mean, std, source, config_path = declared_normalization(metadata, weights_path)
             if config_path is not None:
                 files.append(config_path)
         files.append(weights_path)
@@ -478,19 +306,6 @@ def _load_factory(spec: str, weights, factory_kwargs: Optional[dict], trust_code
     if module_file.endswith(".py"):
         files.insert(0, Path(module_file).expanduser())
     return model, files, mean, std, source
-
-
-def _declared_normalization(metadata: dict, weights_path: Path) -> tuple:
-    """(mean, std, source, JSON path or None) declared beside a weights file: its safetensors metadata, else a JSON
-    file with the same stem; (None, None, None, None) when neither declares one."""
-    mean, std = _parse_metadata_floats(metadata, "mean"), _parse_metadata_floats(metadata, "std")
-    if mean is not None or std is not None:
-        mean, std = check_normalization(mean, std)
-        return mean, std, "safetensors metadata", None
-    mean, std, config_path = _sibling_config_normalization(weights_path)
-    if config_path is not None:
-        return mean, std, str(config_path), config_path
-    return None, None, None, None
 
 
 def _check_input_size(input_size, interpolation) -> tuple:
@@ -545,7 +360,7 @@ def load_classifier(
     whose source you trust. ``input_size`` ((H, W) or an int) and ``interpolation`` (a key of RESIZE_MODES)
     override what a timm / transformers configuration declares, or declare it for any other classifier."""
     device = torch.device(device if device is not None else "cpu")
-    mean, std = check_normalization(mean, std)
+    mean, std = checks.normalization(mean, std)
     input_size, interpolation = _check_input_size(input_size, interpolation)
     source = None if mean is None else "arguments"
     size_source = None if input_size is None else "arguments"
@@ -567,7 +382,7 @@ def load_classifier(
     if spec.startswith(("timm:", "hf:")) and not Path(spec).exists():
         library = _load_library_model(spec, weights, factory_kwargs, trust_code)
         if mean is None and library.mean is not None:
-            mean, std = check_normalization(library.mean, library.std)
+            mean, std = checks.normalization(library.mean, library.std)
             source = library.normalization_source
         if input_size is None and library.input_size is not None:
             input_size, size_source = library.input_size, f"{spec.partition(':')[0]} configuration"
@@ -578,7 +393,7 @@ def load_classifier(
 
     path = Path(spec).expanduser()
     if path.exists() or not _looks_like_factory(spec):
-        path = _existing_file("classifier", path)
+        path = existing_file("classifier", path)
         model, kind = _load_saved_model(path, weights, device, trust_code)
         return LoadedClassifier(model, mean, std, kind, spec, [path], source, input_size, interpolation,
                                 size_source)

@@ -216,7 +216,7 @@ def test_every_classifier_format_certifies(tmp_path, capsys):
     save_file(net.state_dict(), str(tmp_path / "net.safetensors"))
     logs_ = []
     for name, spec in (("ts", ["--classifier", str(tmp_path / "net.ts")]),
-                       ("pt2", ["--classifier", str(tmp_path / "net.pt2")]),
+                       ("pt2", ["--classifier", str(tmp_path / "net.pt2"), "--trust-code"]),
                        ("factory", ["--classifier", f"{tmp_path / 'arch.py'}:make",
                                     "--weights", str(tmp_path / "net.safetensors")])):
         out = tmp_path / f"{name}.tsv"

@@ -11,8 +11,10 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from msrs import models
-from msrs.models import RESIZE_MODES, check_normalization, file_fingerprint, load_classifier
+from msrs import weights
+from msrs.checks import normalization as check_normalization
+from msrs.fingerprint import file_fingerprint
+from msrs.models import RESIZE_MODES, load_classifier
 
 
 def tiny(num_classes=3):
@@ -283,8 +285,9 @@ def test_pickled_weights_never_run_code(tmp_path, factory_module, model, suffix,
 
 def test_pickled_weights_need_trust_on_a_torch_with_unsafe_weights_only(tmp_path, factory_module, model, x,
                                                                         monkeypatch):
-    assert models.SAFE_TORCH_LOAD == (tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 10))
-    monkeypatch.setattr(models, "SAFE_TORCH_LOAD", False)  # as on torch < 2.10 (CVE-2025-32434, CVE-2026-24747)
+    assert weights.SAFE_TORCH_LOAD == (tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 10))
+    assert weights.release("2.9.1+cu121") < (2, 10) <= weights.release("2.10.0")  # numbers, not strings: "2.9" > "2.10"
+    monkeypatch.setattr(weights, "SAFE_TORCH_LOAD", False)  # as on torch < 2.10 (CVE-2025-32434, CVE-2026-24747)
     pt, st = tmp_path / "w.pt", tmp_path / "w.safetensors"
     torch.save(model.state_dict(), str(pt))
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(st))

@@ -350,6 +350,20 @@ def test_pickle_payload_is_refused_and_does_not_run(tmp_path):
     assert marker.read_text() == "ran"
 
 
+def test_legacy_torch_save_format(tmp_path):
+    """Files in torch's pre-zip format cannot be memory-mapped: read again with weights_only=True, payloads still
+    refused."""
+    model = tiny_model("B")
+    torch.save(model.state_dict(), tmp_path / "old.pt", _use_new_zipfile_serialization=False)
+    loaded = DiffusionDenoiser.from_openai(tmp_path / "old.pt", config=model.config)
+    assert all(torch.equal(loaded.unet.state_dict()[k], v) for k, v in model.state_dict().items())
+    marker = tmp_path / "payload_ran"
+    torch.save({"x": _Payload(marker)}, tmp_path / "old_evil.pt", _use_new_zipfile_serialization=False)
+    with pytest.raises(ValueError, match="weights_only"):
+        DiffusionDenoiser.from_openai(tmp_path / "old_evil.pt", config=model.config)
+    assert not marker.exists()
+
+
 def test_class_conditional_refused():
     with pytest.raises(ValueError, match="class-conditional"):
         DiffusionDenoiser(tiny_model("D"))

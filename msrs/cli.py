@@ -125,8 +125,14 @@ def add_certify_arguments(p: argparse.ArgumentParser) -> None:
     model.add_argument("--num-classes", type=_positive_int, default=None,
                        help="number of classifier outputs (default: the data set's)")
     model.add_argument("--denoiser", default=None, metavar="PATH_OR_HUB_ID",
-                       help="diffusion denoiser (diffusers folder or hub id), or demo / demo-finetuned (the shipped "
-                            "digits DDPM): diffusion denoised smoothing")
+                       help="diffusion denoiser: openai:CHECKPOINT.pt (improved- / guided-diffusion), a diffusers "
+                            "folder or hub id, or demo / demo-finetuned (the shipped digits DDPM): diffusion denoised "
+                            "smoothing")
+    model.add_argument("--denoiser-config", default=None, metavar="NAME|FILE.json",
+                       help="settings of an openai:CHECKPOINT denoiser: cifar10_uncond_50M_500K, "
+                            "256x256_diffusion_uncond, or a JSON file of msrs.openai_unet.OpenAIUNetConfig settings "
+                            "(default: CHECKPOINT.json or STEM.json beside it, else the built-in config named like "
+                            "the file)")
 
     smoothing = p.add_argument_group("smoothing")
     smoothing.add_argument("--sigma", type=float, nargs="+", required=True,
@@ -171,15 +177,20 @@ def add_certify_arguments(p: argparse.ArgumentParser) -> None:
     run.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _describe_source(path_or_id: str) -> dict:
+def _describe_denoiser(denoiser) -> dict:
+    """What identifies a loaded denoiser in a run's record: the fingerprint of its files (or its hub id), and for an
+    OpenAI-format checkpoint its network settings and frame padding."""
     from .fingerprint import file_fingerprint
 
-    path = os.path.expanduser(path_or_id)
+    path = os.path.expanduser(denoiser.source)
+    described = {"id": denoiser.source}
     if os.path.exists(path):
-        fingerprint = file_fingerprint(path)
-        fingerprint.pop("path", None)
-        return fingerprint
-    return {"id": path_or_id}
+        described = file_fingerprint(path)
+        described.pop("path", None)
+    if getattr(denoiser, "openai_config", None) is not None:  # absent for diffusers models: older logs still match
+        described["openai_config"] = denoiser.openai_config.to_dict()
+        described["frame_padding"] = denoiser.frame_padding
+    return described
 
 
 def run_certify(args: argparse.Namespace) -> int:
@@ -192,6 +203,8 @@ def run_certify(args: argparse.Namespace) -> int:
                           target_radii=args.target_radii, sequential_bound=args.sequential_bound)
     if args.group_size is not None:
         checks.integer("group_size", args.group_size, 1)
+    if args.denoiser_config is not None and not (args.denoiser or "").startswith("openai:"):
+        raise ValueError("denoiser-config: only for an --denoiser openai:CHECKPOINT")
     if os.path.isdir(os.path.expanduser(args.out)):
         raise IsADirectoryError(f"out: {args.out!r} is a folder; give a file name for the log")
     for name in ("image_size", "input_size"):
@@ -233,24 +246,11 @@ def _certify_on(args: argparse.Namespace, config, device) -> int:
               file=sys.stderr)
     num_classes = args.num_classes or dataset.num_classes
 
-    denoiser, denoiser_source = None, args.denoiser
+    denoiser = None
     if args.denoiser:
-        from .denoiser import DiffusionDenoiser
+        from .denoiser import load_denoiser
 
-        if args.denoiser in ("demo", "demo-finetuned") and not os.path.exists(args.denoiser):
-            from . import zoo
-
-            name = zoo.DDPM_FINETUNED_NAME if args.denoiser == "demo-finetuned" else zoo.DDPM_NAME
-            denoiser_source = str(zoo.asset_path(name))
-            if not os.path.isdir(denoiser_source):
-                raise FileNotFoundError(f"denoiser: the {args.denoiser} denoiser is not shipped in this installation "
-                                        f"({denoiser_source} is missing)")
-        else:
-            denoiser_source = os.path.expanduser(args.denoiser)
-        try:
-            denoiser = DiffusionDenoiser.from_pretrained(denoiser_source).to(device).eval()
-        except (OSError, ValueError) as e:  # diffusers: missing files, no network for a hub id, bad configs
-            raise ValueError(f"denoiser: cannot load {args.denoiser!r} ({type(e).__name__}: {e})") from None
+        denoiser = load_denoiser(args.denoiser, device=device, config=args.denoiser_config)
 
     from .smoothing import SmoothedClassifier
 
@@ -269,7 +269,7 @@ def _certify_on(args: argparse.Namespace, config, device) -> int:
                        "files": classifier_files,
                        "mean": list(mean) if mean else None, "std": list(std) if std else None,
                        "num_classes": num_classes},
-        "denoiser": None if args.denoiser is None else _describe_source(denoiser_source),
+        "denoiser": None if denoiser is None else _describe_denoiser(denoiser),
         "dtype": args.dtype,
     }
     if args.compile:  # compiled kernels may round differently: a resume must compile too (absent: older logs match)

@@ -665,7 +665,7 @@ def load_denoiser(spec, *, device="cpu", config=None) -> DiffusionDenoiser:
     if spec.startswith("openai:"):
         path = Path(spec[len("openai:"):]).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"denoiser: {spec!r}: no such checkpoint file {path}")
+            raise FileNotFoundError(f"denoiser: cannot load {spec!r}: no such checkpoint file {path}")
         try:
             model = DiffusionDenoiser.from_openai(path, config=config)
         except (ValueError, TypeError) as e:
@@ -690,11 +690,12 @@ def load_denoiser(spec, *, device="cpu", config=None) -> DiffusionDenoiser:
 def _local_or_hub_source(spec: str) -> str:
     """The folder or hub id behind a non-openai spec (demo names resolve to the shipped assets)."""
     if spec in ("demo", "demo-finetuned") and not os.path.exists(spec):
-        from . import zoo
+        from . import assets
 
-        folder = zoo.asset_path(zoo.DDPM_FINETUNED_NAME if spec == "demo-finetuned" else zoo.DDPM_NAME)
+        folder = assets.path(assets.DDPM_FINETUNED_NAME if spec == "demo-finetuned" else assets.DDPM_NAME)
         if not folder.is_dir():
-            raise FileNotFoundError(f"denoiser: the {spec} denoiser is not shipped in this installation "
+            what = "fine-tuned demo denoiser" if spec == "demo-finetuned" else "demo denoiser"
+            raise FileNotFoundError(f"denoiser: the {what} ({spec}) is not shipped in this installation "
                                     f"({folder} is missing)")
         return str(folder)
     path = Path(spec).expanduser()
@@ -705,5 +706,5 @@ def _local_or_hub_source(spec: str) -> str:
         raise ValueError(f"denoiser: {spec!r} is a file; expected a model folder, a hub id, openai:PATH or demo")
     looks_local = path.is_absolute() or spec.startswith((".", "~")) or spec.count("/") > 1  # hub ids: org/name
     if looks_local and not path.exists():
-        raise FileNotFoundError(f"denoiser: {spec!r}: no such folder")
+        raise FileNotFoundError(f"denoiser: cannot load {spec!r}: no such folder")
     return str(path) if path.exists() else spec

@@ -373,11 +373,11 @@ def load_classifier(
         raise ValueError(f"classifier: expected {CLASSIFIER_SPECS}; got {spec!r}")
     spec = str(spec)
     if spec == "demo" and not Path(spec).exists():  # the digits classifier shipped in msrs/assets
-        from . import zoo
+        from . import assets
 
         if weights is not None:
             raise ValueError("weights: the demo classifier comes with its own weights")
-        spec, weights = f"msrs.zoo:{zoo.CLASSIFIER_NAME}", zoo.asset_path(zoo.CLASSIFIER_NAME + ".safetensors")
+        spec, weights = f"msrs.zoo:{assets.CLASSIFIER_NAME}", assets.path(assets.CLASSIFIER_NAME + ".safetensors")
 
     if spec.startswith(("timm:", "hf:")) and not Path(spec).exists():
         library = _load_library_model(spec, weights, factory_kwargs, trust_code)

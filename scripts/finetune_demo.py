@@ -122,15 +122,15 @@ def print_eval(name: str, ev: dict) -> None:
 def main(argv=None) -> int:
     from msrs.finetune.settings import FinetuneSettings, add_options, from_options
 
-    # the library's defaults (msrs.finetune.FinetuneSettings) but bf16 (the machine that made the shipped weights had
-    # native bf16) and a checkpoint every 50 steps
-    DEMO_SETTINGS = FinetuneSettings(sigmas=SIGMAS, dtype="bfloat16", checkpoint_every=50)
+    # the library's defaults (msrs.finetune.FinetuneSettings) but bfloat16 and a checkpoint every 50 steps: the
+    # settings the shipped weights were made with (msrs/assets/digits_ddpm_finetuned/finetune_info.json)
+    demo_settings = FinetuneSettings(sigmas=SIGMAS, dtype="bfloat16", checkpoint_every=50)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--denoiser", type=Path, default=ROOT / "msrs" / "assets" / "digits_ddpm")
     p.add_argument("--out", type=Path, default=ROOT / "msrs" / "assets" / "digits_ddpm_finetuned")
     p.add_argument("--work-dir", type=Path, default=ROOT / "runs" / "finetune_demo",
                    help="checkpoints, optimizer state and the log during training (not shipped)")
-    add_options(p, defaults=DEMO_SETTINGS, exclude=("sigmas",))  # msrs finetune's options, the demo's defaults
+    add_options(p, defaults=demo_settings, exclude=("sigmas",))  # msrs finetune's options, the demo's defaults
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--draws", type=int, default=8, help="noise draws per test image, single-sample accuracy")
     p.add_argument("--cert-images", type=int, default=100, help="test images certified by the cascade (0: skip)")
@@ -141,7 +141,7 @@ def main(argv=None) -> int:
     p.add_argument("--skip-eval", action="store_true", help="train and export only")
     p.add_argument("--no-resume", action="store_true", help="start the fine-tuning over")
     args = p.parse_args(argv)
-    settings = from_options(args, defaults=DEMO_SETTINGS, exclude=("sigmas",))
+    settings = from_options(args, defaults=demo_settings, exclude=("sigmas",))
 
     torch.set_num_threads(args.threads)
     from msrs.data import digits

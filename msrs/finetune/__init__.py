@@ -86,12 +86,12 @@ a smaller sigma). NOT confirmed here, and msrs's choices (each one a documented,
    function used at certification time), EMA of the weights with the warm-up
    decay_k = min(ema_decay, (1 + k) / (10 + k)) after optimizer step k (as diffusers' EMAModel), so a short
    fine-tune is not dominated by the initial weights. The EMA weights are the saved model.
-6. Defaults (1000 steps, batch 32, M = 4, AdamW lr 1e-3 with 20 warm-up steps, weight decay 0, clipping at 1,
-   weights Brier 2 / anti-consistency 1 / MSE 1, anti_consistency "all", ema_decay 0.99, p0 0.5) are msrs's, not
-   the paper's: they are the settings of the shipped digits demo (scripts/finetune_demo.py), chosen by a small
-   sweep on that demo only (lr 1e-4 barely moved the 0.9M-parameter UNet in 300 steps; Brier weight 2 gave the
-   best average certified radius of 1 and 2; the paper itself treats the Brier weight as a knob that raises
-   robustness and may cost clean accuracy). A large pretrained DDPM likely wants a smaller learning rate.
+6. Defaults (FinetuneSettings: 1000 steps, batch 32, M = 4, AdamW lr 1e-3 with 20 warm-up steps, weight decay
+   0, clipping at 1, weights Brier 2 / anti-consistency 1 / MSE 1, anti_consistency "all", ema_decay 0.99, p0 0.5)
+   are msrs's, not the paper's: they are the settings of the shipped digits demo (scripts/finetune_demo.py),
+   chosen by a small sweep on that demo only (lr 1e-4 barely moved the 0.9M-parameter UNet in 300 steps; Brier
+   weight 2 gave the best average certified radius of 1 and 2; the paper itself treats the Brier weight as a knob
+   that raises robustness and may cost clean accuracy). A large pretrained DDPM likely wants a smaller learning rate.
 
 Reproducibility and resume. Everything random is a function of (seed, step), never of state carried across steps:
 the data order is a fresh permutation per epoch, torch.randperm with a generator seeded by hash(seed, epoch);
@@ -110,7 +110,7 @@ and a run started again with the same settings continues from the last checkpoin
 weights as an uninterrupted run (checked on CPU; on CUDA it additionally needs deterministic kernels, e.g.
 torch.use_deterministic_algorithms(True)). Settings that change the trajectory must match the checkpoint's (a
 ValueError names those that differ; the data, the classifier and the initial denoiser are compared by
-msrs.fingerprint.tensor_digest of their tensors); steps and checkpoint_every may change, and steps may be raised to
+msrs.fingerprint.tensor_digest of their tensors); checkpoint_every may change, and steps may be raised to
 continue training. A training state of another version (checkpoints.STATE_VERSION; version 1, before the
 package, recorded digests computed differently) is refused with a message that says so.
 """

@@ -120,25 +120,17 @@ def print_eval(name: str, ev: dict) -> None:
 
 
 def main(argv=None) -> int:
+    from msrs.finetune.settings import FinetuneSettings, add_options, from_options
+
+    # the library's defaults (msrs.finetune.FinetuneSettings) but bfloat16 and a checkpoint every 50 steps: the
+    # settings the shipped weights were made with (msrs/assets/digits_ddpm_finetuned/finetune_info.json)
+    demo_settings = FinetuneSettings(sigmas=SIGMAS, dtype="bfloat16", checkpoint_every=50)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--denoiser", type=Path, default=ROOT / "msrs" / "assets" / "digits_ddpm")
     p.add_argument("--out", type=Path, default=ROOT / "msrs" / "assets" / "digits_ddpm_finetuned")
     p.add_argument("--work-dir", type=Path, default=ROOT / "runs" / "finetune_demo",
                    help="checkpoints, optimizer state and the log during training (not shipped)")
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--samples-per-image", type=int, default=4)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--brier-weight", type=float, default=2.0)
-    p.add_argument("--anti-consistency-weight", type=float, default=1.0)
-    p.add_argument("--mse-weight", type=float, default=1.0)
-    p.add_argument("--anti-consistency", choices=("all", "wrong"), default="all")
-    p.add_argument("--ema-decay", type=float, default=0.99)
-    p.add_argument("--warmup-steps", type=int, default=20)
-    p.add_argument("--dtype", default="bfloat16", choices=("auto", "float32", "bfloat16"))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint-every", type=int, default=50)
+    add_options(p, defaults=demo_settings, exclude=("sigmas",))  # msrs finetune's options, the demo's defaults
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--draws", type=int, default=8, help="noise draws per test image, single-sample accuracy")
     p.add_argument("--cert-images", type=int, default=100, help="test images certified by the cascade (0: skip)")
@@ -149,6 +141,7 @@ def main(argv=None) -> int:
     p.add_argument("--skip-eval", action="store_true", help="train and export only")
     p.add_argument("--no-resume", action="store_true", help="start the fine-tuning over")
     args = p.parse_args(argv)
+    settings = from_options(args, defaults=demo_settings, exclude=("sigmas",))
 
     torch.set_num_threads(args.threads)
     from msrs.data import digits
@@ -179,14 +172,8 @@ def main(argv=None) -> int:
         print_eval("before", before)
 
     start = time.perf_counter()
-    result = finetune(
-        base, classifier, train, out_dir=args.work_dir / "model", sigmas=SIGMAS, steps=args.steps,
-        batch_size=args.batch_size, samples_per_image=args.samples_per_image, lr=args.lr,
-        weight_decay=args.weight_decay, brier_weight=args.brier_weight,
-        anti_consistency_weight=args.anti_consistency_weight, mse_weight=args.mse_weight,
-        anti_consistency=args.anti_consistency, p0=0.5,
-        ema_decay=args.ema_decay, warmup_steps=args.warmup_steps, dtype=args.dtype, seed=args.seed,
-        checkpoint_every=args.checkpoint_every, resume=not args.no_resume, mean=mean, std=std, progress=True)
+    result = finetune(base, classifier, train, out_dir=args.work_dir / "model", settings=settings,
+                      resume=not args.no_resume, mean=mean, std=std, progress=True)
     session_seconds = time.perf_counter() - start
     record = json.loads((args.work_dir / "model" / "finetune.json").read_text())
     print(f"fine-tuning: {record['step']} steps, {record['wall_time_seconds']:.0f}s of training "

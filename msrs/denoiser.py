@@ -40,7 +40,7 @@ from torch import nn
 
 from .openai_unet import BUILTIN_CONFIGS, OpenAIUNet, OpenAIUNetConfig, alphas_cumprod, builtin_config
 
-__all__ = ["DiffusionDenoiser", "load_denoiser", "resolve_openai_config"]
+__all__ = ["DiffusionDenoiser", "load_denoiser", "resolve_openai_config", "source_paths"]
 
 _AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
 _FRAME_PADDINGS = ("reflect", "zeros")
@@ -685,6 +685,23 @@ def load_denoiser(spec, *, device="cpu", config=None) -> DiffusionDenoiser:
             raise ValueError(f"denoiser: cannot load {spec!r} ({type(e).__name__}: {e})") from None
     model.source = source
     return model.to(device).eval()
+
+
+def source_paths(spec, config=None) -> list:
+    """The local files and folders a denoiser spec reads (none for a hub id), found without loading anything: for
+    callers that must not write over a model they are about to read (msrs finetune --out). A local path that is
+    not there is a FileNotFoundError naming `denoiser`, as load_denoiser's."""
+    spec = str(spec)
+    if spec.startswith("openai:"):
+        path = Path(spec[len("openai:"):]).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"denoiser: cannot load {spec!r}: no such checkpoint file {path}")
+        candidates = [path, Path(str(path) + ".json"), path.with_suffix(".json")]
+        if isinstance(config, (str, os.PathLike)) and str(config).endswith(".json"):
+            candidates.append(Path(config).expanduser())
+        return [p for p in candidates if p.exists()]
+    source = Path(_local_or_hub_source(spec))
+    return [source] if source.exists() else []
 
 
 def _local_or_hub_source(spec: str) -> str:

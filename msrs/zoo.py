@@ -22,13 +22,15 @@ __all__ = [
     "DDPM_NAME",
     "DDPM_FINETUNED_NAME",
     "asset_path",
+    "assets_dir",
     "digits_classifier",
     "load_demo_classifier",
     "load_demo_classifier_config",
     "load_demo_denoiser",
 ]
 
-from .assets import CLASSIFIER_NAME, DDPM_FINETUNED_NAME, DDPM_NAME  # noqa: F401 - re-exported
+from .assets import CLASSIFIER_NAME, DDPM_FINETUNED_NAME, DDPM_NAME  # re-exported: the demo models' names
+from .assets import directory as assets_dir
 from .assets import path as asset_path
 
 ARCHITECTURES = {}

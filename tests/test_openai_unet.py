@@ -437,7 +437,7 @@ def test_load_denoiser_specs_and_errors(tmp_path):
         load_denoiser(3)
     with pytest.raises(ValueError, match="denoiser"):
         load_denoiser("")
-    with pytest.raises(FileNotFoundError, match="denoiser: 'openai:"):
+    with pytest.raises(FileNotFoundError, match="denoiser: cannot load 'openai:"):
         load_denoiser(f"openai:{tmp_path / 'missing.pt'}")
     with pytest.raises(FileNotFoundError, match="denoiser"):
         load_denoiser(str(tmp_path / "no_such_folder"))

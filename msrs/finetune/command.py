@@ -19,20 +19,25 @@ from .trainer import BACKENDS, finetune
 
 __all__ = ["add_arguments", "run"]
 
-DEMO_DENOISERS = ("demo", "demo-finetuned")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of `msrs finetune`."""
     groups = {name: p.add_argument_group(name) for name in ("models", "data", "objective", "optimisation", "run")}
     models = groups["models"]
-    models.add_argument("--denoiser", default=None, metavar="PATH",
-                        help="DiffusionDenoiser folder to fine-tune (from_pretrained), or demo / demo-finetuned; "
+    models.add_argument("--denoiser", default=None, metavar="SPEC",
+                        help="denoiser to fine-tune, as `msrs certify` takes it: openai:CHECKPOINT.pt, a diffusers "
+                             "folder (or a DiffusionDenoiser.save_pretrained one), a hub id, or demo / demo-finetuned; "
                              "default: demo (the shipped digits DDPM)")
+    models.add_argument("--denoiser-config", default=None, metavar="NAME|FILE.json",
+                        help="settings of an openai:CHECKPOINT denoiser (as `msrs certify --denoiser-config`)")
     models.add_argument("--classifier", default=None, metavar="SPEC",
                         help="frozen classifier: default demo (the shipped digits classifier); else a TorchScript / "
                              ".pt2 file or module:factory (with --weights), as `msrs certify` takes")
     models.add_argument("--weights", default=None, metavar="PATH", help="weights for a module:factory classifier")
+    models.add_argument("--trust-code", action="store_true",
+                        help="allow classifier formats whose loading runs code from the file (a torch.export .pt2, "
+                             "an hf:DIR folder with its own modelling code): only for files you trust")
     models.add_argument("--mean", type=float, nargs="+", default=None, help="classifier input normalisation mean")
     models.add_argument("--std", type=float, nargs="+", default=None, help="classifier input normalisation std")
     groups["data"].add_argument("--dataset", default="digits", metavar="SPEC",
@@ -54,18 +59,21 @@ def run(args: argparse.Namespace) -> int:
     """`msrs finetune`: check, load the models and data, fine-tune, print a summary."""
     settings = from_options(args)
     demo_classifier = _classifier_is_demo(args.classifier)
-    denoiser_folder, demo_denoiser = _denoiser_source(args.denoiser)
-    _check_sources(args, demo_classifier, denoiser_folder, demo_denoiser)
+    denoiser_spec = "demo" if args.denoiser is None else args.denoiser
+    _check_sources(args, demo_classifier)
     device = checks.device("device", args.device)
     resolve_dtype(settings.dtype, device)
-    _refuse_out_over_inputs(args.out, _inputs(args, demo_classifier, denoiser_folder))
+    _refuse_out_over_inputs(args.out, _inputs(args, demo_classifier, denoiser_spec))
 
     from ..data import load_dataset
 
     spec, split = _train_spec(args.dataset)
     dataset = load_dataset(spec, split=split)
     classifier, mean, std, classifier_name = _load_classifier(args, demo_classifier, dataset.images.shape[1], device)
-    denoiser, denoiser_name = _load_denoiser(args.denoiser, device)
+    from ..denoiser import load_denoiser
+
+    denoiser = load_denoiser(denoiser_spec, device=device, config=args.denoiser_config)
+    denoiser_name = denoiser_spec
     print(f"finetune: {denoiser_name} against {classifier_name} on {dataset.name} ({len(dataset.labels)} images), "
           f"sigmas {list(settings.sigmas)}, {settings.steps} steps -> {args.out}", file=sys.stderr)
     result = finetune(denoiser, classifier, dataset, out_dir=args.out, settings=settings, resume=not args.no_resume,
@@ -80,29 +88,32 @@ def run(args: argparse.Namespace) -> int:
 
 
 # -------------------------------------------------------------------------------------------------------- checks
-def _check_sources(args, demo_classifier: bool, denoiser_folder: Path, demo_denoiser: bool) -> None:
+def _check_sources(args, demo_classifier: bool) -> None:
     out = os.path.expanduser(args.out)
     if os.path.exists(out) and not os.path.isdir(out):
         raise checks.ArgumentValueError(f"out: {args.out!r} exists and is not a folder")
     if args.weights is not None and demo_classifier:
         raise checks.ArgumentValueError("weights: only with --classifier module:factory (the demo classifier has "
                                         "its own)")
-    if not demo_denoiser and not denoiser_folder.is_dir():
-        raise checks.ArgumentValueError(f"denoiser: {args.denoiser!r} is not a folder (expected a "
-                                        "DiffusionDenoiser.save_pretrained folder)")
+    if args.denoiser_config is not None and not (args.denoiser or "").startswith("openai:"):
+        raise checks.ArgumentValueError("denoiser-config: only for an --denoiser openai:CHECKPOINT")
     checks.normalization(args.mean, args.std)
 
 
-def _inputs(args, demo_classifier: bool, denoiser_folder: Path) -> list:
-    """(what, path) of every file or folder the run reads that a path names before loading: the denoiser folder,
-    the classifier's files (a dotted module:factory's module is only found by importing it, so it is not listed),
-    the weights (a sibling config is in the same folder) and a data folder."""
-    inputs = [("denoiser", denoiser_folder)]
-    if demo_classifier:
-        from .. import zoo
+def _inputs(args, demo_classifier: bool, denoiser_spec: str) -> list:
+    """(what, path) of every file or folder the run reads that a path names before loading: the denoiser's files
+    (msrs.denoiser.source_paths), the classifier's files (a dotted module:factory's module is only found by
+    importing it, so it is not listed), the weights (a sibling config is in the same folder) and a data folder."""
+    from .. import assets
+    from ..denoiser import source_paths
 
-        inputs += [("classifier", zoo.asset_path(zoo.CLASSIFIER_NAME + suffix)) for suffix in (".safetensors",
-                                                                                                ".json")]
+    try:
+        inputs = [("denoiser", path) for path in source_paths(denoiser_spec, args.denoiser_config)]
+    except FileNotFoundError as e:  # a denoiser path that is not there: an argument error, found before loading
+        raise checks.ArgumentValueError(str(e)) from None
+    if demo_classifier:
+        inputs += [("classifier", assets.path(assets.CLASSIFIER_NAME + suffix)) for suffix in (".safetensors",
+                                                                                               ".json")]
     else:
         spec = Path(args.classifier).expanduser()
         module = args.classifier.rpartition(":")[0]
@@ -164,42 +175,8 @@ def _load_classifier(args, demo: bool, channels: int, device) -> tuple:
     """(classifier, mean, std, name) of --classifier / --weights, normalised by --mean / --std when given, else
     by the classifier's own."""
     mean, std = checks.normalization(args.mean, args.std, channels)
-    if demo:
-        from .. import zoo
-
-        classifier, zoo_mean, zoo_std, _ = zoo.load_demo_classifier(device)
-        if mean is None:
-            mean, std = zoo_mean, zoo_std
-        return classifier, mean, std, "demo:" + zoo.CLASSIFIER_NAME
     from ..models import load_classifier
 
-    loaded = load_classifier(args.classifier, args.weights, device, mean=mean, std=std)
-    return loaded.model, loaded.mean, loaded.std, args.classifier
-
-
-def _denoiser_source(spec: Optional[str]) -> tuple:
-    """(folder, is a shipped demo model) of --denoiser: none, demo or demo-finetuned (unless a folder of that name
-    exists) name the shipped digits DDPMs.
-    TODO(issue 11): helper "openai"'s msrs.denoiser resolves these names (load_denoiser(spec, device=...)); take
-    the folder from there."""
-    spec = "demo" if spec is None else spec
-    if spec in DEMO_DENOISERS and not os.path.exists(spec):
-        from .. import zoo
-
-        return zoo.asset_path(zoo.DDPM_FINETUNED_NAME if spec == "demo-finetuned" else zoo.DDPM_NAME), True
-    return Path(os.path.expanduser(spec)), False
-
-
-def _load_denoiser(spec: Optional[str], device) -> tuple:
-    """(denoiser, name): the one place `msrs finetune` loads its denoiser.
-    TODO(issue 11): replace the body by msrs.denoiser.load_denoiser(spec, device=device) (helper "openai")."""
-    folder, demo = _denoiser_source(spec)
-    if demo:
-        from .. import zoo
-
-        finetuned = spec == "demo-finetuned"
-        name = zoo.DDPM_FINETUNED_NAME if finetuned else zoo.DDPM_NAME
-        return zoo.load_demo_denoiser(finetuned=finetuned, device=device), "demo:" + name
-    from ..denoiser import DiffusionDenoiser
-
-    return DiffusionDenoiser.from_pretrained(folder).to(device), spec
+    spec = "demo" if demo else args.classifier
+    loaded = load_classifier(spec, args.weights, device, mean=mean, std=std, trust_code=args.trust_code)
+    return loaded.model, loaded.mean, loaded.std, spec

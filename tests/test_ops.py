@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import is_interpreted, tolerance
+from conftest import is_interpreted, required_backends, skip_or_fail, tolerance
 
 from msrs import ops
 from msrs.ops import reference
@@ -125,7 +125,7 @@ def _cpp():
     from msrs.ops import cpp_backend
 
     if cpp_backend.load_error():
-        pytest.skip(f"cpp backend unavailable: {cpp_backend.load_error()}")
+        skip_or_fail("cpp", f"cpp backend unavailable: {cpp_backend.load_error()}")
     return cpp_backend
 
 
@@ -648,7 +648,7 @@ def test_forcing_triton_on_a_cpu_tensor_without_the_interpreter(monkeypatch):
     try:
         from msrs.ops import triton_backend  # noqa: F401
     except ImportError as exc:
-        pytest.skip(f"msrs.ops.triton_backend cannot be imported: {exc}")
+        skip_or_fail("triton", f"msrs.ops.triton_backend cannot be imported: {exc}")
     x = torch.rand(1, 1, 2, 2)
     _raises(ops.BackendUnavailable, r"'triton'", ops.add_noise, x, 0.5, 2, seed=0, backend="triton")
     assert "triton" not in ops.available_backends("cpu") and "torch" in ops.available_backends("cpu")
@@ -658,5 +658,5 @@ def test_auto_backend_on_cpu_is_cpp_when_it_builds(monkeypatch):
     from msrs.ops import cpp_backend
 
     monkeypatch.delenv("MSRS_BACKEND", raising=False)
-    expected = "cpp" if cpp_backend.load_error() is None else "torch"
+    expected = "cpp" if cpp_backend.load_error() is None or "cpp" in required_backends() else "torch"
     assert ops.resolve_backend(None, torch.device("cpu")) == expected

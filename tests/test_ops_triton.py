@@ -22,11 +22,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import skip_or_fail
 
 pytestmark = pytest.mark.triton
 
 if importlib.util.find_spec("triton") is None:
-    pytest.skip("triton is not installed", allow_module_level=True)
+    skip_or_fail("triton", "triton is not installed", allow_module_level=True)
 
 _HAS_CUDA = torch.cuda.is_available()
 _kernels_imported_before = "msrs.kernels" in sys.modules
@@ -51,7 +52,7 @@ elif _HAS_CUDA:
     DEVICE = "cuda"
     _why = triton_backend.unavailable_reason("cuda")
     if _why:
-        pytest.skip(f"torch sees a GPU but Triton cannot use it: {_why}", allow_module_level=True)
+        skip_or_fail("triton", f"torch sees a GPU but Triton cannot use it: {_why}", allow_module_level=True)
 else:
     pytest.skip(
         "msrs.kernels was imported (by an earlier module, before TRITON_INTERPRET=1 was set) with kernels compiled "

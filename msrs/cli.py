@@ -122,7 +122,7 @@ def add_certify_arguments(p: argparse.ArgumentParser) -> None:
                        help="the filter of that resize (default: the configuration's, else bilinear)")
     model.add_argument("--mean", type=float, nargs="+", default=None, help="classifier input normalisation mean")
     model.add_argument("--std", type=float, nargs="+", default=None, help="classifier input normalisation std")
-    model.add_argument("--num-classes", type=_positive_int, default=None,
+    model.add_argument("--num-classes", type=_int_at_least(2), default=None,
                        help="number of classifier outputs (default: the data set's)")
     model.add_argument("--denoiser", default=None, metavar="PATH_OR_HUB_ID",
                        help="diffusion denoiser: openai:CHECKPOINT.pt (improved- / guided-diffusion), a diffusers "

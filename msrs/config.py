@@ -44,13 +44,31 @@ class SequentialSettings:
     intersect: bool = True
 
     def __post_init__(self):
+        """Each option on its own, by type and range; validate() checks how they fit together."""
         if self.target_radii is not None:
             _set(self, "target_radii", checks.finite_list("target_radii", self.target_radii, minimum=0.0))
         if isinstance(self.bound, str):
             checks.choice("bound", self.bound, BOUNDS)
-        for name in ("weights", "points"):
+        elif not callable(self.bound):
+            raise checks.ArgumentTypeError(f"bound: expected one of {BOUNDS} or a bound object, got {self.bound!r}")
+        if self.final_share is not None:
+            _set(self, "final_share", checks.number("final_share", self.final_share, 0.0, 1.0, low_open=True))
+        if self.weights is not None:
+            _set(self, "weights", tuple(checks.number("weights", w, 0.0, 1.0, low_open=True)
+                                        for w in _sequence("weights", self.weights)))
+        prior = _sequence("prior", self.prior)
+        if len(prior) != 2:
+            raise checks.ArgumentValueError(f"prior: expected two positive numbers (a, b), got {self.prior!r}")
+        _set(self, "prior", tuple(checks.number("prior", v, 0.0, low_open=True) for v in prior))
+        checks.choice("schedule", self.schedule, ("geometric", "fixed"))
+        for name in ("first", "chunk"):
             if getattr(self, name) is not None:
-                _set(self, name, tuple(getattr(self, name)))
+                _set(self, name, checks.integer(name, getattr(self, name), 1))
+        _set(self, "growth", checks.number("growth", self.growth, 1.0, low_open=True))
+        if self.points is not None:
+            _set(self, "points", tuple(checks.integer("points", p, 1) for p in _sequence("points", self.points)))
+        if not isinstance(self.intersect, bool):
+            raise checks.ArgumentTypeError(f"intersect: expected True or False, got {self.intersect!r}")
 
     def options(self) -> dict:
         """Keyword arguments of msrs.stopping.run_sequential / run_cascade_sequential (target_radii aside)."""
@@ -156,6 +174,12 @@ def from_options(*, sigmas, n0=100, n=100_000, alpha=0.001, p0=0.5, seed=0, batc
             raise checks.ArgumentValueError(f"{name}: only used in sequential mode (pass sequential=True / "
                                             f"--sequential)")
     return config
+
+
+def _sequence(name: str, value) -> list:
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise checks.ArgumentTypeError(f"{name}: expected a sequence of numbers, got {value!r}")
+    return list(value)
 
 
 def _set(obj, name: str, value) -> None:

@@ -118,7 +118,7 @@ class Engine:
                                                 f"{t.numel()}")
         if image_ids is None:
             return x, torch.arange(x.shape[0], device=self.device)
-        ids = torch.as_tensor(image_ids, device=self.device)
+        ids = _as_tensor("image_ids", image_ids, self.device)
         if ids.dtype.is_floating_point or ids.dtype == torch.bool or ids.shape != (x.shape[0],):
             raise checks.ArgumentValueError(f"image_ids: expected {x.shape[0]} integer ids (one per image), got "
                                             f"{image_ids!r}")
@@ -136,7 +136,7 @@ class Engine:
         checks.integer("stream", stream, 0, MASK32)
         checks.integer("seed", seed, 0, 2**63 - 1)
         checks.integer("batch_size", batch_size, 1)
-        start = torch.as_tensor(sample_start, device=self.device)
+        start = _as_tensor("sample_start", sample_start, self.device)
         if start.dtype.is_floating_point or start.dtype == torch.bool or start.shape not in ((), (x.shape[0],)):
             raise checks.ArgumentValueError(f"sample_start: expected an int or {x.shape[0]} ints (one per image), "
                                             f"got {sample_start!r}")
@@ -324,6 +324,14 @@ class Engine:
         static = StaticBatch(compile_model(classifier, self.device))
         self._static.append(static)
         return static
+
+
+def _as_tensor(name: str, value, device) -> torch.Tensor:
+    """torch.as_tensor, with a failure (strings, integers beyond int64) reported under the argument's name."""
+    try:
+        return torch.as_tensor(value, device=device)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as e:
+        raise checks.ArgumentValueError(f"{name}: expected integers, got {value!r} ({e})") from None
 
 
 def _input_size(value):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import checks, procedures, streams
-from .config import CertifyConfig, SequentialSettings
+from .config import MAX_SAMPLES, CertifyConfig, SequentialSettings
 from .engine import Engine
 from .procedures import Certificate
 
@@ -49,7 +49,7 @@ class SmoothedClassifier(Engine):
         """Sequential (early-stopping) CERTIFY (msrs.procedures.certify_sequential) with budget n_max.
         options: msrs.config.SequentialSettings' bound / final_share / weights / prior / schedule / first /
         growth / chunk / points / intersect."""
-        config = CertifyConfig((checks.sigma("sigma", sigma),), n0, n_max, alpha, p0, seed, batch_size,
+        config = CertifyConfig((checks.sigma("sigma", sigma),), n0, _budget(n_max), alpha, p0, seed, batch_size,
                                sequential=SequentialSettings(target_radii, **options))
         return procedures.certify_sequential(self, images, image_ids, config)
 
@@ -58,10 +58,15 @@ class SmoothedClassifier(Engine):
                                    **options) -> list[Certificate]:
         """The multi-scale cascade with early stopping (msrs.procedures.certify_cascade_sequential), budget n_max
         per stage; only the "union" alpha schedule is valid. options: as certify_sequential's."""
-        config = CertifyConfig(checks.sigmas("sigmas", sigmas, scalar_ok=False), n0, n_max, alpha, p0, seed,
+        config = CertifyConfig(checks.sigmas("sigmas", sigmas, scalar_ok=False), n0, _budget(n_max), alpha, p0, seed,
                                batch_size, alpha_schedule, SequentialSettings(target_radii, **options))
         return procedures.certify_cascade_sequential(self, images, image_ids, config)
 
     def run(self, images, image_ids, config: CertifyConfig) -> list[Certificate]:
         """The procedure `config` names (msrs.procedures.run): what msrs.runner calls for each group of images."""
         return procedures.run(self, images, image_ids, config)
+
+
+def _budget(n_max) -> int:
+    """The sequential budget, checked under its own name (the config calls it n)."""
+    return checks.integer("n_max", n_max, 1, MAX_SAMPLES)

@@ -28,7 +28,7 @@ import torch
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from msrs import cli, logs, runner
+from msrs import cli, decisions, logs, runner
 from msrs.data import ImageDataset
 from msrs.smoothing import SmoothedClassifier
 
@@ -211,11 +211,6 @@ def test_cli_rejects_repeated_sigmas(values, out_dir, no_loading):
     assert_one_line_error(*run_certify(argv), ("sigma",))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "msrs certify checks --target-radii only inside runner.certify_dataset, after the data set and the classifier "
-    "are loaded (e.g. `--sequential --target-radii -1` or `nan`). Fix: in cli.run_certify, next to the other "
-    "cheap checks, `if args.sequential: runner._target_radii(args.target_radii)` (or its successor in the checks "
-    "module), with the message naming target-radii."))
 @NO_SHRINK
 @given(value=cli_float(0.0, math.inf, low_open=False).filter(lambda t: _is_float_text(t)))
 def test_cli_rejects_bad_target_radii_before_loading(value, out_dir, no_loading):
@@ -224,10 +219,6 @@ def test_cli_rejects_bad_target_radii_before_loading(value, out_dir, no_loading)
     assert_one_line_error(*run_certify(argv), ("target-radii", "target_radii"))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "`msrs certify --num-classes 1` is refused only by SmoothedClassifier(num_classes=...), after the data set "
-    "and the classifier are loaded (argparse accepts any N >= 1). Fix: cli's --num-classes type "
-    "`_int_at_least(2)` (a smoothed classifier needs two classes)."))
 def test_cli_rejects_one_class_before_loading(out_dir, no_loading):
     assert_one_line_error(*run_certify(certify_argv(out_dir, "--num-classes", "1")), ("num-classes", "num_classes"))
 
@@ -324,14 +315,6 @@ def test_engine_rejects_a_bad_argument_before_sampling(data):
     assert_rejected_before_sampling(call_with(method, name, value), (name,))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "SmoothedClassifier turns sample_start / image_ids into tensors with torch.as_tensor before checking them, so "
-    "an int beyond int64 or a list of strings raises torch's own message, without the argument's name: "
-    "sample_counts(..., sample_start=2**63) -> ValueError('Overflow when unpacking long long'); "
-    "certify(..., image_ids=['a', 'b']) -> ValueError(\"too many dimensions 'str'\"). Fix: in "
-    "SmoothedClassifier._group and sample_counts, `try: ids = torch.as_tensor(...) except (TypeError, ValueError, "
-    "RuntimeError, OverflowError): raise ValueError(f'image_ids: expected {B} integer ids in [0, 2^32), got "
-    "{image_ids!r}') from None` (the same for sample_start)."))
 @NO_SHRINK
 @given(data=st.data())
 def test_engine_names_values_torch_cannot_convert(data):
@@ -354,10 +337,6 @@ def test_engine_rejects_n0_above_n(n, extra, method):
                                                                      **kwargs), ("n0",))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "certify_sequential / certify_cascade_sequential check their budget with the name 'n' "
-    "(SmoothedClassifier._check_certify(n0, n_max, ...) -> 'n: expected an int >= 1'): the argument is n_max. "
-    "Fix: let _check_certify take the name (`_check_certify(n0, n_max, ..., n_name='n_max')`)."))
 @NO_SHRINK
 @given(value=bad_int(1, MASK32 + 1), method=st.sampled_from(["certify_sequential", "certify_cascade_sequential"]))
 def test_engine_names_n_max(value, method):
@@ -378,16 +357,6 @@ SEQUENTIAL_OPTIONS = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Two faults in the sequential options of SmoothedClassifier.certify_sequential (found by this test): "
-    "(1) they are checked by msrs.sequential.run_sequential, after the n0 selection samples are drawn "
-    "(e.g. growth=0.5 runs the classifier first); certify_cascade_sequential checks them before sampling. "
-    "(2) a value of the wrong type raises the bare Python error without the argument's name (growth='a': "
-    "\"'>' not supported between instances of 'str' and 'int'\"; first=2.5: \"'float' object cannot be "
-    "interpreted as an integer\"; final_share='a': \"could not convert string to float\"; prior=('a', 1)). "
-    "Fix: one check of the options before any sampling, in both methods (e.g. build the looks and the bound "
-    "object -- sequential._looks / make_bound -- in certify_sequential before drawing counts0), with typed checks "
-    "naming each option."))
 @NO_SHRINK
 @given(data=st.data())
 def test_engine_rejects_bad_sequential_options_before_sampling(data):
@@ -402,7 +371,7 @@ def test_engine_rejects_bad_sequential_options_before_sampling(data):
 # --------------------------------------------------------------------------------- runner.certify_dataset
 DATASET = ImageDataset(torch.full((6, 1, 4, 4), 0.5), torch.arange(6) % 3, 3, "tiny")
 RUNNER_VALID = dict(sigmas=[0.5], n0=5, n=10, alpha=0.01, seed=0, batch_size=8, progress=False)
-NOT_BOOL = lambda v: not isinstance(v, bool)  # noqa: E731 - booleans: see the xfail test below
+NOT_BOOL = lambda v: not isinstance(v, bool)  # noqa: E731 - booleans: test_certify_dataset_rejects_booleans_for_integers
 RUNNER_ARGUMENTS = {
     "sigmas": (BAD_SIGMAS.filter(lambda v: not isinstance(v, float)), ("sigmas", "sigma")),
     "n0": (bad_int(1).filter(NOT_BOOL), ("n0",)),
@@ -414,7 +383,7 @@ RUNNER_ARGUMENTS = {
     "skip": (bad_int(1).filter(NOT_BOOL), ("skip",)),
     "max_images": (bad_int(1).filter(lambda v: v is not None and NOT_BOOL(v)), ("max_images",)),
     "p0": (bad_float(0.5, 1.0, low_open=False), ("p0",)),
-    "alpha_schedule": (st.text(max_size=6).filter(lambda t: t not in runner.ALPHA_SCHEDULES), ("alpha_schedule",)),
+    "alpha_schedule": (st.text(max_size=6).filter(lambda t: t not in decisions.SCHEDULES), ("alpha_schedule",)),
     "indices": (st.one_of(st.just([]), st.lists(st.integers(max_value=-1), min_size=1, max_size=2),
                           st.lists(st.integers(min_value=6), min_size=1, max_size=2), st.just([1, 1]),
                           st.just([0.5])), ("indices",)),
@@ -433,12 +402,6 @@ def test_certify_dataset_rejects_a_bad_argument_before_sampling(data, out_dir):
     assert not out.exists() and not logs.sidecar_path(out).exists()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "msrs.runner._int accepts booleans as integers: its `isinstance(value, bool)` test sends True / False into the "
-    "branch that converts integral floats (float(True).is_integer()), so certify_dataset(..., batch_size=True) "
-    "runs with batch size 1 and n=True is read as n=1 (then refused as 'n0: must be <= n'). Fix: in _int, "
-    "`if isinstance(value, bool): raise TypeError(f'{name}: expected an integer, got {value!r}')` before the "
-    "float branch."))
 @NO_SHRINK
 @given(name=st.sampled_from(["n0", "n", "seed", "batch_size", "group_size", "skip", "max_images"]),
        value=st.booleans())

@@ -8,10 +8,18 @@ rather than taken from tl.argmax: the interpreter's tl.argmax ignores NaN (numpy
 need not match torch on NaN. Comparisons are in fp32 (fp16 and bf16 logits widen exactly); fp64 logits are
 compared in fp64, so no ties appear that torch would not see.
 
-The votes are added with tl.atomic_add (int64, relaxed: only the final sums matter). ATOMICS: under
-TRITON_INTERPRET=1 programs run one after another, so the CPU tests cannot show a race; that many programs adding
-to the same count at once on a GPU gives exact totals must be checked on a GPU (tests/test_ops_triton.py does
-so on CUDA tensors, with many samples voting into the same few counts).
+Aggregation before the atomics. The engine's samples are image-major (each image's samples are consecutive rows of
+the batch) and most of an image's samples vote for the same class, so one atomic per sample would make thousands
+of atomics queue on the same counts[row, class] address. Each program therefore first counts its own BLOCK_S votes
+per (row, class) and adds each non-zero count with one atomic: a loop over the distinct rows of the program (one
+or two for the engine's batches; at most BLOCK_S for arbitrary indices), and for each row a histogram over the
+range of classes its samples voted for, in chunks of AGG_K classes. Integer sums, so the result is bit-identical
+to one atomic per sample (and to the reference). atomic_count() gives the number of atomics a launch issues,
+from the launch grid; COUNT_ATOMICS=True makes the kernel count them itself (tests, benchmarks/ops.py).
+
+ATOMICS: under TRITON_INTERPRET=1 programs run one after another, so the CPU tests cannot show a race; that many
+programs adding to the same count at once on a GPU gives exact totals must be checked on a GPU (tests/test_ops.py
+and tests/test_ops_triton.py do so on CUDA tensors, with many samples voting into the same few counts).
 """
 from typing import Optional
 
@@ -19,10 +27,13 @@ import torch
 import triton
 import triton.language as tl
 
-from . import launch_config
+from . import INTERPRET, launch_config
 
 _NO_INDEX = tl.constexpr(1 << 30)  # larger than any class index (K < 2^30)
+_NO_ROW = tl.constexpr(1 << 62)  # larger than any row of counts
 _NEG_INF = tl.constexpr(float("-inf"))
+MAX_BLOCK_CLASSES = 256  # class chunk of the argmax: wide rows loop over chunks, so BLOCK_S stays >= 16
+AGG_CLASSES = 32  # class chunk of the per-program histogram
 
 
 @triton.jit
@@ -35,51 +46,117 @@ def _minimum(a, b):
     return tl.minimum(a, b)
 
 
-# tl.max / tl.min are triton.language.standard @jit helpers: in the interpreter they refuse to run when triton was
-# imported before TRITON_INTERPRET=1 was set (diffusers imports triton, so a test session often does that). Their
-# combine functions, passed to tl.reduce, are what tl.max / tl.min compile to on a GPU, and the interpreter
-# recognises them and reduces with numpy instead of calling them element by element. Own combines otherwise.
-_MAX_COMBINE = getattr(tl.standard, "_elementwise_max", None) or _maximum
-_MIN_COMBINE = getattr(tl.standard, "_elementwise_min", None) or _minimum
+@triton.jit
+def _plus(a, b):
+    return a + b
+
+
+# Reductions go through tl.reduce with the combine functions above (public API; on a GPU they compile to what
+# tl.max / tl.min / tl.sum compile to). In the interpreter, and only there, Triton's own combine functions are used
+# when this Triton has them: the interpreter recognises them and reduces with numpy, instead of calling a Python
+# combine element by element (~1 ms each). (tl.max / tl.sum themselves cannot be used: they are @jit helpers that
+# refuse to run in the interpreter when triton was imported before TRITON_INTERPRET=1 was set, which diffusers
+# makes the common case in a test session.) Guarded: a Triton without them gets the slow, equal result.
+_MAX_COMBINE, _MIN_COMBINE, _SUM_COMBINE = _maximum, _minimum, _plus
+if INTERPRET:
+    _MAX_COMBINE = getattr(tl.standard, "_elementwise_max", _maximum)
+    _MIN_COMBINE = getattr(tl.standard, "_elementwise_min", _minimum)
+    _SUM_COMBINE = getattr(tl.standard, "_sum_combine", _plus)
+
+
+@triton.jit
+def _argmax_votes(scores_ptr, s64, sample_mask, num_classes, score_stride, COMPUTE_DTYPE: tl.constexpr,
+                  BLOCK_S: tl.constexpr, BLOCK_K: tl.constexpr):
+    """torch.argmax of each sample's logits (int32 [BLOCK_S]): running (max, first index of the max, first NaN
+    index) over chunks of BLOCK_K classes."""
+    best = tl.full((BLOCK_S,), _NEG_INF, COMPUTE_DTYPE)
+    best_index = tl.full((BLOCK_S,), 0, tl.int32)
+    nan_index = tl.full((BLOCK_S,), _NO_INDEX, tl.int32)
+    for start in range(0, num_classes, BLOCK_K):
+        k = start + tl.arange(0, BLOCK_K)
+        class_mask = (k < num_classes)[None, :]
+        values = tl.load(
+            scores_ptr + s64[:, None] * score_stride + k[None, :],
+            mask=sample_mask[:, None] & class_mask, other=_NEG_INF,
+        ).to(COMPUTE_DTYPE)
+        is_nan = (values != values) & class_mask
+        chunk_nan = tl.reduce(tl.where(is_nan, k[None, :], _NO_INDEX), 1, _MIN_COMBINE)
+        nan_index = tl.minimum(nan_index, chunk_nan)
+        values = tl.where(is_nan | ~class_mask, _NEG_INF, values)  # NaN-free from here on
+        chunk_max = tl.reduce(values, 1, _MAX_COMBINE)
+        first = (values == chunk_max[:, None]) & class_mask
+        chunk_index = tl.reduce(tl.where(first, k[None, :], _NO_INDEX), 1, _MIN_COMBINE)
+        better = chunk_max > best  # strictly: an equal maximum in a later chunk does not win
+        best = tl.where(better, chunk_max, best)
+        best_index = tl.where(better, chunk_index, best_index)
+    # all -inf: best stays -inf and best_index 0, as torch.argmax gives
+    return tl.where(nan_index < _NO_INDEX, nan_index, best_index)
+
+
+@triton.jit
+def _add_aggregated(counts_ptr, stats_ptr, row, vote, sample_mask, num_classes, AGG_K: tl.constexpr,
+                    COUNT_ATOMICS: tl.constexpr):
+    """counts[row[s], vote[s]] += 1 for the masked samples, one atomic per distinct (row, class)."""
+    pending = sample_mask
+    current = tl.reduce(tl.where(pending, row, _NO_ROW), 0, _MIN_COMBINE)
+    while current < _NO_ROW:
+        chosen = pending & (row == current)
+        low = tl.reduce(tl.where(chosen, vote, _NO_INDEX), 0, _MIN_COMBINE)
+        high = tl.reduce(tl.where(chosen, vote, -1), 0, _MAX_COMBINE)
+        base = counts_ptr + current * num_classes
+        for start in range(low, high + 1, AGG_K):
+            k = start + tl.arange(0, AGG_K)
+            hits = (chosen[:, None] & (vote[:, None] == k[None, :])).to(tl.int32)
+            histogram = tl.reduce(hits, 0, _SUM_COMBINE)
+            touched = histogram > 0  # only classes in [low, high] that were voted for: all < num_classes
+            tl.atomic_add(base + k, histogram.to(tl.int64), mask=touched, sem="relaxed")
+            if COUNT_ATOMICS:
+                tl.atomic_add(stats_ptr, tl.reduce(touched.to(tl.int64), 0, _SUM_COMBINE))
+        pending = pending & ~chosen
+        current = tl.reduce(tl.where(pending, row, _NO_ROW), 0, _MIN_COMBINE)
 
 
 @triton.jit
 def _count_votes_kernel(
-    counts_ptr, scores_ptr, index_ptr, num_samples, num_classes, score_stride,
+    counts_ptr, scores_ptr, index_ptr, stats_ptr, num_samples, num_classes, score_stride,
     CLASS_IDS: tl.constexpr, COMPUTE_DTYPE: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_K: tl.constexpr,
+    AGGREGATE: tl.constexpr, AGG_K: tl.constexpr, COUNT_ATOMICS: tl.constexpr,
 ):
     s = tl.program_id(0) * BLOCK_S + tl.arange(0, BLOCK_S)
     sample_mask = s < num_samples
     s64 = s.to(tl.int64)
     if CLASS_IDS:
-        vote = tl.load(scores_ptr + s64, mask=sample_mask, other=0)
+        vote = tl.load(scores_ptr + s64, mask=sample_mask, other=0).to(tl.int32)
     else:
-        # running (max, first index of the max, first NaN index) over chunks of BLOCK_K classes
-        best = tl.full((BLOCK_S,), _NEG_INF, COMPUTE_DTYPE)
-        best_index = tl.full((BLOCK_S,), 0, tl.int32)
-        nan_index = tl.full((BLOCK_S,), _NO_INDEX, tl.int32)
-        for start in range(0, num_classes, BLOCK_K):
-            k = start + tl.arange(0, BLOCK_K)
-            class_mask = (k < num_classes)[None, :]
-            values = tl.load(
-                scores_ptr + s64[:, None] * score_stride + k[None, :],
-                mask=sample_mask[:, None] & class_mask, other=_NEG_INF,
-            ).to(COMPUTE_DTYPE)
-            is_nan = (values != values) & class_mask
-            chunk_nan = tl.reduce(tl.where(is_nan, k[None, :], _NO_INDEX), 1, _MIN_COMBINE)
-            nan_index = tl.minimum(nan_index, chunk_nan)
-            values = tl.where(is_nan | ~class_mask, _NEG_INF, values)  # NaN-free from here on
-            chunk_max = tl.reduce(values, 1, _MAX_COMBINE)
-            first = (values == chunk_max[:, None]) & class_mask
-            chunk_index = tl.reduce(tl.where(first, k[None, :], _NO_INDEX), 1, _MIN_COMBINE)
-            better = chunk_max > best  # strictly: an equal maximum in a later chunk does not win
-            best = tl.where(better, chunk_max, best)
-            best_index = tl.where(better, chunk_index, best_index)
-        # all -inf: best stays -inf and best_index 0, as torch.argmax gives
-        vote = tl.where(nan_index < _NO_INDEX, nan_index, best_index).to(tl.int64)
+        vote = _argmax_votes(scores_ptr, s64, sample_mask, num_classes, score_stride, COMPUTE_DTYPE, BLOCK_S,
+                             BLOCK_K)
     row = tl.load(index_ptr + s64, mask=sample_mask, other=0)
-    one = tl.full((BLOCK_S,), 1, tl.int64)
-    tl.atomic_add(counts_ptr + row * num_classes + vote, one, mask=sample_mask, sem="relaxed")
+    if AGGREGATE:
+        _add_aggregated(counts_ptr, stats_ptr, row, vote, sample_mask, num_classes, AGG_K, COUNT_ATOMICS)
+    else:  # one atomic per sample: the kernel before aggregation, kept for benchmarks/ops.py's comparison
+        one = tl.full((BLOCK_S,), 1, tl.int64)
+        tl.atomic_add(counts_ptr + row * num_classes + vote, one, mask=sample_mask, sem="relaxed")
+        if COUNT_ATOMICS:
+            tl.atomic_add(stats_ptr, tl.reduce(sample_mask.to(tl.int64), 0, _SUM_COMBINE))
+
+
+def launch_shape(num_samples: int, num_classes: int, class_ids: bool, *, block_samples: Optional[int] = None,
+                 block_classes: Optional[int] = None) -> tuple[int, int, int]:
+    """(BLOCK_S samples per program, BLOCK_K classes per argmax chunk, programs) of a launch."""
+    block_k = 1 if class_ids else block_classes or min(triton.next_power_of_2(num_classes), MAX_BLOCK_CLASSES)
+    block_s = block_samples or max(1, min(triton.next_power_of_2(max(num_samples, 1)),
+                                          launch_config.votes_tile() // max(block_k, AGG_CLASSES)))
+    return block_s, block_k, triton.cdiv(num_samples, block_s)
+
+
+def atomic_count(votes: torch.Tensor, index: torch.Tensor, block_samples: int, aggregate: bool = True) -> int:
+    """Atomics a launch issues, from its grid: one per sample without aggregation, else one per distinct
+    (program, row, class), program = sample // block_samples. votes, index: [S] int64 (votes = argmax)."""
+    if not aggregate:
+        return int(votes.numel())
+    program = torch.arange(votes.numel(), device=votes.device) // block_samples
+    keys = torch.stack((program, index.to(torch.int64), votes.to(torch.int64)), dim=1)
+    return int(torch.unique(keys, dim=0).shape[0]) if votes.numel() else 0
 
 
 def count_votes_(
@@ -89,26 +166,32 @@ def count_votes_(
     *,
     block_samples: Optional[int] = None,
     block_classes: Optional[int] = None,
+    aggregate: bool = True,
+    atomics: Optional[torch.Tensor] = None,
 ) -> None:
     """Launch the kernel. counts [M, K] int64 contiguous; scores [S, K] float (rows contiguous) or [S] int64;
-    index [S] int64. block_samples / block_classes (powers of two) force a tile shape, for tests."""
+    index [S] int64. block_samples / block_classes (powers of two) force a tile shape, for tests.
+    aggregate=False: one atomic per sample (the kernel before aggregation, for comparisons). atomics: an int64
+    tensor [1] on counts' device; when given, the kernel adds the number of atomics it issued to it."""
     num_samples, num_classes = scores.shape[0], counts.shape[1]
     if num_samples == 0:
         return
     class_ids = scores.dim() == 1
     if class_ids:
-        block_k, stride, dtype = 1, 1, tl.int64
+        stride, dtype = 1, tl.int64
     else:
         if scores.stride(1) != 1:
             scores = scores.contiguous()
-        block_k = block_classes or min(triton.next_power_of_2(num_classes), 1024)
         stride = scores.stride(0)
         dtype = tl.float64 if scores.dtype == torch.float64 else tl.float32
-    tile = launch_config.votes_tile()
-    block_s = block_samples or max(1, min(triton.next_power_of_2(num_samples), tile // block_k))
-    grid = (triton.cdiv(num_samples, block_s),)
-    _count_votes_kernel[grid](
-        counts, scores, index, num_samples, num_classes, stride,
+    block_s, block_k, programs = launch_shape(num_samples, num_classes, class_ids, block_samples=block_samples,
+                                              block_classes=block_classes)
+    count_atomics = atomics is not None
+    if count_atomics and (atomics.dtype != torch.int64 or atomics.device != counts.device or atomics.numel() != 1):
+        raise ValueError("atomics: expected an int64 tensor [1] on the device of counts")
+    _count_votes_kernel[(programs,)](
+        counts, scores, index, atomics if count_atomics else counts, num_samples, num_classes, stride,
         CLASS_IDS=class_ids, COMPUTE_DTYPE=dtype, BLOCK_S=block_s, BLOCK_K=block_k,
+        AGGREGATE=aggregate, AGG_K=AGG_CLASSES, COUNT_ATOMICS=count_atomics,
         num_warps=4, enable_fp_fusion=False,
     )

@@ -17,6 +17,9 @@ range of classes its samples voted for, in chunks of AGG_K classes. Integer sums
 to one atomic per sample (and to the reference). atomic_count() gives the number of atomics a launch issues,
 from the launch grid; COUNT_ATOMICS=True makes the kernel count them itself (tests, benchmarks/ops.py).
 
+Loops over runtime bounds are while loops, not range(): Triton 3.6's interpreter converts a runtime scalar to an
+int through a one-element array, which NumPy >= 2.4 refuses (fixed in later Triton); compiled, the two are alike.
+
 ATOMICS: under TRITON_INTERPRET=1 programs run one after another, so the CPU tests cannot show a race; that many
 programs adding to the same count at once on a GPU gives exact totals must be checked on a GPU (tests/test_ops.py
 and tests/test_ops_triton.py do so on CUDA tensors, with many samples voting into the same few counts).
@@ -65,35 +68,6 @@ if INTERPRET:
 
 
 @triton.jit
-def _argmax_votes(scores_ptr, s64, sample_mask, num_classes, score_stride, COMPUTE_DTYPE: tl.constexpr,
-                  BLOCK_S: tl.constexpr, BLOCK_K: tl.constexpr):
-    """torch.argmax of each sample's logits (int32 [BLOCK_S]): running (max, first index of the max, first NaN
-    index) over chunks of BLOCK_K classes."""
-    best = tl.full((BLOCK_S,), _NEG_INF, COMPUTE_DTYPE)
-    best_index = tl.full((BLOCK_S,), 0, tl.int32)
-    nan_index = tl.full((BLOCK_S,), _NO_INDEX, tl.int32)
-    for start in range(0, num_classes, BLOCK_K):
-        k = start + tl.arange(0, BLOCK_K)
-        class_mask = (k < num_classes)[None, :]
-        values = tl.load(
-            scores_ptr + s64[:, None] * score_stride + k[None, :],
-            mask=sample_mask[:, None] & class_mask, other=_NEG_INF,
-        ).to(COMPUTE_DTYPE)
-        is_nan = (values != values) & class_mask
-        chunk_nan = tl.reduce(tl.where(is_nan, k[None, :], _NO_INDEX), 1, _MIN_COMBINE)
-        nan_index = tl.minimum(nan_index, chunk_nan)
-        values = tl.where(is_nan | ~class_mask, _NEG_INF, values)  # NaN-free from here on
-        chunk_max = tl.reduce(values, 1, _MAX_COMBINE)
-        first = (values == chunk_max[:, None]) & class_mask
-        chunk_index = tl.reduce(tl.where(first, k[None, :], _NO_INDEX), 1, _MIN_COMBINE)
-        better = chunk_max > best  # strictly: an equal maximum in a later chunk does not win
-        best = tl.where(better, chunk_max, best)
-        best_index = tl.where(better, chunk_index, best_index)
-    # all -inf: best stays -inf and best_index 0, as torch.argmax gives
-    return tl.where(nan_index < _NO_INDEX, nan_index, best_index)
-
-
-@triton.jit
 def _add_aggregated(counts_ptr, stats_ptr, row, vote, sample_mask, num_classes, AGG_K: tl.constexpr,
                     COUNT_ATOMICS: tl.constexpr):
     """counts[row[s], vote[s]] += 1 for the masked samples, one atomic per distinct (row, class)."""
@@ -104,7 +78,8 @@ def _add_aggregated(counts_ptr, stats_ptr, row, vote, sample_mask, num_classes, 
         low = tl.reduce(tl.where(chosen, vote, _NO_INDEX), 0, _MIN_COMBINE)
         high = tl.reduce(tl.where(chosen, vote, -1), 0, _MAX_COMBINE)
         base = counts_ptr + current * num_classes
-        for start in range(low, high + 1, AGG_K):
+        start = low
+        while start <= high:  # not range(low, high + 1): see the module docstring
             k = start + tl.arange(0, AGG_K)
             hits = (chosen[:, None] & (vote[:, None] == k[None, :])).to(tl.int32)
             histogram = tl.reduce(hits, 0, _SUM_COMBINE)
@@ -112,6 +87,7 @@ def _add_aggregated(counts_ptr, stats_ptr, row, vote, sample_mask, num_classes, 
             tl.atomic_add(base + k, histogram.to(tl.int64), mask=touched, sem="relaxed")
             if COUNT_ATOMICS:
                 tl.atomic_add(stats_ptr, tl.reduce(touched.to(tl.int64), 0, _SUM_COMBINE))
+            start += AGG_K
         pending = pending & ~chosen
         current = tl.reduce(tl.where(pending, row, _NO_ROW), 0, _MIN_COMBINE)
 
@@ -128,8 +104,31 @@ def _count_votes_kernel(
     if CLASS_IDS:
         vote = tl.load(scores_ptr + s64, mask=sample_mask, other=0).to(tl.int32)
     else:
-        vote = _argmax_votes(scores_ptr, s64, sample_mask, num_classes, score_stride, COMPUTE_DTYPE, BLOCK_S,
-                             BLOCK_K)
+        # torch.argmax: running (max, first index of the max, first NaN index) over chunks of BLOCK_K classes
+        best = tl.full((BLOCK_S,), _NEG_INF, COMPUTE_DTYPE)
+        best_index = tl.full((BLOCK_S,), 0, tl.int32)
+        nan_index = tl.full((BLOCK_S,), _NO_INDEX, tl.int32)
+        start = 0
+        while start < num_classes:  # not range(num_classes): see the module docstring
+            k = start + tl.arange(0, BLOCK_K)
+            class_mask = (k < num_classes)[None, :]
+            values = tl.load(
+                scores_ptr + s64[:, None] * score_stride + k[None, :],
+                mask=sample_mask[:, None] & class_mask, other=_NEG_INF,
+            ).to(COMPUTE_DTYPE)
+            is_nan = (values != values) & class_mask
+            chunk_nan = tl.reduce(tl.where(is_nan, k[None, :], _NO_INDEX), 1, _MIN_COMBINE)
+            nan_index = tl.minimum(nan_index, chunk_nan)
+            values = tl.where(is_nan | ~class_mask, _NEG_INF, values)  # NaN-free from here on
+            chunk_max = tl.reduce(values, 1, _MAX_COMBINE)
+            first = (values == chunk_max[:, None]) & class_mask
+            chunk_index = tl.reduce(tl.where(first, k[None, :], _NO_INDEX), 1, _MIN_COMBINE)
+            better = chunk_max > best  # strictly: an equal maximum in a later chunk does not win
+            best = tl.where(better, chunk_max, best)
+            best_index = tl.where(better, chunk_index, best_index)
+            start += BLOCK_K
+        # all -inf: best stays -inf and best_index 0, as torch.argmax gives
+        vote = tl.where(nan_index < _NO_INDEX, nan_index, best_index)
     row = tl.load(index_ptr + s64, mask=sample_mask, other=0)
     if AGGREGATE:
         _add_aggregated(counts_ptr, stats_ptr, row, vote, sample_mask, num_classes, AGG_K, COUNT_ATOMICS)

@@ -14,11 +14,11 @@ stopped by its time limit still reports the parts it finished):
   cli       `msrs certify` on the digits test images with the demo models: Cohen certify (sigma 0.5), the cascade
             (0.25 0.5 1.0) and sequential certify (0.5), on the device and on the CPU; rows whose prediction,
             radius or stage differ are reported (information: they follow from moved votes).
-  compile   `msrs certify --compile` (CUDA graphs) against the eager device log of the same run: fp32 must give
-            the eager log (ok only if no row differs). CUDA only.
   validity  tests/test_validity.py with the engine on the device (benchmarks/device_pytest_plugin.py moves each
             SmoothedClassifier there: noise, fused ops and vote counting on the device, the tests' own toy models
             on the CPU). ok if every test passes and engines were built on the device.
+  compile   `msrs certify --compile` (CUDA graphs) against the eager device log of the same run: fp32 must give
+            the eager log (ok only if no row differs). CUDA only; last, as the slowest.
 In --cpu-smoke mode the "device" is the CPU with another batch size (the counts and logs must then be identical).
 """
 from __future__ import annotations
@@ -247,8 +247,8 @@ def main(argv=None) -> int:
     validity = start_validity(device, size, work)  # its own process, beside the parts below
     run_part(report, "counts", counts_part, device, "cpu", size, smoke)
     run_part(report, "cli", cli_part, device, "cpu", size, smoke, work)
-    run_part(report, "compile", compile_part, device, size, work)
     run_part(report, "validity", validity_part, validity, device)
+    run_part(report, "compile", compile_part, device, size, work)  # last: compiling is the slowest part
     failed = [name for name, part in report.data["parts"].items() if part["status"].startswith("failed")]
     return 1 if failed else 0
 

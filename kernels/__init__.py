@@ -4,6 +4,7 @@ On a machine with a GPU
 -----------------------
     python -m pytest -q tests/test_ops_triton.py     # kernels compiled for the GPU, on CUDA tensors, vs the reference
     python benchmarks/ops.py                         # op throughput per backend; includes "triton" on CUDA
+    bash benchmarks/device_check.sh OUT              # everything above and more, in one run (docs/GPU.md)
 Leave TRITON_INTERPRET unset there: the test module sets TRITON_INTERPRET=1 only when torch sees no GPU, and then
 runs the same tests in the interpreter on CPU tensors (about 5 ms per program instance, so the tests use few
 programs), plus a compile-only check of every kernel for sm_90. tests/test_ops.py also runs the triton backend on
@@ -19,7 +20,11 @@ Modules
   philox.py   Philox4x32-10 + Box-Muller device functions (the scheme of msrs.ops.philox), test hook philox_words
   noise.py    sample_noisy       clean images -> noisy samples, optionally scaled to a diffusion timestep
   denoise.py  finalize_denoised  x_t and the UNet's eps -> clamped, classifier-normalised denoised images
-  votes.py    count_votes_       logits or class ids -> atomic int64 vote counts, no host sync
+  votes.py    count_votes_       logits or class ids -> int64 vote counts, summed per program before one atomic
+                                 per (row, class), no host sync
+
+Triton versions: tested with 3.6 and 3.9 (pyproject's test extra). Public Triton API only in compiled code; in the
+interpreter Triton's private reduction combines are used when present, for speed (msrs.kernels.votes).
 
 Each launcher takes the reference's arguments (msrs/ops/reference.py is the contract) on contiguous tensors of one
 device; argument checks are done once by msrs.ops.

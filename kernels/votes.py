@@ -10,12 +10,12 @@ compared in fp64, so no ties appear that torch would not see.
 
 Aggregation before the atomics. The engine's samples are image-major (each image's samples are consecutive rows of
 the batch) and most of an image's samples vote for the same class, so one atomic per sample would make thousands
-of atomics queue on the same counts[row, class] address. Each program therefore first counts its own BLOCK_S votes
-per (row, class) and adds each non-zero count with one atomic: a loop over the distinct rows of the program (one
-or two for the engine's batches; at most BLOCK_S for arbitrary indices), and for each row a histogram over the
-range of classes its samples voted for, in chunks of AGG_K classes. Integer sums, so the result is bit-identical
-to one atomic per sample (and to the reference). atomic_count() gives the number of atomics a launch issues,
-from the launch grid; COUNT_ATOMICS=True makes the kernel count them itself (tests, benchmarks/ops.py).
+of atomics queue on the same counts[row, class] address. Each program therefore groups its BLOCK_S samples by
+(row, class), in the order of each group's first sample, and adds each group's size with one atomic; after
+MAX_GROUPS groups (16: an engine program holds one or two images and a few classes) the remaining samples get one
+atomic each, which bounds the work of a program whatever the indices. Integer sums, so the result is
+bit-identical to one atomic per sample (and to the reference). atomic_count() gives the number of atomics a launch
+issues, from the launch grid; COUNT_ATOMICS=True makes the kernel count them itself (tests, benchmarks/ops.py).
 
 Loops over runtime bounds are while loops, not range(): Triton 3.6's interpreter converts a runtime scalar to an
 int through a one-element array, which NumPy >= 2.4 refuses (fixed in later Triton); compiled, the two are alike.
@@ -36,7 +36,8 @@ _NO_INDEX = tl.constexpr(1 << 30)  # larger than any class index (K < 2^30)
 _NO_ROW = tl.constexpr(1 << 62)  # larger than any row of counts
 _NEG_INF = tl.constexpr(float("-inf"))
 MAX_BLOCK_CLASSES = 256  # class chunk of the argmax: wide rows loop over chunks, so BLOCK_S stays >= 16
-AGG_CLASSES = 32  # class chunk of the per-program histogram
+MIN_SAMPLES_PER_PROGRAM = 16  # what a class chunk leaves of the tile
+MAX_GROUPS = 16  # (row, class) groups per program added with one atomic each; the samples of further groups: one each
 
 
 @triton.jit
@@ -68,35 +69,36 @@ if INTERPRET:
 
 
 @triton.jit
-def _add_aggregated(counts_ptr, stats_ptr, row, vote, sample_mask, num_classes, AGG_K: tl.constexpr,
-                    COUNT_ATOMICS: tl.constexpr):
-    """counts[row[s], vote[s]] += 1 for the masked samples, one atomic per distinct (row, class)."""
+def _add_aggregated(counts_ptr, stats_ptr, row, vote, sample_mask, num_classes, BLOCK_S: tl.constexpr,
+                    MAX_GROUPS: tl.constexpr, COUNT_ATOMICS: tl.constexpr):
+    """counts[row[s], vote[s]] += 1 for the masked samples: the program's samples are grouped by (row, class) in
+    the order of their first sample, each of the first MAX_GROUPS groups added with one atomic, the samples of any
+    further group with one atomic each."""
+    lane = tl.arange(0, BLOCK_S)
     pending = sample_mask
-    current = tl.reduce(tl.where(pending, row, _NO_ROW), 0, _MIN_COMBINE)
-    while current < _NO_ROW:
-        chosen = pending & (row == current)
-        low = tl.reduce(tl.where(chosen, vote, _NO_INDEX), 0, _MIN_COMBINE)
-        high = tl.reduce(tl.where(chosen, vote, -1), 0, _MAX_COMBINE)
-        base = counts_ptr + current * num_classes
-        start = low
-        while start <= high:  # not range(low, high + 1): see the module docstring
-            k = start + tl.arange(0, AGG_K)
-            hits = (chosen[:, None] & (vote[:, None] == k[None, :])).to(tl.int32)
-            histogram = tl.reduce(hits, 0, _SUM_COMBINE)
-            touched = histogram > 0  # only classes in [low, high] that were voted for: all < num_classes
-            tl.atomic_add(base + k, histogram.to(tl.int64), mask=touched, sem="relaxed")
-            if COUNT_ATOMICS:
-                tl.atomic_add(stats_ptr, tl.reduce(touched.to(tl.int64), 0, _SUM_COMBINE))
-            start += AGG_K
-        pending = pending & ~chosen
-        current = tl.reduce(tl.where(pending, row, _NO_ROW), 0, _MIN_COMBINE)
+    groups = 0
+    leader = tl.reduce(tl.where(pending, lane, BLOCK_S), 0, _MIN_COMBINE)  # the first sample not yet counted
+    while (leader < BLOCK_S) & (groups < MAX_GROUPS):
+        is_leader = lane == leader
+        group_row = tl.reduce(tl.where(is_leader, row, 0), 0, _SUM_COMBINE)
+        group_vote = tl.reduce(tl.where(is_leader, vote, 0), 0, _SUM_COMBINE)
+        group = pending & (row == group_row) & (vote == group_vote)
+        size = tl.reduce(group.to(tl.int64), 0, _SUM_COMBINE)
+        tl.atomic_add(counts_ptr + group_row * num_classes + group_vote, size, sem="relaxed")  # one, per program
+        pending = pending & ~group
+        groups += 1
+        leader = tl.reduce(tl.where(pending, lane, BLOCK_S), 0, _MIN_COMBINE)
+    one = tl.full((BLOCK_S,), 1, tl.int64)
+    tl.atomic_add(counts_ptr + row * num_classes + vote, one, mask=pending, sem="relaxed")
+    if COUNT_ATOMICS:
+        tl.atomic_add(stats_ptr, groups + tl.reduce(pending.to(tl.int64), 0, _SUM_COMBINE))
 
 
 @triton.jit
 def _count_votes_kernel(
     counts_ptr, scores_ptr, index_ptr, stats_ptr, num_samples, num_classes, score_stride,
     CLASS_IDS: tl.constexpr, COMPUTE_DTYPE: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_K: tl.constexpr,
-    AGGREGATE: tl.constexpr, AGG_K: tl.constexpr, COUNT_ATOMICS: tl.constexpr,
+    AGGREGATE: tl.constexpr, MAX_GROUPS: tl.constexpr, COUNT_ATOMICS: tl.constexpr,
 ):
     s = tl.program_id(0) * BLOCK_S + tl.arange(0, BLOCK_S)
     sample_mask = s < num_samples
@@ -131,7 +133,8 @@ def _count_votes_kernel(
         vote = tl.where(nan_index < _NO_INDEX, nan_index, best_index)
     row = tl.load(index_ptr + s64, mask=sample_mask, other=0)
     if AGGREGATE:
-        _add_aggregated(counts_ptr, stats_ptr, row, vote, sample_mask, num_classes, AGG_K, COUNT_ATOMICS)
+        _add_aggregated(counts_ptr, stats_ptr, row, vote, sample_mask, num_classes, BLOCK_S, MAX_GROUPS,
+                        COUNT_ATOMICS)
     else:  # one atomic per sample: the kernel before aggregation, kept for benchmarks/ops.py's comparison
         one = tl.full((BLOCK_S,), 1, tl.int64)
         tl.atomic_add(counts_ptr + row * num_classes + vote, one, mask=sample_mask, sem="relaxed")
@@ -143,19 +146,31 @@ def launch_shape(num_samples: int, num_classes: int, class_ids: bool, *, block_s
                  block_classes: Optional[int] = None) -> tuple[int, int, int]:
     """(BLOCK_S samples per program, BLOCK_K classes per argmax chunk, programs) of a launch."""
     block_k = 1 if class_ids else block_classes or min(triton.next_power_of_2(num_classes), MAX_BLOCK_CLASSES)
-    block_s = block_samples or max(1, min(triton.next_power_of_2(max(num_samples, 1)),
-                                          launch_config.votes_tile() // max(block_k, AGG_CLASSES)))
+    per_program = max(MIN_SAMPLES_PER_PROGRAM, launch_config.votes_tile() // max(block_k, MIN_SAMPLES_PER_PROGRAM))
+    block_s = block_samples or max(1, min(triton.next_power_of_2(max(num_samples, 1)), per_program))
     return block_s, block_k, triton.cdiv(num_samples, block_s)
 
 
-def atomic_count(votes: torch.Tensor, index: torch.Tensor, block_samples: int, aggregate: bool = True) -> int:
-    """Atomics a launch issues, from its grid: one per sample without aggregation, else one per distinct
-    (program, row, class), program = sample // block_samples. votes, index: [S] int64 (votes = argmax)."""
-    if not aggregate:
-        return int(votes.numel())
-    program = torch.arange(votes.numel(), device=votes.device) // block_samples
-    keys = torch.stack((program, index.to(torch.int64), votes.to(torch.int64)), dim=1)
-    return int(torch.unique(keys, dim=0).shape[0]) if votes.numel() else 0
+def atomic_count(votes: torch.Tensor, index: torch.Tensor, block_samples: int, aggregate: bool = True,
+                 max_groups: int = MAX_GROUPS) -> int:
+    """Atomics a launch issues, from its grid, in plain torch: one per sample without aggregation; else, per
+    program (samples s // block_samples), one per (row, class) group among the first `max_groups` groups in the
+    order of their first sample, and one per sample of any later group. votes, index: [S] int64 (votes = argmax)."""
+    samples = votes.numel()
+    if not aggregate or samples == 0:
+        return int(samples)
+    program = torch.arange(samples) // block_samples
+    keys = torch.stack((program, index.cpu().to(torch.int64), votes.cpu().to(torch.int64)), dim=1)
+    unique, group = torch.unique(keys, dim=0, return_inverse=True)
+    first = torch.full((unique.shape[0],), samples, dtype=torch.int64).scatter_reduce(
+        0, group, torch.arange(samples), "amin")
+    order = torch.argsort(unique[:, 0] * samples + first)  # groups by program, then by their first sample
+    rank = torch.empty_like(order)
+    group_program = unique[order, 0]
+    starts = torch.searchsorted(group_program, group_program)  # first group of the same program (sorted)
+    rank[order] = torch.arange(order.numel()) - starts
+    aggregated = rank < max_groups
+    return int(aggregated.sum()) + int((~aggregated[group]).sum())
 
 
 def count_votes_(
@@ -191,6 +206,6 @@ def count_votes_(
     _count_votes_kernel[(programs,)](
         counts, scores, index, atomics if count_atomics else counts, num_samples, num_classes, stride,
         CLASS_IDS=class_ids, COMPUTE_DTYPE=dtype, BLOCK_S=block_s, BLOCK_K=block_k,
-        AGGREGATE=aggregate, AGG_K=AGG_CLASSES, COUNT_ATOMICS=count_atomics,
+        AGGREGATE=aggregate, MAX_GROUPS=MAX_GROUPS, COUNT_ATOMICS=count_atomics,
         num_warps=4, enable_fp_fusion=False,
     )

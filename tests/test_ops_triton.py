@@ -599,7 +599,7 @@ def test_kernels_compile_for_a_gpu():
         for scores, ids, dtype, aggregate in cases:
             ptx = build(votes._count_votes_kernel, dict(scores_ptr=scores, **counts),
                         {"CLASS_IDS": ids, "COMPUTE_DTYPE": dtype, "BLOCK_S": 128, "BLOCK_K": 16,
-                         "AGGREGATE": aggregate, "AGG_K": votes.AGG_CLASSES, "COUNT_ATOMICS": False})
+                         "AGGREGATE": aggregate, "MAX_GROUPS": votes.MAX_GROUPS, "COUNT_ATOMICS": False})
             assert re.search(r"(red|atom)\\.global[.a-z]*\\.add\\.u64", ptx), "no 64-bit atomic add"
         words = {"counters_ptr": "*i64", "words_ptr": "*i64", "normals_ptr": "*fp32", "n": "i32", "k0": "u32",
                  "k1": "u32"}

@@ -499,6 +499,31 @@ def test_public_api_backend_triton():
     assert torch.equal(counts, expected_counts)
 
 
+def test_public_api_strided_inputs_made_on_the_device():
+    """Non-contiguous inputs created on the device itself (a CPU tensor sliced and then moved to CUDA arrives
+    contiguous): every other column, channels_last, and logits that are a strided view."""
+    g = _generator(13)
+    wide = _to(torch.rand(2, 3, 5, 8, generator=g))
+    x = wide[..., ::2]  # [2, 3, 5, 4], strides of the wide tensor
+    assert not x.is_contiguous()
+    kwargs = dict(seed=SEEDS[2], image_ids=_to(torch.tensor([4, 9])), diffusion_scale=0.7)
+    torch.testing.assert_close(ops.add_noise(x, 0.5, 3, backend="triton", **kwargs),
+                               ops.add_noise(x.contiguous(), 0.5, 3, backend="torch", **kwargs), rtol=1e-5, atol=1e-5)
+    x_t = _to(torch.randn(4, 3, 5, 4, generator=g)).contiguous(memory_format=torch.channels_last)
+    eps = _to(torch.randn(4, 3, 5, 8, generator=g))[..., 1::2]
+    assert not x_t.is_contiguous() and not eps.is_contiguous()
+    fin = dict(mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3), out_dtype=torch.float32)
+    torch.testing.assert_close(ops.finalize_denoised(x_t, eps, 0.6, backend="triton", **fin),
+                               ops.finalize_denoised(x_t.contiguous(), eps.contiguous(), 0.6, backend="torch", **fin),
+                               rtol=1e-6, atol=1e-6)
+    scores = _to(torch.randn(40, 20, generator=g))[:, ::2]  # rows of 10 logits, class stride 2
+    index = _to(torch.randint(0, 3, (40,), generator=g))
+    counts, expected = (_to(torch.zeros(3, 10, dtype=torch.int64)) for _ in range(2))
+    ops.count_votes_(counts, scores, index, backend="triton")
+    ops.count_votes_(expected, scores.contiguous(), index, backend="torch")
+    assert torch.equal(counts, expected)
+
+
 def test_unavailable_reasons(monkeypatch):
     assert triton_backend.unavailable_reason(DEVICE) is None
     reason = triton_backend.unavailable_reason("meta")

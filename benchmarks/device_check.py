@@ -39,9 +39,9 @@ WHEELHOUSE_ENV = "MSRS_WHEELHOUSE"
 NO_CUDA = "skipped: no CUDA"
 
 # Seconds per step (certify_bench: its two runs). GPU: setup + max(op_tests, engine) + ops_bench + certify_bench
-# = 30 + 180 + 50 + 75 + 130 = 465 s, within 8 minutes even if every step runs to its limit.
+# = 30 + 200 + 45 + 70 + 120 = 465 s, within 8 minutes even if every step runs to its limit.
 TIMEOUTS = {
-    "gpu": {"setup": 30, "op_tests": 180, "engine": 180, "ops_bench": 50, "certify_bench": (75, 130)},
+    "gpu": {"setup": 30, "op_tests": 200, "engine": 200, "ops_bench": 45, "certify_bench": (70, 120)},
     # generous: the smoke checks code paths, and CPU machines shared by many jobs can be 10x slower than idle ones
     "cpu-smoke": {"setup": 300, "op_tests": 600, "engine": 600, "ops_bench": 300, "certify_bench": (600,)},
 }

@@ -40,7 +40,7 @@ import torch  # noqa: E402
 
 SIZES = {
     # images, samples per image (counts); CLI: images, n0, n, batch size; validity tests selected
-    "gpu": dict(count_images=32, count_samples=4000, count_batch=16000, cli_images=16, n0=100, n=2000,
+    "gpu": dict(count_images=16, count_samples=2000, count_batch=8000, cli_images=16, n0=100, n=1000,
                 cli_batch=4000, validity=None),
     "cpu-smoke": dict(count_images=2, count_samples=64, count_batch=50, cli_images=2, n0=10, n=40, cli_batch=100,
                       validity="test_cohen_certificates_are_valid and 0.5"),

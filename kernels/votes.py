@@ -33,7 +33,6 @@ import triton.language as tl
 from . import INTERPRET, launch_config
 
 _NO_INDEX = tl.constexpr(1 << 30)  # larger than any class index (K < 2^30)
-_NO_ROW = tl.constexpr(1 << 62)  # larger than any row of counts
 _NEG_INF = tl.constexpr(float("-inf"))
 MAX_BLOCK_CLASSES = 256  # class chunk of the argmax: wide rows loop over chunks, so BLOCK_S stays >= 16
 MIN_SAMPLES_PER_PROGRAM = 16  # what a class chunk leaves of the tile
@@ -84,7 +83,7 @@ def _add_aggregated(counts_ptr, stats_ptr, row, vote, sample_mask, num_classes, 
         group_vote = tl.reduce(tl.where(is_leader, vote, 0), 0, _SUM_COMBINE)
         group = pending & (row == group_row) & (vote == group_vote)
         size = tl.reduce(group.to(tl.int64), 0, _SUM_COMBINE)
-        tl.atomic_add(counts_ptr + group_row * num_classes + group_vote, size, sem="relaxed")  # one, per program
+        tl.atomic_add(counts_ptr + group_row * num_classes + group_vote, size, sem="relaxed")  # scalar: issued once per program
         pending = pending & ~group
         groups += 1
         leader = tl.reduce(tl.where(pending, lane, BLOCK_S), 0, _MIN_COMBINE)

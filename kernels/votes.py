@@ -83,7 +83,8 @@ def _add_aggregated(counts_ptr, stats_ptr, row, vote, sample_mask, num_classes, 
         group_vote = tl.reduce(tl.where(is_leader, vote, 0), 0, _SUM_COMBINE)
         group = pending & (row == group_row) & (vote == group_vote)
         size = tl.reduce(group.to(tl.int64), 0, _SUM_COMBINE)
-        tl.atomic_add(counts_ptr + group_row * num_classes + group_vote, size, sem="relaxed")  # scalar: issued once per program
+        # a scalar atomic: issued once per program (Triton predicates it to one thread)
+        tl.atomic_add(counts_ptr + group_row * num_classes + group_vote, size, sem="relaxed")
         pending = pending & ~group
         groups += 1
         leader = tl.reduce(tl.where(pending, lane, BLOCK_S), 0, _MIN_COMBINE)

@@ -233,7 +233,8 @@ def validity_part(started, device: str) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, required=True, help="write the step's results here")
-    parser.add_argument("--work", type=Path, default=None, help="folder for the logs it compares (default: beside --json)")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="folder for the logs it compares (default: beside --json)")
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny sizes, the CPU against itself")
     args = parser.parse_args(argv)
     smoke = args.cpu_smoke

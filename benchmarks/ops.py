@@ -170,7 +170,8 @@ def engine_like_logits(images: int, samples: int, classes: int, device) -> tuple
 
 
 def atomic_counts(logits: torch.Tensor, index: torch.Tensor, classes: int) -> dict:
-    """The triton kernel's atomics per launch: counted by the kernel, with and without aggregation, and from the grid."""
+    """The triton kernel's atomics per launch: counted by the kernel (with and without aggregation), and from the
+    launch grid."""
     from msrs.kernels import votes
 
     counts = torch.zeros(int(index.max()) + 1, classes, dtype=torch.int64, device=logits.device)

@@ -30,6 +30,8 @@ Implementations, IMPL[:DTYPE] (same models, same images, same n0 / n / sigma / a
                 device, inference_mode, autocast in DTYPE; --channels-last runs the UNet in channels_last.
   msrs+compile  msrs with compile=True: classifier and UNet through torch.compile at one static batch shape
                 (msrs.compiled: CPU freezing, CUDA graphs on a GPU); compile time reported apart (compile_s).
+  msrs+channels_last  msrs with the UNet in channels_last (as --channels-last, for this impl only, so that one
+                run can hold it beside msrs+compile, which refuses channels_last).
   msrs+sequential, msrs+compile+sequential  (not in the default list) with sequential early stopping
                 (certify_sequential) for target radii 0.25, 0.5, 0.75, 1.0 and n as the budget: different
                 certificates (bounds valid under early stopping), so samples_per_s is an *equivalent* rate,
@@ -63,7 +65,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from msrs.autobatch import _reset_peak, peak_memory_bytes  # noqa: E402
 
-IMPLS = ("reference", "msrs", "msrs+compile", "msrs+sequential", "msrs+compile+sequential")
+IMPLS = ("reference", "msrs", "msrs+compile", "msrs+channels_last", "msrs+sequential", "msrs+compile+sequential")
 DTYPES = ("float32", "bfloat16", "float16")
 DEFAULT_IMPLS = {
     "cpu": "reference,reference:bfloat16,msrs:float32,msrs:bfloat16,msrs+compile:bfloat16",
@@ -277,7 +279,8 @@ def make_runner(impl: str, dtype: torch.dtype, w: dict, args, batch_size: int) -
     from msrs.denoiser import DiffusionDenoiser
     from msrs.smoothing import SmoothedClassifier
 
-    den = DiffusionDenoiser(unet, w["scheduler"], channels_last=args.channels_last).to(images.device).eval()
+    channels_last = args.channels_last or impl == "msrs+channels_last"
+    den = DiffusionDenoiser(unet, w["scheduler"], channels_last=channels_last).to(images.device).eval()
     compiled = impl.startswith("msrs+compile")
     classifier = copy.deepcopy(w["classifier"]) if compiled else w["classifier"]
     sm = SmoothedClassifier(classifier, w["num_classes"], denoiser=den, mean=w["mean"], std=w["std"],
@@ -290,7 +293,7 @@ def make_runner(impl: str, dtype: torch.dtype, w: dict, args, batch_size: int) -
         return predict_eps(x_t, timesteps, **kwargs)
 
     den.predict_eps = recording_predict_eps
-    extra = {"channels_last": args.channels_last, "compiled": compiled}
+    extra = {"channels_last": channels_last, "compiled": compiled}
 
     def run():
         certs = sm.certify(images, sigma, args.n0, args.n, ALPHA, seed=SEED, batch_size=batch_size)
@@ -350,9 +353,9 @@ def unet_flops_per_sample(unet, w: dict, device) -> float:
     return counter.get_total_flops() / 4
 
 
-def matmul_peak_flops(device, dtype: torch.dtype) -> float:
+def matmul_peak_flops(device, dtype: torch.dtype, size: int | None = None) -> float:
     """Measured FLOP/s of a large square matmul in `dtype` on this device: the roofline the UNet's convs face."""
-    size = 2048 if device.type == "cpu" else 8192
+    size = size or (2048 if device.type == "cpu" else 8192)
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
     a @ b
@@ -407,7 +410,7 @@ def bench_workload(name: str, args) -> list[dict]:
         print(f"# {name} round {round_index + 1}/{args.repeat}: "
               + ", ".join(f"{k[0]}:{k[1]}@{k[2]} {v[-1]:.2f}s" for k, v in times.items()), file=sys.stderr, flush=True)
     flops = unet_flops_per_sample(w["unet"], w, device)
-    peak_flops = {dt: matmul_peak_flops(device, getattr(torch, dt)) for dt in {k[1] for k in runners}}
+    peak_flops = {dt: matmul_peak_flops(device, getattr(torch, dt), args.matmul_size) for dt in {k[1] for k in runners}}
     ref_key = next((k for k in times if k[0] == "reference" and k[1] == "float32"), None) or \
         next((k for k in times if k[0] == "reference"), None)
     ref = statistics.median(times[ref_key]) if ref_key else None
@@ -480,6 +483,9 @@ def main(argv=None) -> int:
     p.add_argument("--channels-last", action="store_true", help="msrs impls: UNet in channels_last")
     p.add_argument("--repeat", type=int, default=3, help="timed rounds (median reported)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    p.add_argument("--matmul-size", type=int, default=None,
+                   help="side of the square matmul that measures the peak FLOP/s (default 2048 on a CPU, 8192 on a "
+                        "GPU; smaller for smoke runs: bf16 is emulated, and slow, on CPUs without AVX512-BF16)")
     p.add_argument("--json", type=Path, default=None, help="write the records to this file")
     args = p.parse_args(argv)
     if args.threads:

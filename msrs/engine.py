@@ -210,7 +210,7 @@ class Engine:
         batcher = AutoBatcher(min(batch_size, cap) if cap else batch_size, device=self.device)
         for static in self._static:  # one static shape for the whole run: the first call's batch size
             if static.size is None:
-                static.size = batcher.batch_size
+                static.reserve(batcher.batch_size)
         with self._modes(), torch.inference_mode(), self._autocast():
             step = self._prepare(sigma)
             lo = first

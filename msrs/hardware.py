@@ -151,28 +151,45 @@ def _family(architecture: str) -> str:
     return "other"
 
 
+def _flags_say(wanted: tuple, flags: Optional[frozenset], name: str) -> tuple:
+    """(native by the cpuinfo flags or None when unknown, how to say it)."""
+    if flags is None:
+        return None, "no cpuinfo flags"
+    present = [f for f in wanted if f in flags]
+    if present:
+        return True, "cpuinfo lists " + ", ".join(present)
+    return False, "cpuinfo has no " + ("/".join(wanted) if wanted else f"known {name} flag")
+
+
+def _torch_says(keys: list, report: Mapping) -> tuple:
+    """(native by torch's detection or None when torch reports none of ``keys``, how to say it)."""
+    capability = report.get("capability") or "unknown"
+    if not keys:
+        return None, f"torch reports no such feature (kernels: {capability})"
+    present = [k for k in keys if report[k]]
+    if present:
+        return True, f"torch detects {'/'.join(present)} (kernels: {capability})"
+    return False, f"torch detects no {'/'.join(keys)} (kernels: {capability})"
+
+
 def cpu_native(dtype: torch.dtype, *, flags: Optional[frozenset], report: Mapping) -> tuple:
     """(native, reason) for ``dtype`` on a CPU with these cpuinfo ``flags`` (None: unknown) and torch ``report``
-    (torch_cpu_report()).  float32 is always native."""
+    (torch_cpu_report()).  float32 is always native; bf16 / fp16 need both sources to agree where both speak."""
     if dtype == torch.float32:
         return True, "float32 is native everywhere"
     name = _dtype_name(dtype)
     family = _family(report.get("architecture") or "")
     wanted = (BF16_CPU_FLAGS if dtype == torch.bfloat16 else FP16_CPU_FLAGS).get(family, ())
-    capability = report.get("capability") or "unknown"
-    by_flags = None if flags is None else bool(wanted) and any(f in flags for f in wanted)
-    torch_keys = [k for k in _TORCH_KEYS[name] if k in report] if family == "x86" else []
-    by_torch = any(report[k] for k in torch_keys) if torch_keys else None
-    flag_text = (f"cpuinfo {'lists ' + ', '.join(f for f in wanted if f in flags) if by_flags else 'has no ' + '/'.join(wanted or ('known ' + name + ' flag',))}"
-                 if flags is not None else "no cpuinfo flags")
-    torch_text = f"torch detects {'/'.join(k for k in torch_keys if report[k]) if by_torch else 'no ' + '/'.join(torch_keys) if torch_keys else 'nothing it reports'} (kernels: {capability})"
+    by_flags, flag_text = _flags_say(wanted, flags, name)
+    # torch's feature report is x86-only (its Arm answers are always False): ask it on x86 alone
+    by_torch, torch_text = _torch_says([k for k in _TORCH_KEYS[name] if k in report] if family == "x86" else [],
+                                       report)
     if by_flags is None and by_torch is None:
-        return False, f"{name} support unknown on this {family} CPU (no cpuinfo flags, torch reports none)"
+        return False, f"{name} support unknown on this {family} CPU ({flag_text}; {torch_text})"
     if by_flags is not None and by_torch is not None and by_flags != by_torch:
         return False, f"{name} not treated as native: {flag_text} but {torch_text}"
     native = by_flags if by_flags is not None else by_torch
-    what = "native" if native else "emulated"
-    return bool(native), f"{name} {what} on this CPU: {flag_text}; {torch_text}"
+    return bool(native), f"{name} {'native' if native else 'emulated'} on this CPU: {flag_text}; {torch_text}"
 
 
 # --------------------------------------------------------------------------------------------------------- GPU facts
@@ -183,8 +200,8 @@ def gpu_native(dtype: torch.dtype, device: torch.device) -> tuple:
     index = device.index if device.index is not None else torch.cuda.current_device()
     major, minor = torch.cuda.get_device_capability(index)
     name = _dtype_name(dtype)
-    if torch.version.hip:  # ROCm: every GPU torch supports has bf16 and fp16 units (matrix cores from CDNA on)
-        return True, f"{name} native on ROCm device {index} (gfx capability {major}.{minor})"
+    if torch.version.hip:  # ROCm: torch reports bf16 and fp16 as supported on every GPU; msrs takes its word
+        return True, f"{name} taken as native on ROCm device {index} (gfx {major}.{minor}; not checked by msrs)"
     if dtype == torch.bfloat16:
         try:
             supported = torch.cuda.is_bf16_supported(including_emulation=False)

@@ -67,10 +67,32 @@ from msrs.autobatch import _reset_peak, peak_memory_bytes  # noqa: E402
 
 IMPLS = ("reference", "msrs", "msrs+compile", "msrs+channels_last", "msrs+sequential", "msrs+compile+sequential")
 DTYPES = ("float32", "bfloat16", "float16")
+# The default rows follow the hardware (msrs.hardware): bf16 rows only where bf16 is native. Where it is emulated
+# (CPUs without AVX512-BF16 / AMX, GPUs before compute capability 8.0) a bf16 row is 10-60x slower than fp32 and
+# the default run would not finish its warm-up in 10 minutes on a 2-core AVX2 CPU.
 DEFAULT_IMPLS = {
     "cpu": "reference,reference:bfloat16,msrs:float32,msrs:bfloat16,msrs+compile:bfloat16",
     "cuda": "reference,reference:bfloat16,msrs:bfloat16,msrs+compile:bfloat16",
+    "emulated-bf16": "reference,msrs:float32,msrs+compile:float32",
 }
+
+
+def default_impls(device: str) -> str:
+    """The default --impls for ``device``: DEFAULT_IMPLS["cpu"] / ["cuda"] where bf16 is native there,
+    DEFAULT_IMPLS["emulated-bf16"] (float32 rows only) where it is not."""
+    from msrs import hardware
+
+    native, _ = hardware.native_support(torch.bfloat16, device)
+    if not native:
+        return DEFAULT_IMPLS["emulated-bf16"]
+    return DEFAULT_IMPLS["cuda" if torch.device(device).type == "cuda" else "cpu"]
+
+
+def default_dtype(device: str) -> str:
+    """The dtype of msrs impls given without :DTYPE: msrs.hardware.resolve_dtype("auto", device)."""
+    from msrs import hardware
+
+    return str(hardware.resolve_dtype("auto", device)[0]).replace("torch.", "")
 TARGET_RADII = (0.25, 0.5, 0.75, 1.0)
 DEFAULTS = {
     # workload: images, n0, n, batch size, sigma
@@ -467,7 +489,9 @@ def main(argv=None) -> int:
     p.add_argument("--workloads", default="demo,cifar10-ddpm", help="comma-separated: " + ", ".join(DEFAULTS))
     p.add_argument("--impls", default=None,
                    help="comma-separated IMPL[:DTYPE], IMPL one of " + ", ".join(IMPLS) + "; default on a CPU: "
-                        + DEFAULT_IMPLS["cpu"] + "; on a GPU: " + DEFAULT_IMPLS["cuda"])
+                        + DEFAULT_IMPLS["cpu"] + "; on a GPU: " + DEFAULT_IMPLS["cuda"] + "; where bf16 is "
+                        "emulated (msrs.hardware; AVX2-only CPUs, GPUs before sm_80): "
+                        + DEFAULT_IMPLS["emulated-bf16"])
     p.add_argument("--n", type=int, default=None, help="estimation samples per image (default: per workload)")
     p.add_argument("--n0", type=int, default=None, help="selection samples per image (default: per workload)")
     p.add_argument("--images", type=int, default=None)
@@ -478,8 +502,9 @@ def main(argv=None) -> int:
     p.add_argument("--sigma", type=float, default=None)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default=None, choices=DTYPES,
-                   help="autocast dtype of the msrs impls given without :DTYPE (default: bfloat16 on a GPU, float32 on "
-                        "a CPU); the reference without :DTYPE runs in float32, as the field's code does")
+                   help="autocast dtype of the msrs impls given without :DTYPE (default: bfloat16 where it is native, "
+                        "float32 elsewhere: msrs.hardware.resolve_dtype('auto')); the reference without :DTYPE runs "
+                        "in float32, as the field's code does")
     p.add_argument("--channels-last", action="store_true", help="msrs impls: UNet in channels_last")
     p.add_argument("--repeat", type=int, default=3, help="timed rounds (median reported)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
@@ -490,8 +515,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
-    spec = args.impls or DEFAULT_IMPLS["cuda" if args.device.startswith("cuda") else "cpu"]
+    args.dtype = args.dtype or default_dtype(args.device)
+    spec = args.impls or default_impls(args.device)
     try:
         impls = [parse_impl(i, args.dtype) for i in spec.split(",") if i.strip()]
     except ValueError as err:

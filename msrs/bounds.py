@@ -24,7 +24,7 @@ Why the two sequential bounds stay valid whatever the stopping rule:
 
 Alpha spending ("spending", the default; the Bonferroni form of alpha spending over interim looks, Lan & DeMets,
 Biometrika 1983). Look k uses the exact one-sided Clopper-Pearson bounds (Clopper & Pearson, Biometrika 1934;
-msrs.stats) on the t_k samples drawn so far, each side at level alpha * w_k, with w_1 + ... + w_K = 1
+above) on the t_k samples drawn so far, each side at level alpha * w_k, with w_1 + ... + w_K = 1
 (spending_weights: by default w_K = 0.9 at the final look and 0.1 / (K - 1) at each earlier one; AlphaSpending).
 Why the stopped certificate is valid, whatever the stopping rule:
   * t_k is fixed before sampling and w_k does not depend on the data, so the bound at look k is an ordinary fixed-n
@@ -334,7 +334,7 @@ def spending_weights(num_looks: int, final_share: float | None = None, weights=N
 
 class AlphaSpending:
     """Bound object for the stopping rules: at look k (trials = looks[k], fixed before sampling) the exact
-    one-sided Clopper-Pearson bounds at level * w_k on each side (msrs.stats); weights w from spending_weights.
+    one-sided Clopper-Pearson bounds at level * w_k on each side (above); weights w from spending_weights.
     Evaluating it at a trials count that is not a look is an error: the spent levels are defined per look."""
 
     name = "spending"

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from . import checks
+from .data import FOLDER_LABELS
 from .presets import PRESETS, describe
 
 __all__ = ["add_arguments", "run"]
@@ -63,6 +64,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     data.add_argument("--image-size", type=_positive_int, nargs="+", default=None, metavar="N",
                       help="folder: resize images to N (square) or H W")
     data.add_argument("--grayscale", action="store_true", help="folder: load images as 1-channel grayscale")
+    data.add_argument("--class-names", nargs="+", default=None, metavar="NAME", help=FOLDER_LABELS)
     data.add_argument("--skip", type=_positive_int, default=None, metavar="K",
                       help="certify every K-th image (default 1)")
     data.add_argument("--max", type=_positive_int, default=None, metavar="N", dest="max_images",
@@ -140,12 +142,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     run_.add_argument("--backend", choices=("auto", "torch", "cpp", "triton"), default="auto",
                       help="fused-op backend (default: the fastest available)")
     run_.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when available)")
-    run_.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
-                      help="classifier / denoiser compute dtype (default float32; bfloat16 is about 2x faster on "
-                           "CPUs with AVX512-BF16 or AMX and on GPUs)")
+    run_.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
+                      help="classifier / denoiser compute dtype (default auto: bfloat16 where the hardware has it "
+                           "natively, GPUs from compute capability 8.0 and CPUs with AVX512-BF16 or AMX, float32 "
+                           "elsewhere; forcing an emulated dtype prints a warning); the dtype used is recorded")
     run_.add_argument("--compile", action="store_true",
                       help="torch.compile the classifier and the denoiser at one static batch shape "
-                           "(msrs.compiled); compiling takes tens of seconds on a CPU, recorded in the log's "
+                           "(msrs.compiled): worth it for long runs only (compiling takes one to several minutes "
+                           "on a CPU; msrs says whether the run is long enough), recorded in the log's "
                            "configuration")
     run_.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -162,9 +166,25 @@ def run(args: argparse.Namespace) -> int:
 
     device = distributed.init_from_env(device)  # torchrun: this rank's device (cuda:LOCAL_RANK), gloo / nccl
     try:
+        if distributed.is_main():
+            _check_outs(args, runs)
         return _certify(args, runs, device)
     finally:
         distributed.shutdown()
+
+
+def _check_outs(args, runs) -> None:
+    """Every log can be written, and none would be refused (finished, or started with other settings), before any
+    data or model loads (msrs.logs.check_out)."""
+    from . import logs
+
+    for config, out in runs:
+        columns = logs.CASCADE_COLUMNS if config.cascade else logs.COLUMNS
+        if config.sequential is not None:
+            columns = columns + ("samples",)
+        settings = {k: v for k, v in config.record().items() if k != "sequential"}
+        settings["selection"] = {"indices": args.indices, "skip": args.skip, "max_images": args.max_images}
+        logs.check_out(out, overwrite=args.overwrite, columns=columns, config=settings)
 
 
 def _apply_preset(args) -> None:
@@ -220,7 +240,8 @@ def _certify(args, runs, device) -> int:
 
     main = distributed.is_main()
     size = None if args.image_size is None else (args.image_size * 2)[:2]
-    dataset = load_dataset(args.dataset, split=args.split, size=size, mode="L" if args.grayscale else None)
+    dataset = load_dataset(args.dataset, split=args.split, size=size, mode="L" if args.grayscale else None,
+                           class_names=args.class_names)
     loaded, mean, std = _load_classifier(args, dataset, device)
     denoiser = _load_denoiser(args, device)
     if not args.quiet and main:
@@ -228,10 +249,13 @@ def _certify(args, runs, device) -> int:
         print(f"msrs: {dataset!r}; classifier {loaded.kind} {args.classifier!r}, normalisation {how}",
               file=sys.stderr)
     smoothed = _engine(args, loaded, mean, std, denoiser, dataset, device)
-    run_info = _run_record(args, loaded, mean, std, smoothed.num_classes, denoiser)
+    if main and not args.quiet:
+        _say_speed_settings(args, smoothed, runs, dataset, device)
+    run_info = _run_record(args, loaded, mean, std, smoothed, denoiser)
     extra_info = {"dataset": args.dataset, "classifier": args.classifier, "weights": args.weights,
                   "denoiser": args.denoiser, "device": str(device), "backend": args.backend,
-                  "world_size": distributed.world_size(), "preset": args.preset}
+                  "world_size": distributed.world_size(), "preset": args.preset, "dtype": args.dtype,
+                  "dtype_reason": smoothed.dtype_reason, "class_index": dataset.class_index()}
     outs = [runner.certify_dataset(smoothed, dataset, out, config, group_size=args.group_size, skip=args.skip,
                                    max_images=args.max_images, indices=args.indices,
                                    progress=not args.quiet and main, overwrite=args.overwrite, run_info=run_info,
@@ -270,18 +294,33 @@ def _load_denoiser(args, device):
 
 
 def _engine(args, loaded, mean, std, denoiser, dataset, device):
-    import torch
-
     from .smoothing import SmoothedClassifier
 
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
     return SmoothedClassifier(loaded.model, args.num_classes or dataset.num_classes, denoiser=denoiser, mean=mean,
                               std=std, device=device, backend=None if args.backend == "auto" else args.backend,
-                              dtype=dtype, compile=args.compile, input_size=loaded.input_size,
+                              dtype=args.dtype, compile=args.compile, input_size=loaded.input_size,
                               resize_mode=loaded.resize_mode)
 
 
-def _run_record(args, loaded, mean, std, num_classes, denoiser) -> dict:
+def _say_speed_settings(args, smoothed, runs, dataset, device) -> None:
+    """One line on the dtype (a warning where a forced one is emulated), and with --compile whether the run is long
+    enough for compiling to pay and that the first batch compiles."""
+    from . import hardware
+
+    if args.dtype == "auto":
+        print(f"msrs: dtype {str(smoothed.dtype).replace('torch.', '')} ({smoothed.dtype_reason})", file=sys.stderr)
+    else:
+        hardware.warn_if_slow(smoothed.dtype, device)
+    if args.compile:
+        images = len(dataset) if args.indices is None else len(args.indices)
+        images = -(-images // args.skip) if args.max_images is None else min(args.max_images, -(-images // args.skip))
+        samples = sum(images * (config.n0 + config.n) * len(config.sigmas) for config, _ in runs)
+        worth, why = hardware.compile_advice(samples, device)
+        print(f"msrs: --compile: the first batch compiles the classifier and the denoiser (one to several minutes "
+              f"on a CPU); {why}", file=sys.stderr)
+
+
+def _run_record(args, loaded, mean, std, smoothed, denoiser) -> dict:
     """What identifies the models of a run in its log's sidecar (compared on resume)."""
     from .fingerprint import file_fingerprint
 
@@ -293,9 +332,9 @@ def _run_record(args, loaded, mean, std, num_classes, denoiser) -> dict:
     record = {
         "classifier": {"kind": loaded.kind, "factory": loaded.spec if loaded.kind == "factory" else None,
                        "files": files, "mean": list(mean) if mean else None, "std": list(std) if std else None,
-                       "num_classes": num_classes},
+                       "num_classes": smoothed.num_classes},
         "denoiser": None if denoiser is None else _describe_denoiser(denoiser),
-        "dtype": args.dtype,
+        "dtype": str(smoothed.dtype).replace("torch.", ""),  # the dtype used, never "auto": votes differ by dtype
     }
     if args.compile:  # compiled kernels may round differently: a resume must compile too (absent: older logs match)
         record["compile"] = True

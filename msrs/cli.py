@@ -63,27 +63,31 @@ COMMANDS = {
 
 # -------------------------------------------------------------------------------------------------------------- report
 def add_report_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("files", nargs="+", metavar="FILE", help="certification logs (TSV)")
+    p.add_argument("files", nargs="+", metavar="FILE_OR_DIR",
+                   help="certification logs (TSV), or folders of them (every *.tsv, sorted)")
     p.add_argument("--radii", type=float, nargs="+", default=None,
                    help="radii to add to the default 0 0.25 0.5 0.75 1 1.5 2")
+    p.add_argument("--ci", action="store_true",
+                   help="the test images are a sample too: add an exact (Clopper-Pearson) confidence interval for "
+                        "each certified accuracy over the images, in the table and as bands in the plot")
+    p.add_argument("--confidence", type=float, default=0.95, help="level of those intervals (default 0.95)")
     p.add_argument("--plot", default=None, metavar="OUT.png", help="write certified accuracy against radius")
     p.add_argument("--max-radius", type=float, default=None, help="x-axis limit of the plot")
     p.add_argument("--title", default="Certified accuracy", help="plot title")
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from . import report
+    from . import checks, report
 
-    for path in args.files:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"files: {path!r} does not exist" if not os.path.exists(path)
-                                    else f"files: {path!r} is not a file")
+    confidence = checks.number("confidence", args.confidence, 0.0, 1.0, low_open=True, high_open=True)
+    if args.max_radius is not None:
+        checks.number("max-radius", args.max_radius, 0.0, low_open=True)
+    files = report.log_paths(args.files)
     radii = report.radii_with(args.radii)
-    print(report.format_table(report.summarize(args.files, radii)))
+    print(report.format_table(report.summarize(files, radii, confidence=confidence), ci=args.ci))
     if args.plot:
-        if args.max_radius is not None and not args.max_radius > 0:
-            raise ValueError(f"max-radius: must be > 0, got {args.max_radius}")
-        out = report.plot(args.files, args.plot, max_radius=args.max_radius, title=args.title)
+        out = report.plot(files, args.plot, max_radius=args.max_radius, title=args.title, ci=args.ci,
+                          confidence=confidence)
         print(f"wrote {out}")
     return 0
 

@@ -118,7 +118,7 @@ class CertifyConfig:
         if self.n0 > self.n:
             raise checks.ArgumentValueError(f"n0: must be <= n (selection samples at most the estimation samples), "
                                             f"got n0={self.n0} > n={self.n}")
-        _set(self, "alpha", checks.level("alpha", self.alpha))
+        _set(self, "alpha", checks.level("alpha", self.alpha, array_ok=False))
         _set(self, "p0", checks.probability_threshold("p0", self.p0))
         _set(self, "seed", checks.integer("seed", self.seed, 0, MAX_SEED))
         _set(self, "batch_size", checks.integer("batch_size", self.batch_size, 1))

@@ -48,6 +48,8 @@ the README's idle figures (compile 7-20 s per model, fp32 --compile 1.23x the ea
 """
 from __future__ import annotations
 
+import os
+
 import platform
 import sys
 from typing import Mapping, Optional, Union
@@ -70,6 +72,7 @@ __all__ = [
 ]
 
 DTYPE_REQUESTS = ("auto", "float32", "bfloat16", "float16")
+AUTO_DTYPE_ENV = "MSRS_AUTO_DTYPE"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 BF16_CPU_FLAGS = {"x86": ("avx512_bf16", "amx_bf16"), "arm": ("bf16",)}
 FP16_CPU_FLAGS = {"x86": ("avx512_fp16", "amx_fp16"), "arm": ()}
@@ -246,6 +249,8 @@ def resolve_dtype(request: Union[str, torch.dtype], device: DeviceLike) -> tuple
 
     "auto": bfloat16 where it is native (CUDA compute capability >= 8.0, CPUs with AVX512-BF16 / AMX-BF16 / Arm BF16),
     float32 otherwise (float16 is never chosen automatically: its range can overflow in models trained in float32).
+    The environment variable MSRS_AUTO_DTYPE (float32 / bfloat16 / float16) pins what "auto" means, e.g. to compare
+    runs across machines (the test suite pins float32, so that its exact comparisons do not depend on the CPU).
     "float32" / "bfloat16" / "float16" (or the torch dtypes): that dtype, with whether it is native in the reason."""
     if isinstance(request, torch.dtype):
         if request not in _DTYPES.values():
@@ -253,6 +258,11 @@ def resolve_dtype(request: Union[str, torch.dtype], device: DeviceLike) -> tuple
         request = _dtype_name(request)
     if not isinstance(request, str) or request not in DTYPE_REQUESTS:
         raise ValueError(f"dtype: expected one of {', '.join(DTYPE_REQUESTS)}, got {request!r}")
+    pinned = os.environ.get(AUTO_DTYPE_ENV)
+    if request == "auto" and pinned:
+        if pinned not in _DTYPES:
+            raise ValueError(f"{AUTO_DTYPE_ENV}: expected one of {', '.join(_DTYPES)}, got {pinned!r}")
+        return _DTYPES[pinned], f"auto: {pinned}, pinned by {AUTO_DTYPE_ENV}"
     if request != "auto":
         dtype = _DTYPES[request]
         if dtype == torch.float32:

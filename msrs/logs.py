@@ -239,7 +239,10 @@ def read_sidecar(out: PathLike) -> Optional[dict]:
     except (OSError, ValueError) as e:
         raise ValueError(f"out: the run configuration {str(path)!r} is unreadable ({e}); pass --overwrite to start "
                          "afresh") from None
-    if not isinstance(payload, dict) or payload.get("format") != SIDECAR_FORMAT or "run" not in payload:
+    columns = payload.get("columns", []) if isinstance(payload, dict) else None
+    if not isinstance(payload, dict) or payload.get("format") != SIDECAR_FORMAT \
+            or not isinstance(payload.get("run"), dict) \
+            or not (isinstance(columns, list) and all(isinstance(c, str) for c in columns)):
         raise ValueError(f"out: {str(path)!r} is not an msrs run configuration; pass --overwrite to start afresh")
     return payload
 
@@ -285,12 +288,17 @@ def read_log(path: PathLike, *, required: Sequence[str] = COLUMNS, skip_partial:
     being written or killed) is skipped when ``skip_partial``; any other malformed line is an error."""
     path = Path(path)
     try:
-        text = path.read_bytes().decode("utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise FileNotFoundError(f"{str(path)!r} does not exist") from None
-    except (OSError, UnicodeDecodeError) as e:
+    except OSError as e:
         raise ValueError(f"{str(path)!r} is unreadable ({e})") from None
-    lines = text.split("\n")
+    lines = []
+    for number, raw in enumerate(data.split(b"\n"), start=1):  # decoded line by line, to name the damaged one
+        try:
+            lines.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{str(path)!r} line {number}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     partial = lines.pop()  # "" when the file ends with a newline
     if partial and not skip_partial:
         lines.append(partial)

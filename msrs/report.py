@@ -29,7 +29,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from . import logs, stats
+from . import bounds, logs
 
 __all__ = ["DEFAULT_CONFIDENCE", "DEFAULT_RADII", "Summary", "accuracy_interval", "acr", "certified_accuracy",
            "figure", "format_table", "load", "log_paths", "plot", "radii_with", "summarize"]
@@ -102,7 +102,7 @@ def accuracy_interval(certified: np.ndarray, num_images: int, confidence: float 
     if num_images <= 0:
         nan = np.full(certified.shape, np.nan)
         return nan, nan
-    lower, upper = stats.clopper_pearson_interval(certified.astype(np.int64), int(num_images), 1.0 - confidence)
+    lower, upper = bounds.clopper_pearson_interval(certified.astype(np.int64), int(num_images), 1.0 - confidence)
     return np.asarray(lower, dtype=np.float64), np.asarray(upper, dtype=np.float64)
 
 

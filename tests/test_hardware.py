@@ -38,6 +38,24 @@ TORCH_SPR = {"capability": "AVX512", "architecture": "x86_64", "avx512_bf16": Tr
 TORCH_ARM = {"capability": "SVE256", "architecture": "aarch64"}
 
 
+@pytest.fixture(autouse=True)
+def unpinned(monkeypatch):
+    """The suite pins "auto" to float32 (conftest.py); these tests are about what "auto" means unpinned."""
+    monkeypatch.delenv(hardware.AUTO_DTYPE_ENV, raising=False)
+
+
+def test_the_environment_pins_what_auto_means(monkeypatch, cpu_like):
+    cpu_like(SAPPHIRE_RAPIDS, TORCH_SPR)
+    assert hardware.resolve_dtype("auto", "cpu")[0] == torch.bfloat16
+    monkeypatch.setenv(hardware.AUTO_DTYPE_ENV, "float32")
+    dtype, reason = hardware.resolve_dtype("auto", "cpu")
+    assert dtype == torch.float32 and hardware.AUTO_DTYPE_ENV in reason
+    assert hardware.resolve_dtype("bfloat16", "cpu")[0] == torch.bfloat16  # only "auto" is pinned
+    monkeypatch.setenv(hardware.AUTO_DTYPE_ENV, "fp8")
+    with pytest.raises(ValueError, match=hardware.AUTO_DTYPE_ENV):
+        hardware.resolve_dtype("auto", "cpu")
+
+
 def test_cpu_flags_from_cpuinfo_text():
     assert {"avx2", "fma", "f16c"} <= hardware.cpu_flags(EPYC_AVX2)
     assert "avx512_bf16" not in hardware.cpu_flags(EPYC_AVX2)

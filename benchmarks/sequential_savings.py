@@ -65,7 +65,7 @@ VARIANTS = {
     "previous": {"growth": 2.0, "first": "n/256", "futility": None},
     "previous+futility": {"growth": 2.0, "first": "n/256"},
     "previous+looks": {"futility": None},
-    "futility-0.02": {"futility": 0.02},
+    "futility-0.05": {"futility": 0.05},
     "futility-0.1": {"futility": 0.1},
     "futility-no-ramp": {"futility_ramp": 0.0},
     "final-share-0.7": {"final_share": 0.7},

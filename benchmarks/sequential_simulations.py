@@ -5,7 +5,7 @@ the hindsight oracle of benchmarks/sequential_savings.py.
         --seeds 16 --json benchmarks/results/sequential_simulations_smooth.json
 
 A population is 100 smoothed probabilities pA = Phi(r / sigma), r the fixed-n radii of a recorded benchmark run
-(abstentions spread over [0.3, 0.5]); each seed draws one Bernoulli(pA) stream of n samples per image, and every
+(abstentions spread over [0.3, 0.5]; population()); each seed draws one Bernoulli(pA) stream of n samples per image, and every
 rule sees the same streams. Per rule: the mean (and worst) ratio of fixed-n samples to the rule's, the mean (and
 worst) ratio of the rule's samples to the oracle's, the mean number of images per 100 whose bucket differs from
 fixed n's, and the fraction of seeds whose certified counts differ by at most one image at every radius (the
@@ -37,12 +37,13 @@ RULES = {
     "previous (doubling looks from n/256, curtailment)": {"growth": 2.0, "first": "n/256", "futility": None},
     "previous + futility": {"growth": 2.0, "first": "n/256"},
     "looks 1.1, curtailment": {"futility": None},
-    "default (looks 1.1, futility 0.05, ramp 0.1)": {},
-    "futility 0.02": {"futility": 0.02},
+    "default (looks 1.1, futility 0.02, ramp 0.1)": {},
+    "futility 0.05": {"futility": 0.05},
     "futility 0.1": {"futility": 0.1},
     "futility 0.2": {"futility": 0.2},
-    "futility 0.05, no ramp": {"futility_ramp": 0.0},
-    "futility 0.05, ramp 0.3": {"futility_ramp": 0.3},
+    "futility 0.02, no ramp": {"futility_ramp": 0.0},
+    "futility 0.05, no ramp": {"futility": 0.05, "futility_ramp": 0.0},
+    "futility 0.02, ramp 0.3": {"futility_ramp": 0.3},
     "final share 0.7": {"final_share": 0.7},
     "final share 0.5": {"final_share": 0.5},
     "looks 1.25": {"growth": 1.25},
@@ -51,13 +52,19 @@ RULES = {
 }
 
 
-def population(path: Path) -> tuple[np.ndarray, float]:
-    record = json.loads(path.read_text())[0]
-    sigma = record["sigmas"][0]
+def population(path: Path, config: str | None = None) -> tuple[np.ndarray, float]:
+    """pA per image from a recorded run's fixed-n radii. An image whose radius is the largest that n samples
+    allow (every vote for its class: Clopper-Pearson lower alpha^(1/n)) gets the Jeffreys posterior mean
+    1 - 1/2 / (n + 1) instead: its pA is not the bound, it is nearer 1."""
+    records = json.loads(path.read_text())
+    record = next(r for r in records if config is None or r["config"] == config)
+    sigma, n, alpha = record["sigmas"][0], record["n"], record["alpha"]
     radii = np.asarray(record["fixed"]["radii"] if "fixed" in record else record["runs"]["fixed"]["radii"])
     p = norm.cdf(radii / sigma)
     zero = radii <= 0
     p[zero] = np.linspace(0.3, 0.5, zero.sum())
+    all_votes = np.isclose(radii, sigma * norm.ppf(alpha ** (1 / n)), atol=1e-3)
+    p[all_votes] = 1 - 0.5 / (n + 1)
     return p, sigma
 
 
@@ -131,6 +138,7 @@ def clairvoyant(setting, cum, final, lowers, looks):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--population", type=Path, required=True, help="a benchmarks/sequential_savings.py JSON")
+    ap.add_argument("--config", default=None, help="the record of that JSON to use (default: the first)")
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--alpha", type=float, default=0.001)
     ap.add_argument("--target-radii", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0])
@@ -140,7 +148,7 @@ def main(argv=None) -> int:
     ap.add_argument("--clairvoyant", action="store_true")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
-    p, sigma = population(args.population)
+    p, sigma = population(args.population, args.config)
     setting = Setting(sigma, args.n, args.alpha, args.target_radii)
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     data = []
@@ -148,7 +156,7 @@ def main(argv=None) -> int:
         cum = streams(p, args.n, seed)
         data.append((cum, *setting.oracle(cum)))
     fixed_total = (args.n + N0) * p.size
-    out = {"population": str(args.population), "sigma": sigma, "n": args.n, "alpha": args.alpha,
+    out = {"population": str(args.population), "config": args.config, "sigma": sigma, "n": args.n, "alpha": args.alpha,
            "target_radii": args.target_radii, "seeds": list(seeds), "rules": {}, "clairvoyant": {}}
     for name in args.rules or RULES:
         rows = []

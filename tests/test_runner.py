@@ -317,7 +317,7 @@ def test_sequential_logs_add_samples_record_the_bound_and_resume(tmp_path):
     sidecar = json.loads(logs.sidecar_path(full).read_text())
     assert sidecar["run"]["method"] == "sequential_cascade" and sidecar["run"]["alpha_schedule"] == "union"
     assert sidecar["run"]["sequential"] == {"target_radii": [0.25, 0.5], "bound": "spending",
-                                            "looks": [64, 71, 79, 87, 100], "final_share": 0.9, "futility": 0.05,
+                                            "looks": [64, 71, 79, 87, 100], "final_share": 0.9, "futility": 0.02,
                                             "futility_ramp": 0.1}
     out = tmp_path / "resumed.tsv"
     with pytest.raises(Interrupt):
@@ -332,7 +332,7 @@ def test_sequential_logs_add_samples_record_the_bound_and_resume(tmp_path):
     assert single.sequential == ([0.25, 0.5], "cs")
     assert logs.read_log(one)["columns"] == logs.COLUMNS + ("samples",)
     assert json.loads(logs.sidecar_path(one).read_text())["run"]["sequential"] == {
-        "target_radii": [0.25, 0.5], "bound": "cs", "futility": 0.05, "futility_ramp": 0.1}
+        "target_radii": [0.25, 0.5], "bound": "cs", "futility": 0.02, "futility_ramp": 0.1}
 
 
 @pytest.mark.parametrize("change, message", [

@@ -785,7 +785,7 @@ def test_cli_sequential_single_sigma_and_cascade(tmp_path):
     run = logs.read_sidecar(out)["run"]
     assert run["method"] == "sequential"
     assert run["sequential"] == {"target_radii": [0.25], "bound": "spending", "looks": stopping.checkpoints(1000),
-                                 "final_share": 0.9, "futility": 0.05, "futility_ramp": 0.1}
+                                 "final_share": 0.9, "futility": 0.02, "futility_ramp": 0.1}
     # another target or bound is another configuration: not resumed silently
     assert main(base + ["--sigma", "0.25", "--sequential", "--target-radii", "0.5"]) == 2
     assert main(base + ["--sigma", "0.25", "--sequential", "--target-radii", "0.25", "--sequential-bound", "cs"]) == 2
@@ -799,4 +799,4 @@ def test_cli_sequential_single_sigma_and_cascade(tmp_path):
     run = logs.read_sidecar(out)["run"]
     assert run["method"] == "sequential_cascade" and run["alpha_schedule"] == "union"
     assert run["sequential"] == {"target_radii": [0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0], "bound": "cs",
-                                 "futility": 0.05, "futility_ramp": 0.1}
+                                 "futility": 0.02, "futility_ramp": 0.1}

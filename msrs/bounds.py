@@ -406,10 +406,11 @@ def _group_ids(k: int, exclude: np.ndarray, groups) -> tuple[np.ndarray, np.ndar
     return np.broadcast_to(gid, exclude.shape + (k,)), np.full(exclude.shape, len(groups))
 
 
-def _group_bounds(counts, gid, ngroups, level, bound, trials=None) -> tuple[np.ndarray, np.ndarray]:
+def _group_bounds(counts, gid, ngroups, level, bound, trials=None, fewest=None) -> tuple[np.ndarray, np.ndarray]:
     """(largest lower end, largest upper end) over the groups of each row of counts [..., K]: one bound per group
     on its summed votes at level / ngroups (Bonferroni over the groups). gid [..., K]: a class's group (-1: none);
-    trials: default the row's total."""
+    trials: default the row's total. fewest(votes, rows): votes to add to each group's total (the stopping rules'
+    best case of a later look, msrs.stopping), given the totals and their rows (flat indices into counts[..., 0])."""
     counts = np.asarray(counts, dtype=np.int64)
     lead, k = counts.shape[:-1], counts.shape[-1]
     flat = counts.reshape(-1, k)
@@ -424,7 +425,10 @@ def _group_bounds(counts, gid, ngroups, level, bound, trials=None) -> tuple[np.n
     r, g = np.nonzero(used)
     levels = np.broadcast_to(np.asarray(level, dtype=np.float64), lead).reshape(-1) / ngroups
     lo, hi = (np.full((rows, k), -np.inf) for _ in range(2))
-    lo[r, g], hi[r, g] = bound(totals[r, g], n[r], levels[r])
+    votes = totals[r, g]
+    if fewest is not None:
+        votes = votes + np.asarray(fewest(votes, r), dtype=np.int64)
+    lo[r, g], hi[r, g] = bound(votes, n[r], levels[r])
     return lo.max(axis=1).reshape(lead), hi.max(axis=1).reshape(lead)
 
 

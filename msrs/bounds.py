@@ -83,6 +83,7 @@ __all__ = [
     "DEFAULT_PRIOR",
     "AlphaSpending",
     "ConfidenceSequence",
+    "RADIUS_MARGIN",
     "binomial_pvalue",
     "clopper_pearson_interval",
     "clopper_pearson_lower",
@@ -94,7 +95,9 @@ __all__ = [
     "other_classes_upper",
     "phi_inv",
     "radius",
+    "signed_radius",
     "spending_weights",
+    "toward_zero",
 ]
 
 DEFAULT_PRIOR = (0.5, 0.5)  # Jeffreys: tight at the extremes, where certification lives (pA near 1)
@@ -178,7 +181,34 @@ def radius(sigma, p_lower, p0=0.5):
         raise checks.ArgumentValueError(f"p_lower: expected a probability bound in [0, 1), got {p_lower}")
     if not np.all((np.asarray(p0) >= 0.5) & (np.asarray(p0) < 1)):
         raise checks.ArgumentValueError(f"p0: expected a threshold in [0.5, 1), got {p0}")
-    return _out(np.asarray(sigma, dtype=np.float64) * (stats.norm.ppf(p_lower) - stats.norm.ppf(p0)))
+    return signed_radius(sigma, p_lower, p0)
+
+
+# The certified radius is rounded toward zero by this relative margin (and one more ulp), so that the floating-point
+# error of the Clopper-Pearson quantile, of PhiInv and of the products cannot enlarge a certificate. An engineering
+# margin, not a proof: an error of e in p moves PhiInv(p) by e / phi(z), which near p = 1 is about
+# (e / (1 - p)) / z^2 relative; with p within a few ulps that stays far below 1e-9 for budgets up to ~10^8 samples,
+# and tests/test_stats.py checks the whole chain against 40-digit arithmetic. docs/CERTIFICATES.md says what else
+# the certificate assumes about floating point.
+RADIUS_MARGIN = 1e-9
+
+
+def toward_zero(value):
+    """value shrunk toward zero by RADIUS_MARGIN and one ulp; 0 and infinities unchanged (a radius that may only
+    get smaller when floating point errs)."""
+    value = np.asarray(value, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        shrunk = np.nextafter(value - value * RADIUS_MARGIN, 0.0)
+    return _out(np.where(np.isfinite(value), shrunk, value))
+
+
+def signed_radius(sigma, p, p0=0.5):
+    """sigma * (PhiInv(p) - PhiInv(p0)) rounded toward zero (toward_zero): the one place a radius is computed
+    from a probability bound. -inf at p = 0 and +inf at p = 1 (no checks: the callers check their bounds)."""
+    with np.errstate(divide="ignore"):
+        exact = np.asarray(sigma, dtype=np.float64) * (stats.norm.ppf(np.asarray(p, dtype=np.float64))
+                                                      - stats.norm.ppf(p0))
+    return toward_zero(exact)
 
 
 def phi_inv(p):

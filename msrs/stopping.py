@@ -110,7 +110,8 @@ import numpy as np
 from scipy.stats import norm
 
 from . import checks, decisions, streams
-from .bounds import DEFAULT_PRIOR, ConfidenceSequence, _group_bounds, _successes_trials, make_bound
+from .bounds import (DEFAULT_PRIOR, ConfidenceSequence, _group_bounds, _successes_trials, make_bound,
+                     signed_radius)
 
 __all__ = [
     "ABSTAIN",
@@ -162,9 +163,7 @@ def _positive_radii(target_radii) -> np.ndarray:
 def radius_from_lower(lower, sigma: float, p0: float = 0.5) -> np.ndarray:
     """sigma * (PhiInv(lower) - PhiInv(p0)) where lower >= p0, else 0 (abstain)."""
     lower = np.asarray(lower, dtype=np.float64)
-    with np.errstate(divide="ignore"):
-        r = float(sigma) * (norm.ppf(lower) - norm.ppf(float(p0)))
-    return np.where(lower >= p0, r, 0.0)
+    return np.where(lower >= p0, signed_radius(float(sigma), lower, float(p0)), 0.0)
 
 
 def _trial_counts(successes, trials, n_max: int) -> tuple[np.ndarray, np.ndarray]:
@@ -692,9 +691,8 @@ class _CascadeRun:
 
 
 def _radius(sigma: float, p, p0: float) -> np.ndarray:
-    """sigma * (PhiInv(p) - PhiInv(p0)), signed (-inf at p = 0, +inf at p = 1)."""
-    with np.errstate(divide="ignore"):
-        return float(sigma) * (norm.ppf(np.asarray(p, dtype=np.float64)) - norm.ppf(p0))
+    """sigma * (PhiInv(p) - PhiInv(p0)), signed (-inf at p = 0, +inf at p = 1), rounded toward zero."""
+    return np.asarray(signed_radius(float(sigma), p, p0))
 
 
 def _plan(r, reach, end, edges) -> tuple[np.ndarray, np.ndarray]:

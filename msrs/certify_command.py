@@ -58,7 +58,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.epilog = "presets (--preset NAME; explicit options override what a preset sets):\n" + describe()
     data = p.add_argument_group("data")
     data.add_argument("--dataset", required=True, metavar="SPEC",
-                      help="digits | digits:train | cifar10:DIR | cifar10:train:DIR | folder:DIR")
+                      help="digits | digits:train | cifar10:DIR | cifar10:train:DIR | folder:DIR | imagenet:DIR "
+                           "(a class-per-folder split such as ImageNet's val/, read lazily: Resize(256) and "
+                           "CenterCrop(224) as Cohen et al.)")
     data.add_argument("--split", choices=("train", "test"), default=None,
                       help="split of digits / cifar10 when the spec names none (default: test)")
     data.add_argument("--image-size", type=_positive_int, nargs="+", default=None, metavar="N",

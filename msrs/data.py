@@ -29,13 +29,16 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-__all__ = ["ImageDataset", "cifar10", "digits", "image_folder", "load_dataset", "DATASET_SPECS", "FOLDER_LABELS"]
+__all__ = ["ImageDataset", "ImageFiles", "cifar10", "digits", "image_folder", "imagenet_folder", "load_dataset",
+           "resize_shorter_center_crop", "DATASET_SPECS", "FOLDER_LABELS"]
 
 PathLike = Union[str, os.PathLike]
 
 DATASET_SPECS = (
-    "digits | digits:train | digits:test | cifar10:DIR | cifar10:train:DIR | folder:DIR "
-    "(DIR of cifar10 is a cifar-10-batches-py folder or its parent; folder:DIR holds one sub-folder per class)"
+    "digits | digits:train | digits:test | cifar10:DIR | cifar10:train:DIR | folder:DIR | imagenet:DIR "
+    "(DIR of cifar10 is a cifar-10-batches-py folder or its parent; folder:DIR holds one sub-folder per class; "
+    "imagenet:DIR is such a folder, e.g. ILSVRC2012's val/ in its 1,000 wnid folders, read lazily and resized to "
+    "256 then centre-cropped to 224)"
 )
 # How folder:DIR numbers its classes (for --help and the README).  Python's sorted() compares code points: "B"
 # sorts before "a" and "10" before "2", which is why an explicit list exists.
@@ -50,6 +53,51 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
+class ImageFiles:
+    """Images read from their files only when indexed: the stand-in for an [N, C, H, W] float32 tensor in [0, 1]
+    where a data set is too large to hold (ImageNet's 50,000 validation images are 30 GB as float32; a run reads
+    the ones it certifies). Indexing (an int, a slice, a list or an int64 tensor of indices) decodes those files
+    through `transform` (a PIL image -> PIL image of the declared height and width)."""
+
+    dtype = torch.float32
+
+    def __init__(self, paths: Sequence[Path], transform, shape: tuple, mode: str = "RGB"):
+        self.paths, self.transform, self.mode = list(paths), transform, mode
+        self.shape = torch.Size((len(self.paths), *shape))
+
+    def dim(self) -> int:
+        return 4
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index) -> torch.Tensor:
+        if isinstance(index, int):
+            return self._read(self.paths[index])
+        if isinstance(index, slice):
+            chosen = range(len(self.paths))[index]
+        else:
+            chosen = torch.as_tensor(index, dtype=torch.int64).reshape(-1).tolist()
+        if not chosen:
+            return torch.empty((0, *self.shape[1:]), dtype=torch.float32)
+        return torch.stack([self._read(self.paths[i]) for i in chosen])
+
+    def _read(self, path: Path) -> torch.Tensor:
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(path) as im:
+                array = np.asarray(self.transform(im.convert(self.mode)), dtype=np.uint8)
+        except (UnidentifiedImageError, OSError) as e:
+            raise ValueError(f"root: cannot read image {str(path)!r}: {e}") from None
+        if array.ndim == 2:
+            array = array[:, :, None]
+        if tuple(array.shape) != (self.shape[2], self.shape[3], self.shape[1]):
+            raise ValueError(f"root: {str(path)!r} became {array.shape[1]}x{array.shape[0]} after the transform, "
+                             f"expected {self.shape[3]}x{self.shape[2]}")
+        return torch.from_numpy(array.transpose(2, 0, 1).astype(np.float32) / 255.0)
+
+
 @dataclass
 class ImageDataset:
     """Images float32 [N, C, H, W] in [0, 1], labels int64 [N] in [0, num_classes)."""
@@ -61,7 +109,7 @@ class ImageDataset:
     class_names: Optional[list] = field(default=None)  # label i is class_names[i]; None when unknown
 
     def __post_init__(self):
-        if not isinstance(self.images, torch.Tensor) or self.images.dim() != 4:
+        if not isinstance(self.images, (torch.Tensor, ImageFiles)) or self.images.dim() != 4:
             raise ValueError(f"ImageDataset {self.name!r}: images must be a tensor [N, C, H, W], got "
                              f"{getattr(self.images, 'shape', type(self.images).__name__)}")
         if self.images.dtype != torch.float32:
@@ -258,6 +306,11 @@ def _parse_size(size) -> Optional[tuple]:
     return size
 
 
+def _image_files(folder: Path) -> list:
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+
+
 def _folder_classes(root: Path, class_names: Optional[Sequence[str]]) -> list:
     """The class sub-folders of ``root`` in label order: sorted by name, or the order of ``class_names`` (which
     must name every sub-folder, and only sub-folders)."""
@@ -300,9 +353,7 @@ def image_folder(root: PathLike, *, size=None, mode: str = "RGB",
     classes = _folder_classes(root, class_names)
     images, labels = [], []
     for label, cls in enumerate(classes):
-        files = sorted(p for p in (root / cls).iterdir()
-                       if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
-        for path in files:
+        for path in _image_files(root / cls):
             try:
                 with Image.open(path) as im:
                     im = im.convert(mode)
@@ -332,6 +383,50 @@ def image_folder(root: PathLike, *, size=None, mode: str = "RGB",
 
 
 # ---------------------------------------------------------------------------------------------------------- by spec
+IMAGENET_RESIZE, IMAGENET_CROP = 256, 224  # Cohen et al.'s (and both papers') ImageNet test transform
+
+
+def resize_shorter_center_crop(resize: int = IMAGENET_RESIZE, crop: int = IMAGENET_CROP):
+    """torchvision's Resize(resize) then CenterCrop(crop) on a PIL image: the shorter side becomes `resize` (the
+    longer int(resize * long / short)), bilinear as PIL does it (antialiased), then the central crop x crop, its
+    corner at round((size - crop) / 2)."""
+    from PIL import Image
+
+    def transform(im):
+        w, h = im.size
+        short, long = (w, h) if w <= h else (h, w)
+        new_long = int(resize * long / short)
+        new_w, new_h = (resize, new_long) if w <= h else (new_long, resize)
+        if (new_w, new_h) != (w, h):
+            im = im.resize((new_w, new_h), Image.BILINEAR)
+        left, top = int(round((new_w - crop) / 2.0)), int(round((new_h - crop) / 2.0))
+        return im.crop((left, top, left + crop, top + crop))
+
+    return transform
+
+
+def imagenet_folder(root: PathLike, *, class_names: Optional[Sequence[str]] = None) -> ImageDataset:
+    """An ImageNet-style split folder (``root/<wnid>/<file>``, e.g. ILSVRC2012's val/ sorted into its 1,000 class
+    folders, whose sorted order is the standard class index), read lazily (ImageFiles) through Resize(256) and
+    CenterCrop(224) as Cohen et al. and both papers evaluate. Labels as folder:DIR (FOLDER_LABELS)."""
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise FileNotFoundError(f"root: image folder {str(root)!r} does not exist")
+    if not root.is_dir():
+        raise NotADirectoryError(f"root: {str(root)!r} is not a folder")
+    classes = _folder_classes(root, class_names)
+    paths, labels = [], []
+    for label, cls in enumerate(classes):
+        files = _image_files(root / cls)
+        paths += files
+        labels += [label] * len(files)
+    if not paths:
+        raise ValueError(f"root: no image files ({', '.join(IMAGE_EXTENSIONS)}) under {str(root)!r}/<class>/")
+    images = ImageFiles(paths, resize_shorter_center_crop(), (3, IMAGENET_CROP, IMAGENET_CROP))
+    return ImageDataset(images=images, labels=torch.tensor(labels, dtype=torch.int64), num_classes=len(classes),
+                        name=f"imagenet:{root}", class_names=list(classes))
+
+
 def load_dataset(spec: str, *, split: Optional[str] = None, size=None, mode: Optional[str] = None,
                  class_names: Optional[Sequence[str]] = None) -> ImageDataset:
     """A data set from its command-line spelling (see DATASET_SPECS).
@@ -375,6 +470,16 @@ def load_dataset(spec: str, *, split: Optional[str] = None, size=None, mode: Opt
             raise ValueError(f"dataset: {spec!r}: an image folder has no splits (point it at the split's folder)")
         try:
             return image_folder(rest, size=size, mode=mode or "RGB", class_names=class_names)
+        except (FileNotFoundError, NotADirectoryError, ValueError) as e:
+            raise type(e)(f"dataset {spec!r}: {e}") from None
+    if kind == "imagenet":
+        if not rest:
+            raise ValueError(f"dataset: {spec!r}: imagenet needs a path, e.g. imagenet:/data/imagenet/val")
+        if split or size is not None or mode is not None:
+            raise ValueError(f"dataset: {spec!r}: imagenet:DIR has its own transform (256, centre crop 224, RGB) and "
+                             "no splits (point it at the split's folder): no split / image size / grayscale options")
+        try:
+            return imagenet_folder(rest, class_names=class_names)
         except (FileNotFoundError, NotADirectoryError, ValueError) as e:
             raise type(e)(f"dataset {spec!r}: {e}") from None
     raise ValueError(f"dataset: unknown data set {spec!r}; expected {DATASET_SPECS}")

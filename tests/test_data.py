@@ -230,3 +230,49 @@ def test_image_dataset_class_names_validation():
         ImageDataset(images, labels, 2, "x", class_names=["a", "b", "c"])
     with pytest.raises(ValueError, match="distinct"):
         ImageDataset(images, labels, 2, "x", class_names=["a", "a"])
+
+
+# ------------------------------------------------------------------------------------------- imagenet:DIR, lazily
+def _write_image(path, w, h, seed):
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)).save(path)
+
+
+def test_imagenet_folder_is_lazy_and_crops_as_cohen(tmp_path):
+    """imagenet:DIR: the standard test transform, Resize(256) on the shorter side then CenterCrop(224), checked
+    against the geometry written out here (torchvision's rule: long side int(256 * long / short), crop corner
+    round((size - 224) / 2)); files are read only when their images are indexed."""
+    from PIL import Image
+    (tmp_path / "n01").mkdir()
+    (tmp_path / "n02").mkdir()
+    sizes = {"n01/a.png": (300, 400), "n01/b.png": (256, 256), "n02/c.png": (500, 333)}
+    for i, (name, (w, h)) in enumerate(sizes.items()):
+        _write_image(tmp_path / name, w, h, i)
+    (tmp_path / "n02" / "d.jpg").write_bytes(b"not an image")  # index 3: only an error when it is read
+    ds = load_dataset(f"imagenet:{tmp_path}")
+    assert len(ds) == 4 and ds.image_shape == (3, 224, 224) and ds.labels.tolist() == [0, 0, 1, 1]
+    assert ds.class_names == ["n01", "n02"] and ds.num_classes == 2
+    expected_geometry = {"n01/a.png": ((256, 341), (16, 58)), "n01/b.png": ((256, 256), (16, 16)),
+                         "n02/c.png": ((384, 256), (80, 16))}  # (resized w, h), (left, top)
+    got = ds.images[torch.tensor([0, 1, 2])]
+    assert got.shape == (3, 3, 224, 224) and got.dtype == torch.float32
+    for k, (name, ((w, h), (left, top))) in enumerate(expected_geometry.items()):
+        with Image.open(tmp_path / name) as im:
+            im = im.convert("RGB")
+            if im.size != (w, h):
+                im = im.resize((w, h), Image.BILINEAR)
+            ref = np.asarray(im.crop((left, top, left + 224, top + 224)), dtype=np.float32) / 255.0
+        assert torch.equal(got[k], torch.from_numpy(ref.transpose(2, 0, 1).copy())), name
+    assert torch.equal(ds.images[1], got[1]) and ds.images[0:2].shape == (2, 3, 224, 224)
+    with pytest.raises(ValueError, match="d.jpg"):
+        ds.images[torch.tensor([3])]
+
+
+def test_imagenet_spec_errors(tmp_path):
+    with pytest.raises(ValueError, match="imagenet needs a path"):
+        load_dataset("imagenet:")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_dataset(f"imagenet:{tmp_path / 'missing'}")
+    with pytest.raises(ValueError, match="own transform"):
+        load_dataset(f"imagenet:{tmp_path}", size=32)

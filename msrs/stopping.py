@@ -45,7 +45,7 @@ upper < threshold before n_max (their pA is above the threshold, only the final 
 so with curtailment alone they draw the whole budget; the hindsight oracle (benchmarks/sequential_savings.py)
 spends almost nothing on them. Measured on recorded votes (benchmarks/results/sequential_*.json): about 3x fewer
 samples than curtailment alone at N = 100,000 on the digits, at the price of about one image per 100 in a lower
-bucket (simulations: docs/notes-sequential.md).
+bucket (simulations: benchmarks/sequential_simulations.py, results in benchmarks/results/).
 
 Looks. The default schedule is geometric from DEFAULT_FIRST = 64 samples with growth DEFAULT_GROWTH = 1.1 (77
 looks up to n_max = 100,000): an image stops at most 10% after the sample count its bound needed. More looks

@@ -225,6 +225,39 @@ def test_two_runs_cannot_write_the_same_log(tmp_path):
     assert done == set()
 
 
+HOLDER = """
+import sys, time
+from msrs import logs
+writer, _ = logs.open_run(sys.argv[1], logs.COLUMNS, {"n": 1}, [0, 1, 2])
+writer.write_row({"idx": 0, "label": 1, "predict": 1, "radius": 0.5, "correct": 1, "time": "0:00:01"})
+print("holding", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_second_process_is_refused_and_a_killed_runs_lock_is_taken_over(tmp_path):
+    """Two processes: while the first holds the log, a second open_run is refused and the first's row survives;
+    once the first is killed (SIGKILL: no clean-up runs), its lock is gone and the log resumes with that row."""
+    import signal
+    import subprocess
+    import sys
+
+    pytest.importorskip("fcntl")
+    out = tmp_path / "run.tsv"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        with pytest.raises(ValueError, match="being written by another running msrs certify"):
+            logs.open_run(out, logs.COLUMNS, {"n": 1}, [0, 1, 2])
+        assert [r["idx"] for r in logs.read_log(out)["rows"]] == [0]
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=60)
+    writer, done = logs.open_run(out, logs.COLUMNS, {"n": 1}, [0, 1, 2])
+    writer.close()
+    assert done == {0}
+
+
 # ------------------------------------------------------------------------------------------------------------- runner
 def test_select_indices():
     assert select_indices(10) == list(range(10))

@@ -168,8 +168,7 @@ def run(args: argparse.Namespace) -> int:
 
     device = distributed.init_from_env(device)  # torchrun: this rank's device (cuda:LOCAL_RANK), gloo / nccl
     try:
-        if distributed.is_main():
-            _check_outs(args, runs)
+        distributed.decided_on_main(lambda: _check_outs(args, runs))  # every rank stops on a refused log
         return _certify(args, runs, device)
     finally:
         distributed.shutdown()

@@ -16,6 +16,7 @@ Everything here is a no-op (rank 0 of a world of 1) in a process not launched by
 """
 from __future__ import annotations
 
+import builtins
 import datetime
 import operator
 import os
@@ -28,6 +29,7 @@ __all__ = [
     "all_reduce_counts_",
     "barrier",
     "broadcast_object",
+    "decided_on_main",
     "init_from_env",
     "is_initialized",
     "is_main",
@@ -203,6 +205,35 @@ def broadcast_object(obj, src: int = 0):
     box = [obj if dist.get_rank() == src else None]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def decided_on_main(decide):
+    """decide() on rank 0 alone, its result on every rank; an error there is raised on every rank (the same message,
+    as the nearest built-in exception type), so that a refusal stops all ranks instead of leaving them waiting in
+    their first collective. In a single process: decide()."""
+    if not is_initialized() or dist.get_world_size() == 1:
+        return decide()
+    if is_main():
+        try:
+            result = decide()
+        except Exception as err:
+            broadcast_object(("error", _error_kind(err), str(err)))
+            raise
+        broadcast_object(("ok", result, None))
+        return result
+    outcome, result, message = broadcast_object(None)
+    if outcome == "error":
+        raise getattr(builtins, result)(message)
+    return result
+
+
+def _error_kind(err: BaseException) -> str:
+    """The name of the built-in exception class the other ranks raise for rank 0's error."""
+    for kind in (FileExistsError, IsADirectoryError, NotADirectoryError, FileNotFoundError, PermissionError,
+                 ValueError, TypeError):
+        if isinstance(err, kind):
+            return kind.__name__
+    return "RuntimeError"
 
 
 def barrier() -> None:

@@ -14,7 +14,6 @@ here it is a number of images.)
 """
 from __future__ import annotations
 
-import builtins
 import contextlib
 import os
 import sys
@@ -188,21 +187,18 @@ def _info(config, group, extra_info) -> dict:
 
 
 def _open_log(out_path, columns, record, ids, overwrite, info):
-    """(writer, ids still to do, "resuming ..." message or None). Rank 0 alone opens (or resumes) the log and decides what is left to do; the other
-    ranks get its decision, or its error, so that a refusal stops every rank instead of leaving them waiting."""
-    if distributed.is_main():
-        try:
-            writer, done = logs.open_run(out_path, columns, record, ids, overwrite=overwrite, info=info)
-        except Exception as err:
-            distributed.broadcast_object(("error", _error_kind(err), str(err)))
-            raise
-        todo = [i for i in ids if i not in done]
-        distributed.broadcast_object(("todo", todo))
-        return writer, todo, logs.resume_message(out_path, len(ids) - len(todo), len(ids))
-    outcome = distributed.broadcast_object(None)
-    if outcome[0] == "error":
-        raise getattr(builtins, outcome[1])(outcome[2])
-    return None, outcome[1], None
+    """(writer, ids still to do, "resuming ..." message or None). Rank 0 alone opens (or resumes) the log and decides
+    what is left to do; the other ranks get its decision, or its error (distributed.decided_on_main)."""
+    opened = {}
+
+    def decide():
+        opened["writer"], done = logs.open_run(out_path, columns, record, ids, overwrite=overwrite, info=info)
+        return [i for i in ids if i not in done]
+
+    todo = distributed.decided_on_main(decide)
+    writer = opened.get("writer")
+    message = logs.resume_message(out_path, len(ids) - len(todo), len(ids)) if writer is not None else None
+    return writer, todo, message
 
 
 def _progress_bar(progress, out_path, ids, todo):
@@ -250,12 +246,3 @@ def _row(config, idx: int, label: int, cert, seconds: float) -> dict:
     if config.sequential is not None:
         row["samples"] = int(cert.samples)
     return row
-
-
-def _error_kind(err: BaseException) -> str:
-    """The name of the builtin exception class the other ranks raise for rank 0's error."""
-    for kind in (FileExistsError, IsADirectoryError, NotADirectoryError, FileNotFoundError, PermissionError,
-                 ValueError, TypeError):
-        if isinstance(err, kind):
-            return kind.__name__
-    return "RuntimeError"

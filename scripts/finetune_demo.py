@@ -120,6 +120,9 @@ def main(argv=None) -> int:
     p.add_argument("--eval-batch-size", type=int, default=DEMO_DEFAULTS["batch_size"])
     p.add_argument("--group-size", type=int, default=DEMO_DEFAULTS["group_size"])
     p.add_argument("--eval-seed", type=int, default=0)
+    p.add_argument("--before-cache", type=Path, default=None,
+                   help="where the base model's evaluation is cached (default: <work-dir>/eval_before.json; a sweep "
+                        "shares one)")
     p.add_argument("--skip-eval", action="store_true", help="train and export only")
     p.add_argument("--no-export", action="store_true", help="leave the model in --work-dir (a sweep candidate)")
     p.add_argument("--no-resume", action="store_true", help="start the fine-tuning over")
@@ -160,7 +163,8 @@ def main(argv=None) -> int:
 
     before = None
     if not args.skip_eval:
-        cache = args.work_dir / "eval_before.json"
+        cache = args.before_cache or args.work_dir / "eval_before.json"
+        cache.parent.mkdir(parents=True, exist_ok=True)
         if cache.is_file() and json.loads(cache.read_text()).get("settings") == eval_settings:
             before = json.loads(cache.read_text())["result"]
             print("[before] (cached)", flush=True)

@@ -37,6 +37,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--save-counts", type=Path, default=None, help="per-image vote counts per sigma (.npz)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -78,6 +79,10 @@ def main(argv=None) -> int:
             print(f"{name:28s}  {proxy['accuracy_r0']:.3f}   {proxy['wrong']:.3f}  {proxy['abstain']:.3f}    "
                   f"{proxy['acr']:.3f}      {proxy['decided_at']}")
     result["seconds"] = round(time.perf_counter() - start, 1)
+    if args.save_counts:
+        import numpy as np
+
+        np.savez(args.save_counts, labels=labels_np, **{f"sigma_{s:g}": c for s, c in counts.items()})
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1) + "\n")

@@ -19,7 +19,16 @@ extras=""
 case "${1:-}" in
   "") ;;
   test) extras="[test]" ;;
-  *) echo "install.sh: expected no argument or 'test', got '$1'" >&2; exit 2 ;;
+  models) extras="[models]" ;;
+  *) echo "install.sh: expected no argument, 'test' or 'models', got '$1'" >&2; exit 2 ;;
 esac
-"$PY" -m pip install --quiet -e ".${extras}"
+# Both extras bring timm, which needs torchvision; a torchvision release pins one torch release, so ask for the one
+# that matches the installed torch (2.N -> 0.(N+15)), or pip would replace torch with a multi-GB build.
+pins=()
+if [ -n "$extras" ]; then
+  vision=$("$PY" -c "import torch; major, minor = (int(v) for v in torch.__version__.split('.')[:2]); \
+print(f'torchvision=={major - 2}.{minor + 15}.*' if major == 2 else '')")
+  if [ -n "$vision" ]; then pins+=("$vision"); fi
+fi
+"$PY" -m pip install --quiet -e ".${extras}" ${pins[@]+"${pins[@]}"}
 "$PY" -c "import torch, msrs; print(f'msrs {msrs.__version__} installed (torch {torch.__version__})')"

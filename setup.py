@@ -13,7 +13,7 @@ import os
 
 from setuptools import setup
 
-packages = ["msrs", "msrs.ops", "msrs.kernels", "msrs.csrc", "msrs.assets"]
+packages = ["msrs", "msrs.finetune", "msrs.ops", "msrs.kernels", "msrs.csrc", "msrs.assets"]
 package_dir = {"msrs": "msrs", "msrs.kernels": "kernels", "msrs.csrc": "csrc"}
 package_data = {"msrs.csrc": ["*.cpp", "*.h"], "msrs.assets": ["**/*"]}
 

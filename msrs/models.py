@@ -1,28 +1,42 @@
 """Loading the base classifier to be smoothed.
 
-``load_classifier(spec, weights=None, *, device, mean, std)`` accepts
-  * a TorchScript archive (``torch.jit.save``; any suffix but .pt2), loaded with ``torch.jit.load``;
-  * a torch.export archive (``.pt2``, ``torch.export.save``), loaded with ``torch.export.load(path).module()``.
-    Export it with a dynamic batch dimension (``dynamic_shapes=({0: torch.export.Dim("batch")},)``): the engine
-    feeds batches of varying size.  A program exported in training mode has its BatchNorm / Dropout switched to
-    inference (an exported module cannot be put in eval mode otherwise);
-  * ``module:factory`` (``package.module:function`` or ``path/to/file.py:function``): the factory is called with
-    no arguments (or ``factory_kwargs``) and must return a ``torch.nn.Module``; ``weights`` (``.safetensors``, or a
-    ``.pt`` / ``.pth`` / ``.bin`` state dict read with ``torch.load(weights_only=True)``) are then loaded strictly;
+``load_classifier(spec, weights=None, *, device, mean, std, trust_code=False)`` accepts
+  * ``module:factory`` (``package.module:function`` or ``path/to/file.py:function``): msrs imports that Python code
+    and calls the factory (with no arguments, or ``factory_kwargs``), which must return a ``torch.nn.Module``;
+    ``weights`` (``.safetensors``, or a ``.pt`` / ``.pth`` / ``.bin`` / ``.ckpt`` state dict read with
+    ``torch.load(weights_only=True)``) are then loaded strictly. The factory is code and runs: name only code
+    you trust;
+  * a TorchScript archive (``torch.jit.save``; any suffix but .pt2), loaded with ``torch.jit.load``. A TorchScript
+    archive is a program: its code is compiled and run (``__setstate__`` while loading, ``forward`` later). Load
+    only archives whose source you trust;
+  * a torch.export archive (``.pt2``, ``torch.export.save``), only with ``trust_code=True`` (``--trust-code``):
+    torch's loader runs code from the file (see ``_refuse_untrusted_export``). Export it with a dynamic batch
+    dimension (``dynamic_shapes=({0: torch.export.Dim("batch")},)``): the engine feeds batches of varying size. A
+    program exported in training mode has its BatchNorm / Dropout switched to inference (an exported module cannot
+    be put in eval mode otherwise);
+  * ``timm:NAME`` with ``weights`` and ``hf:DIR`` (a local transformers image-classification folder): the optional
+    ``models`` extra (msrs.model_libraries), with the normalisation, input size and resize filter their
+    configurations declare;
   * ``demo``: the digits classifier shipped in msrs/assets (msrs.zoo), with its normalisation.
+
+No data file runs code: weights are safetensors or ``torch.load(weights_only=True)`` (never the unrestricted
+unpickler; refused on torch < 2.10, whose weights_only unpickler had code-execution bugs, unless trust_code=True),
+JSON configs are read as JSON. What needs trust (a ``.pt2``, a transformers folder with its own modelling code) is
+refused before anything is read from it unless ``trust_code=True``.
 
 The model is put in eval mode on ``device``.  The classifier's input normalisation (``(x - mean) / std``, applied
 by the engine after the noise, or after the denoiser) is returned beside it: given explicitly (the command
 line's ``--mean`` / ``--std``), or else read from the safetensors metadata keys ``mean`` / ``std``
 (comma-separated floats), or from a JSON file beside the weights with the same stem holding "mean" and "std"
-(how msrs/assets ships its classifier).
+(how msrs/assets ships its classifier), or from a timm / transformers model's configuration.  So is the input size
+the classifier declares (``input_size``, (H, W), and ``interpolation``): the engine resizes the (denoised) image
+to it before the normalisation.
 """
 from __future__ import annotations
 
 import hashlib
 import importlib
 import importlib.util
-import json
 import os
 import sys
 import warnings
@@ -32,21 +46,42 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-__all__ = ["LoadedClassifier", "load_classifier", "check_normalization", "file_fingerprint", "CLASSIFIER_SPECS"]
+from . import checks
+from .weights import STATE_DICT_SUFFIXES, declared_normalization, existing_file, load_state, read_state_dict
+
+__all__ = ["CLASSIFIER_SPECS", "LoadedClassifier", "RESIZE_MODES", "load_classifier"]
 
 PathLike = Union[str, os.PathLike]
 
-CLASSIFIER_SPECS = ("a TorchScript file, a torch.export .pt2 file, module:factory (package.module:function or "
-                    "file.py:function) together with --weights (.safetensors / .pt / .pth state dict), or demo")
+CLASSIFIER_SPECS = ("a TorchScript file, a torch.export .pt2 file (with --trust-code), module:factory "
+                    "(package.module:function or file.py:function) together with --weights (.safetensors / .pt / "
+                    ".pth state dict), timm:NAME with --weights, hf:DIR (a local transformers folder), or demo")
 
-STATE_DICT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+# The torch.nn.functional.interpolate mode (and antialias flag) for each resize filter a classifier may declare
+# (LoadedClassifier.interpolation, PIL's filter names, as timm and transformers give them). PIL's bilinear / bicubic
+# filters are antialiased when they shrink; torch has no Lanczos or Hamming filter (the nearest in kind is used)
+# and "box" is an area average.
+RESIZE_MODES = {
+    "nearest": ("nearest", False),
+    "bilinear": ("bilinear", True),
+    "bicubic": ("bicubic", True),
+    "lanczos": ("bicubic", True),
+    "hamming": ("bilinear", True),
+    "box": ("area", False),
+}
 
 
 @dataclass
 class LoadedClassifier:
     """A classifier ready for the engine: ``model`` (eval mode, on ``device``), its normalisation (``mean``,
-    ``std``: tuples of floats or None), how it was loaded (``kind``: "torchscript" | "export" | "factory") and
-    the files it came from (``files``, for a run's fingerprint) and where the normalisation came from."""
+    ``std``: tuples of floats or None), how it was loaded (``kind``: "torchscript" | "export" | "factory" |
+    "timm" | "hf" | "module"), the files it came from (``files``, for a run's fingerprint) and where the
+    normalisation came from.
+
+    ``input_size``: the (height, width) the classifier expects, or None (it takes the data's size as it is). The
+    engine resizes each (denoised) image in [0, 1] to it, before the normalisation, with ``interpolation``: a key
+    of RESIZE_MODES (PIL's filter names; None: "bilinear"), whose value is the torch interpolate mode and antialias
+    flag (``resize_mode``)."""
 
     model: torch.nn.Module
     mean: Optional[tuple] = None
@@ -54,77 +89,19 @@ class LoadedClassifier:
     kind: str = ""
     spec: str = ""
     files: list = field(default_factory=list)
-    normalization_source: Optional[str] = None  # "arguments", "safetensors metadata" or the JSON file's path
+    normalization_source: Optional[str] = None  # "arguments", "safetensors metadata", a config's description / path
+    input_size: Optional[tuple] = None  # (H, W) ints
+    interpolation: Optional[str] = None  # a key of RESIZE_MODES
+    input_size_source: Optional[str] = None  # "arguments" or the configuration it was read from
+
+    @property
+    def resize_mode(self) -> tuple:
+        """(mode, antialias) for torch.nn.functional.interpolate(x, size=input_size, mode=mode, antialias=...)
+        (align_corners=False for the linear and cubic modes)."""
+        return RESIZE_MODES[self.interpolation or "bilinear"]
 
     def __iter__(self):  # model, mean, std = load_classifier(...)
         return iter((self.model, self.mean, self.std))
-
-
-def check_normalization(mean, std, channels: Optional[int] = None) -> tuple:
-    """Validates a (mean, std) pair: both None, or equal-length sequences of finite floats, std > 0, of length 1
-    or ``channels``.  Returns them as tuples (or (None, None))."""
-    if mean is None and std is None:
-        return None, None
-    if mean is None or std is None:
-        raise ValueError("mean, std: give both the classifier's mean and std (--mean and --std), or neither")
-
-    def as_tuple(name, value):
-        if isinstance(value, (int, float)):
-            value = [value]
-        if isinstance(value, torch.Tensor):
-            value = value.reshape(-1).tolist()
-        try:
-            values = tuple(float(v) for v in value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{name}: expected a list of numbers, got {value!r}") from None
-        if not values:
-            raise ValueError(f"{name}: expected at least one value")
-        if any(v != v or v in (float("inf"), float("-inf")) for v in values):
-            raise ValueError(f"{name}: values must be finite, got {values}")
-        return values
-
-    mean, std = as_tuple("mean", mean), as_tuple("std", std)
-    if len(mean) != len(std):
-        raise ValueError(f"mean, std: different lengths ({len(mean)} and {len(std)})")
-    if any(s <= 0 for s in std):
-        raise ValueError(f"std: values must be > 0, got {std}")
-    if channels is not None and len(mean) not in (1, channels):
-        raise ValueError(f"mean, std: {len(mean)} values for images with {channels} channels (give 1 or {channels})")
-    return mean, std
-
-
-def file_fingerprint(path: PathLike, *, hash_limit: int = 1 << 30) -> dict:
-    """{"path", "size", "sha256"} of a file (files larger than hash_limit bytes: "mtime" instead of "sha256"), or,
-    for a folder, of every file in it (sorted relative paths)."""
-    path = Path(path)
-    if path.is_dir():
-        entries = {}
-        for p in sorted(q for q in path.rglob("*") if q.is_file()):
-            entries[p.relative_to(path).as_posix()] = {k: v for k, v in file_fingerprint(p, hash_limit=hash_limit)
-                                                       .items() if k != "path"}
-        return {"path": str(path.resolve()), "files": entries}
-    stat = path.stat()
-    out = {"path": str(path.resolve()), "size": stat.st_size}
-    if stat.st_size <= hash_limit:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                digest.update(chunk)
-        out["sha256"] = digest.hexdigest()
-    else:
-        out["mtime_ns"] = stat.st_mtime_ns
-    return out
-
-
-def _existing_file(what: str, path: PathLike) -> Path:
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise FileNotFoundError(f"{what}: {str(p)!r} does not exist")
-    if p.is_dir():
-        raise IsADirectoryError(f"{what}: {str(p)!r} is a folder, expected a file")
-    if not os.access(p, os.R_OK):
-        raise PermissionError(f"{what}: {str(p)!r} is not readable")
-    return p
 
 
 def _looks_like_factory(spec: str) -> bool:
@@ -141,7 +118,7 @@ def _looks_like_factory(spec: str) -> bool:
 def _import_factory(spec: str):
     module_name, _, attr = spec.rpartition(":")
     if module_name.endswith(".py"):
-        path = _existing_file("classifier", module_name)
+        path = existing_file("classifier", module_name)
         name = f"_msrs_factory_{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]}"
         module_spec = importlib.util.spec_from_file_location(name, path)
         if module_spec is None or module_spec.loader is None:
@@ -167,89 +144,6 @@ def _import_factory(spec: str):
     if not callable(obj):
         raise ValueError(f"classifier: {spec!r} is not callable")
     return obj
-
-
-def _read_state_dict(path: Path) -> tuple:
-    """(state dict, metadata dict) from a .safetensors file or a torch.save'd state dict."""
-    if path.suffix.lower() == ".safetensors":
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
-        try:
-            state = load_file(str(path), device="cpu")
-            with safe_open(str(path), framework="pt") as f:
-                metadata = dict(f.metadata() or {})
-        except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
-            raise ValueError(f"weights: {str(path)!r} is not a readable safetensors file ({e})") from None
-        return state, metadata
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - unpickling errors of every kind
-        raise ValueError(f"weights: cannot read {str(path)!r} as a state dict with torch.load(weights_only=True) "
-                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-    if isinstance(state, dict) and not any(isinstance(v, torch.Tensor) for v in state.values()):
-        for key in ("state_dict", "model_state_dict", "model", "ema"):
-            inner = state.get(key)
-            if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
-                state = inner
-                break
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"weights: {str(path)!r} does not hold a state dict (a dict of tensor names to tensors)")
-    return state, {}
-
-
-def _load_state(model: torch.nn.Module, state: dict, path: Path) -> None:
-    expected = set(model.state_dict().keys())
-    if expected and all(k.startswith("module.") for k in state) and not any(k.startswith("module.") for k in expected):
-        state = {k[len("module."):]: v for k, v in state.items()}  # saved from DataParallel / DDP
-    missing = sorted(expected - set(state))
-    unexpected = sorted(set(state) - expected)
-
-    def show(keys):
-        return ", ".join(keys[:10]) + (f", ... ({len(keys)} in all)" if len(keys) > 10 else "")
-
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing keys: {show(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys: {show(unexpected)}")
-        raise ValueError(f"weights: {str(path)!r} does not match the classifier's parameters ({'; '.join(parts)})")
-    own = model.state_dict()
-    wrong = [f"{k}: file {list(v.shape)} vs model {list(own[k].shape)}" for k, v in state.items()
-             if tuple(v.shape) != tuple(own[k].shape)]
-    if wrong:
-        raise ValueError(f"weights: {str(path)!r} has tensors of the wrong shape ({show(wrong)})")
-    model.load_state_dict(state, strict=True)
-
-
-def _parse_metadata_floats(metadata: dict, key: str):
-    value = metadata.get(key)
-    if value is None:
-        return None
-    try:
-        return tuple(float(v) for v in str(value).replace("[", "").replace("]", "").split(","))
-    except ValueError:
-        raise ValueError(f"weights: metadata {key!r} = {value!r} is not a comma-separated list of numbers") from None
-
-
-def _sibling_config_normalization(weights_path: Path) -> tuple:
-    """(mean, std, path) from a JSON file beside the weights with the same stem (as msrs/assets ships them), when
-    it has both "mean" and "std"; (None, None, None) otherwise."""
-    path = weights_path.with_suffix(".json")
-    if not path.is_file():
-        return None, None, None
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None, None, None
-    if not isinstance(config, dict) or "mean" not in config or "std" not in config:
-        return None, None, None
-    try:
-        mean, std = check_normalization(config["mean"], config["std"])
-    except ValueError as e:
-        raise ValueError(f"weights: the normalisation in {str(path)!r} is invalid ({e})") from None
-    return mean, std, path
 
 
 _TRAIN_ARG = {  # op name -> position of its `train` / `training` flag
@@ -321,70 +215,75 @@ def _check_dynamic_batch(program, path: Path) -> None:
         return
 
 
-def load_classifier(
-    spec: Union[str, torch.nn.Module],
-    weights: Optional[PathLike] = None,
-    device: Union[str, torch.device, None] = "cpu",
-    *,
-    mean: Optional[Sequence[float]] = None,
-    std: Optional[Sequence[float]] = None,
-    factory_kwargs: Optional[dict] = None,
-) -> LoadedClassifier:
-    """Loads a classifier (see the module docstring for the accepted specs) in eval mode on ``device``."""
-    device = torch.device(device if device is not None else "cpu")
-    mean, std = check_normalization(mean, std)
-    source = None if mean is None else "arguments"
-    if isinstance(spec, torch.nn.Module):
-        if weights is not None:
-            raise ValueError("weights: only for a module:factory classifier spec")
-        return LoadedClassifier(spec.to(device).eval(), mean, std, "module", type(spec).__name__, [], source)
-    if not isinstance(spec, (str, os.PathLike)) or not str(spec).strip():
-        raise ValueError(f"classifier: expected {CLASSIFIER_SPECS}; got {spec!r}")
-    spec = str(spec)
-    if spec == "demo" and not Path(spec).exists():  # the digits classifier shipped in msrs/assets
-        from . import zoo
+def _refuse_untrusted_export(path: Path) -> None:
+    """A .pt2 cannot be loaded without trusting it: torch.export.load (torch 2.13, torch/export/__init__.py and
+    torch/export/pt2_archive/_package.py) runs code from the archive in at least five ways, so no safe subset of it
+    can be selected by msrs:
+      * the sample inputs (and a legacy archive's weights and constants) go through
+        torch._export.serde.serialize.deserialize_torch_artifact, which retries torch.load with weights_only=False
+        when the safe load fails: the payload runs, and only then does the load fail;
+      * weights and constants marked "use_pickle" in the archive's JSON are read with torch.load(weights_only=False),
+        opaque constants with pickle.loads;
+      * every symbolic shape expression ("expr_str") is parsed with sympy.sympify, which evaluates Python;
+      * ExportedProgram.module() compiles the archive's "guards_code" strings into Python that runs on every call;
+      * node targets resolve to any attribute under torch / operator / math (torch.os.system included), and an
+        AOTInductor archive makes torch load the shared library it carries.
+    So msrs refuses a .pt2 before reading it, unless the caller trusts it."""
+    raise ValueError(
+        f"classifier: {str(path)!r} is a torch.export archive, and torch.export.load runs code from the file while "
+        "loading it (it unpickles parts of the archive without restriction and evaluates expressions stored in "
+        "it), so a crafted .pt2 runs arbitrary code. Load it only if you trust its source: trust_code=True "
+        "(msrs certify --trust-code). Without trusting a file: save the weights as .safetensors and give the "
+        "architecture as module:factory with --weights")
 
-        if weights is not None:
-            raise ValueError("weights: the demo classifier comes with its own weights")
-        spec, weights = f"msrs.zoo:{zoo.CLASSIFIER_NAME}", zoo.asset_path(zoo.CLASSIFIER_NAME + ".safetensors")
-    path = Path(spec).expanduser()
 
-    if path.exists() or not _looks_like_factory(spec):
-        path = _existing_file("classifier", path)
-        if weights is not None:
-            raise ValueError(f"weights: {str(path)!r} is a complete saved model; --weights only applies to a "
-                             "module:factory classifier spec")
-        if path.suffix.lower() == ".safetensors":
-            raise ValueError(f"classifier: {str(path)!r} holds weights only; give the architecture as "
-                             f"module:factory and this file as --weights")
-        if path.suffix.lower() == ".pt2":
-            try:
-                program = torch.export.load(str(path))
-            except Exception as e:  # noqa: BLE001
-                raise ValueError(f"classifier: cannot load {str(path)!r} with torch.export.load "
-                                 f"({type(e).__name__}: {e})") from None
-            _check_dynamic_batch(program, path)
-            model = program.module()
-            _exported_to_eval(model, path)
-            _allow_eval(model)
-            model = model.to(device)
-            kind = "export"
-        else:
-            try:
-                with warnings.catch_warnings():  # torch >= 2.10 deprecates TorchScript; loading it still works
-                    warnings.simplefilter("ignore", DeprecationWarning)
-                    model = torch.jit.load(str(path), map_location=device)
-            except Exception as e:  # noqa: BLE001
-                hint = ""
-                if path.suffix.lower() in STATE_DICT_SUFFIXES:
-                    hint = (" (if it is a state dict, give the architecture as module:factory and this file "
-                            "as --weights)")
-                raise ValueError(f"classifier: {str(path)!r} is not a TorchScript archive{hint}: "
-                                 f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-            model.eval()
-            kind = "torchscript"
-        return LoadedClassifier(model, mean, std, kind, spec, [path], source)
+def _load_export(path: Path, device: torch.device) -> torch.nn.Module:
+    try:
+        program = torch.export.load(str(path))
+    except Exception as e:  # noqa: BLE001
+        raise ValueError(f"classifier: cannot load {str(path)!r} with torch.export.load "
+                         f"({type(e).__name__}: {e})") from None
+    _check_dynamic_batch(program, path)
+    model = program.module()
+    _exported_to_eval(model, path)
+    _allow_eval(model)
+    return model.to(device)
 
+
+def _load_torchscript(path: Path, device: torch.device) -> torch.nn.Module:
+    """torch.jit.load: compiles and runs the archive's TorchScript code (a program, trusted like module:factory)."""
+    try:
+        with warnings.catch_warnings():  # torch >= 2.10 deprecates TorchScript; loading it still works
+            warnings.simplefilter("ignore", DeprecationWarning)
+            model = torch.jit.load(str(path), map_location=device)
+    except Exception as e:  # noqa: BLE001
+        hint = ""
+        if path.suffix.lower() in STATE_DICT_SUFFIXES:
+            hint = " (if it is a state dict, give the architecture as module:factory and this file as --weights)"
+        raise ValueError(f"classifier: {str(path)!r} is not a TorchScript archive{hint}: "
+                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    return model.eval()
+
+
+def _load_saved_model(path: Path, weights, device: torch.device, trust_code: bool) -> tuple:
+    """(model, kind) for a complete saved model file: TorchScript or (trusted) torch.export."""
+    if weights is not None:
+        raise ValueError(f"weights: {str(path)!r} is a complete saved model; --weights only applies to a "
+                         "module:factory or timm:NAME classifier spec")
+    if path.suffix.lower() == ".safetensors":
+        raise ValueError(f"classifier: {str(path)!r} holds weights only; give the architecture as "
+                         f"module:factory and this file as --weights")
+    if path.suffix.lower() == ".pt2":
+        if not trust_code:
+            _refuse_untrusted_export(path)
+        return _load_export(path, device), "export"
+    return _load_torchscript(path, device), "torchscript"
+
+
+def _load_factory(spec: str, weights, factory_kwargs: Optional[dict], trust_code: bool,
+                  want_normalization: bool) -> tuple:
+    """(model, files, mean, std, normalisation source) of a module:factory spec; with want_normalization, the
+    normalisation the weights file declares (safetensors metadata, or a JSON beside it), else None."""
     factory = _import_factory(spec)
     try:
         model = factory(**(factory_kwargs or {}))
@@ -393,24 +292,115 @@ def load_classifier(
     if not isinstance(model, torch.nn.Module):
         raise ValueError(f"classifier: factory {spec!r} returned {type(model).__name__}, expected a torch.nn.Module")
     files: list = []
+    mean = std = source = None
     if weights is not None:
-        weights_path = _existing_file("weights", weights)
-        state, metadata = _read_state_dict(weights_path)
-        _load_state(model, state, weights_path)
-        if mean is None and std is None:
-            meta_mean, meta_std = _parse_metadata_floats(metadata, "mean"), _parse_metadata_floats(metadata, "std")
-            found = "safetensors metadata"
-            if meta_mean is None and meta_std is None:
-                meta_mean, meta_std, config_path = _sibling_config_normalization(weights_path)
-                if config_path is not None:
-                    files.append(config_path)
-                    found = str(config_path)
-            if meta_mean is not None or meta_std is not None:
-                mean, std = check_normalization(meta_mean, meta_std)
-                source = found
+        weights_path = existing_file("weights", weights)
+        state, metadata = read_state_dict(weights_path, trust_code=trust_code)
+        load_state(model, state, weights_path)
+        if want_normalization:
+            mean, std, source, config_path = declared_normalization(metadata, weights_path)
+            if config_path is not None:
+                files.append(config_path)
         files.append(weights_path)
     module_file = spec.rpartition(":")[0]
     if module_file.endswith(".py"):
         files.insert(0, Path(module_file).expanduser())
+    return model, files, mean, std, source
+
+
+def _check_input_size(input_size, interpolation) -> tuple:
+    if input_size is not None:
+        if isinstance(input_size, int) and not isinstance(input_size, bool):
+            input_size = (input_size, input_size)
+        try:
+            values = tuple(input_size)
+            ok = len(values) == 2 and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)
+        except TypeError:
+            ok = False
+        if not ok:
+            raise ValueError(f"input_size: expected a positive int or (height, width) of positive ints, got "
+                             f"{input_size!r}")
+        input_size = values
+    if interpolation is not None and interpolation not in RESIZE_MODES:
+        raise ValueError(f"interpolation: expected one of {sorted(RESIZE_MODES)}, got {interpolation!r}")
+    return input_size, interpolation
+
+
+def _load_library_model(spec: str, weights, factory_kwargs: Optional[dict], trust_code: bool):
+    from . import model_libraries
+
+    prefix, _, rest = spec.partition(":")
+    if prefix == "timm":
+        return model_libraries.load_timm(rest, weights, factory_kwargs=factory_kwargs, trust_code=trust_code,
+                                         spec=spec)
+    if weights is not None:
+        raise ValueError(f"weights: {spec!r} is a transformers folder that holds its weights; --weights only "
+                         "applies to a module:factory or timm:NAME classifier spec")
+    if factory_kwargs:
+        raise ValueError("factory_kwargs: not used by an hf:DIR classifier")
+    return model_libraries.load_hf(rest, trust_code=trust_code, spec=spec)
+
+
+def load_classifier(
+    spec: Union[str, torch.nn.Module],
+    weights: Optional[PathLike] = None,
+    device: Union[str, torch.device, None] = "cpu",
+    *,
+    mean: Optional[Sequence[float]] = None,
+    std: Optional[Sequence[float]] = None,
+    factory_kwargs: Optional[dict] = None,
+    trust_code: bool = False,
+    input_size=None,
+    interpolation: Optional[str] = None,
+) -> LoadedClassifier:
+    """Loads a classifier (see the module docstring for the accepted specs) in eval mode on ``device``.
+
+    ``trust_code=True`` (``--trust-code``) allows formats whose loading runs code from the file (a torch.export
+    .pt2, a transformers folder with its own modelling code, a pickle state dict on torch < 2.10): only for files
+    whose source you trust. ``input_size`` ((H, W) or an int) and ``interpolation`` (a key of RESIZE_MODES)
+    override what a timm / transformers configuration declares, or declare it for any other classifier."""
+    device = torch.device(device if device is not None else "cpu")
+    mean, std = checks.normalization(mean, std)
+    input_size, interpolation = _check_input_size(input_size, interpolation)
+    source = None if mean is None else "arguments"
+    size_source = None if input_size is None else "arguments"
+    if isinstance(spec, torch.nn.Module):
+        if weights is not None:
+            raise ValueError("weights: only for a module:factory classifier spec")
+        return LoadedClassifier(spec.to(device).eval(), mean, std, "module", type(spec).__name__, [], source,
+                                input_size, interpolation, size_source)
+    if not isinstance(spec, (str, os.PathLike)) or not str(spec).strip():
+        raise ValueError(f"classifier: expected {CLASSIFIER_SPECS}; got {spec!r}")
+    spec = str(spec)
+    if spec == "demo" and not Path(spec).exists():  # the digits classifier shipped in msrs/assets
+        from . import assets
+
+        if weights is not None:
+            raise ValueError("weights: the demo classifier comes with its own weights")
+        spec, weights = f"msrs.zoo:{assets.CLASSIFIER_NAME}", assets.path(assets.CLASSIFIER_NAME + ".safetensors")
+
+    if spec.startswith(("timm:", "hf:")) and not Path(spec).exists():
+        library = _load_library_model(spec, weights, factory_kwargs, trust_code)
+        if mean is None and library.mean is not None:
+            mean, std = checks.normalization(library.mean, library.std)
+            source = library.normalization_source
+        if input_size is None and library.input_size is not None:
+            input_size, size_source = library.input_size, f"{spec.partition(':')[0]} configuration"
+        interpolation = interpolation or library.interpolation
+        model = library.model.to(device).eval()
+        return LoadedClassifier(model, mean, std, spec.partition(":")[0], spec, library.files, source,
+                                input_size, interpolation, size_source)
+
+    path = Path(spec).expanduser()
+    if path.exists() or not _looks_like_factory(spec):
+        path = existing_file("classifier", path)
+        model, kind = _load_saved_model(path, weights, device, trust_code)
+        return LoadedClassifier(model, mean, std, kind, spec, [path], source, input_size, interpolation,
+                                size_source)
+
+    model, files, declared_mean, declared_std, declared_source = _load_factory(spec, weights, factory_kwargs,
+                                                                               trust_code, mean is None)
+    if declared_mean is not None:
+        mean, std, source = declared_mean, declared_std, declared_source
     model = model.to(device).eval()
-    return LoadedClassifier(model, mean, std, "factory", spec, files, source)
+    return LoadedClassifier(model, mean, std, "factory", spec, files, source, input_size, interpolation, size_source)

@@ -22,6 +22,7 @@ __all__ = [
     "DDPM_NAME",
     "DDPM_FINETUNED_NAME",
     "asset_path",
+    "assets_dir",
     "digits_classifier",
     "digits_dataset",
     "digits_split",
@@ -31,9 +32,9 @@ __all__ = [
     "train_positions",
 ]
 
-CLASSIFIER_NAME = "digits_classifier"
-DDPM_NAME = "digits_ddpm"
-DDPM_FINETUNED_NAME = "digits_ddpm_finetuned"
+from .assets import CLASSIFIER_NAME, DDPM_FINETUNED_NAME, DDPM_NAME  # re-exported: the demo models' names
+from .assets import directory as assets_dir
+from .assets import path as asset_path
 
 ARCHITECTURES = {}
 
@@ -65,20 +66,6 @@ def digits_classifier(num_classes: int = 10, in_channels: int = 1, width: int = 
         nn.Dropout(0.3),
         nn.Linear(4 * w, num_classes),
     )
-
-
-def assets_dir() -> Path:
-    """The folder holding the shipped weights (the msrs.assets package, wherever msrs is installed)."""
-    try:
-        from importlib.resources import files
-
-        return Path(str(files("msrs.assets")))
-    except (ImportError, ModuleNotFoundError, TypeError):  # pragma: no cover - very old Pythons / odd loaders
-        return Path(__file__).resolve().parent / "assets"
-
-
-def asset_path(name: str) -> Path:
-    return assets_dir() / name
 
 
 def _missing(path: Path, what: str, how: str) -> FileNotFoundError:
@@ -113,20 +100,11 @@ def load_demo_classifier(device: torch.device | str = "cpu"):
 
 def load_demo_denoiser(finetuned: bool = False, device: torch.device | str = "cpu"):
     """The digits DiffusionDenoiser (eval mode, on `device`): the off-the-shelf DDPM (msrs/assets/digits_ddpm), or
-    with finetuned=True its diffusion-calibrated copy (msrs/assets/digits_ddpm_finetuned)."""
-    from .denoiser import DiffusionDenoiser
+    with finetuned=True its diffusion-calibrated copy (msrs/assets/digits_ddpm_finetuned); msrs.denoiser.load_denoiser
+    resolves them."""
+    from .denoiser import load_denoiser
 
-    name = DDPM_FINETUNED_NAME if finetuned else DDPM_NAME
-    path = asset_path(name)
-    if not path.is_dir():
-        how = (
-            "the fine-tuned denoiser is made by diffusion calibration (msrs.finetune) and saved there with "
-            "DiffusionDenoiser.save_pretrained; use finetuned=False for the off-the-shelf DDPM"
-            if finetuned
-            else "run scripts/train_ddpm.py to make it"
-        )
-        raise _missing(path, f"the {'fine-tuned ' if finetuned else ''}demo denoiser", how)
-    return DiffusionDenoiser.from_pretrained(path).to(device).eval()
+    return load_denoiser("demo-finetuned" if finetuned else "demo", device=device)
 
 
 # The validation split: held out of the training digits for every choice made on the demo models (the fine-tuning

@@ -89,26 +89,20 @@ def print_cert(name: str, cert: dict) -> None:
 
 
 def main(argv=None) -> int:
+    from msrs.finetune.settings import FinetuneSettings, add_options, from_options
+
+    # the library's defaults (msrs.finetune.FinetuneSettings) but float32 pinned (dtype "auto" would pick bfloat16
+    # on a CPU with native bf16, and the result must not depend on the machine): the settings the shipped weights
+    # were made with (msrs/assets/digits_ddpm_finetuned/finetune_info.json); the recipe options are overridden by
+    # scripts/finetune_sweep.py
+    demo_settings = FinetuneSettings(sigmas=SIGMAS, dtype="float32")
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--denoiser", type=Path, default=ROOT / "msrs" / "assets" / "digits_ddpm")
     p.add_argument("--out", type=Path, default=ROOT / "msrs" / "assets" / "digits_ddpm_finetuned")
     p.add_argument("--work-dir", type=Path, default=ROOT / "runs" / "finetune_demo",
                    help="checkpoints, optimizer state and the log during training (not shipped)")
     p.add_argument("--sigmas", type=float, nargs="+", default=list(SIGMAS), help="the cascade's sigmas")
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--samples-per-image", type=int, default=4)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--brier-weight", type=float, default=2.0)
-    p.add_argument("--anti-consistency-weight", type=float, default=1.0)
-    p.add_argument("--mse-weight", type=float, default=1.0)
-    p.add_argument("--anti-consistency", choices=("all", "wrong"), default="all")
-    p.add_argument("--ema-decay", type=float, default=0.99)
-    p.add_argument("--warmup-steps", type=int, default=20)
-    p.add_argument("--dtype", default="float32", choices=("auto", "float32", "bfloat16"))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint-every", type=int, default=100)
+    add_options(p, defaults=demo_settings, exclude=("sigmas",))  # msrs finetune's options, the demo's defaults
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--draws", type=int, default=32, help="noise draws per validation image and sigma (votes)")
     p.add_argument("--cert-images", type=int, default=0,
@@ -176,14 +170,9 @@ def main(argv=None) -> int:
             print_cert("before", before["certification"])
 
     start = time.perf_counter()
-    finetune(
-        base, classifier, fit, out_dir=args.work_dir / "model", sigmas=sigmas, steps=args.steps,
-        batch_size=args.batch_size, samples_per_image=args.samples_per_image, lr=args.lr,
-        weight_decay=args.weight_decay, brier_weight=args.brier_weight,
-        anti_consistency_weight=args.anti_consistency_weight, mse_weight=args.mse_weight,
-        anti_consistency=args.anti_consistency, p0=0.5,
-        ema_decay=args.ema_decay, warmup_steps=args.warmup_steps, dtype=args.dtype, seed=args.seed,
-        checkpoint_every=args.checkpoint_every, resume=not args.no_resume, mean=mean, std=std, progress=False)
+    settings = from_options(args, defaults=demo_settings, exclude=("sigmas",)).replace(sigmas=tuple(sigmas))
+    finetune(base, classifier, fit, out_dir=args.work_dir / "model", settings=settings,
+             resume=not args.no_resume, mean=mean, std=std, progress=False)
     session_seconds = time.perf_counter() - start
     record = json.loads((args.work_dir / "model" / "finetune.json").read_text())
     print(f"fine-tuning: {record['step']} steps, {record['wall_time_seconds']:.0f}s of training "

@@ -258,10 +258,12 @@ def test_bf16_autocast_close_to_fp32(den1):
         e32 = den1.predict_eps(x_t, t)
         e16 = den1.predict_eps(x_t, t, autocast_dtype=torch.bfloat16)
         assert e16.dtype == torch.float32
-        assert float((e16 - e32).abs().max()) <= 0.05 * float(e32.abs().max()) + 1e-3
+        # measured: 1.1-1.2 % of max |eps| and 0.0065-0.0092 in the denoised image (3 seeds, AVX2 CPU, emulated
+        # bf16): a few bf16 roundings (2^-8 each) through the UNet; the bounds are 2x that
+        assert float((e16 - e32).abs().max()) <= 0.025 * float(e32.abs().max())
         bf = DiffusionDenoiser(den1.unet, linear_scheduler(), autocast_dtype=torch.bfloat16)
         d16, d32 = bf.denoise_noisy(x_noisy, 0.5, backend="torch"), den1.denoise_noisy(x_noisy, 0.5, backend="torch")
-        assert float((d16 - d32).abs().max()) < 0.05
+        assert 0 < float((d16 - d32).abs().max()) < 0.02
 
 
 def test_channels_last_same_result():

@@ -128,6 +128,78 @@ def test_objective_terms_follow_the_recoverability_rule():
     assert right["brier"] == pytest.approx((1 - p_right) ** 2 + (1 - p_right) ** 2 / 9, rel=1e-5)
 
 
+class Recording(nn.Module):
+    """Wraps a classifier; keeps its answers (argmax) on the last batch it classified."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.answers = inner, None
+
+    def forward(self, x):
+        out = self.inner(x)
+        self.answers = out.argmax(1).detach()
+        return out
+
+
+def objective_by_hand(den, clf, x_t, timesteps, labels, levels, m, p0, brier_weight, ac_weight):
+    """The Brier + anti-consistency objective of the module docstring (anti_consistency="all", mean 0, std 1),
+    written out here from the UNet's eps on the recorded noisy inputs x_t (rows: level, image, copy)."""
+    a = torch.tensor([den.timestep_for(s)[1] for s in SIGMAS], dtype=torch.float32).repeat_interleave(x_t.shape[0] //
+                                                                                                     levels)
+    a = a[:, None, None, None]
+    eps = den.predict_eps(x_t, timesteps)
+    x0 = ((x_t - torch.sqrt(1 - a * a) * eps) / a).clamp(-1, 1)
+    probs = torch.softmax(clf((x0 + 1) / 2), dim=1).reshape(levels, -1, m, 10)
+    onehot = nn.functional.one_hot(labels, 10).to(torch.float32)
+    recoverable = ((probs.argmax(3) == labels[None, :, None]).to(torch.float32).mean(2) > p0).to(torch.float32)
+    brier = (recoverable * (probs - onehot[None, :, None]).square().sum(3).mean(2)).mean()
+    anti = ((1 - recoverable) * probs.mean(2).square().sum(2)).mean()
+    return brier_weight * brier + ac_weight * anti, recoverable
+
+
+@pytest.mark.parametrize("weights", [(1.0, 0.0), (0.0, 1.0)], ids=["brier", "anti_consistency"])
+def test_brier_and_anti_consistency_gradients_reach_the_unet(weights, monkeypatch):
+    """With the eps-MSE off, each of the two calibration terms has a gradient with respect to the UNet's weights,
+    and it equals the gradient of the same term written out here (clamp, [0, 1] and classifier after the UNet's
+    eps). A finalisation fed a detached eps would leave these terms without any path to the UNet."""
+    den, clf = tiny_denoiser(), tiny_classifier()
+    for p in clf.parameters():
+        p.requires_grad_(False)
+    images, _ = tiny_data(6)
+    ids, m = torch.arange(6), 2
+    kw = dict(sigmas=SIGMAS, samples_per_image=m, seed=5, step=7, backend="torch", mse_weight=0.0)
+    recording = Recording(clf)
+    seen = []
+    original = ft._predict_eps
+
+    def record(denoiser, x_t, timesteps, autocast):
+        seen.append((x_t.detach().clone(), timesteps.clone()))
+        return original(denoiser, x_t, timesteps, autocast)
+
+    monkeypatch.setattr(ft, "_predict_eps", record)
+    ft.calibration_loss(den, recording, images, torch.zeros(6, dtype=torch.int64), ids, **kw)
+    answers = recording.answers.reshape(len(SIGMAS), 6, m)[0, :, 0]
+    labels = torch.where(ids < 3, answers, (answers + 1) % 10)  # some pairs recoverable (Brier), some not (AC)
+
+    seen.clear()
+    total, terms = ft.calibration_loss(den, clf, images, labels, ids, brier_weight=weights[0],
+                                       anti_consistency_weight=weights[1], **kw)
+    assert 0 < terms["recoverable"] < 1
+    assert total.requires_grad, "the calibration terms have no gradient path to the UNet"
+    params = list(den.parameters())
+    got = torch.autograd.grad(total, params, allow_unused=True)
+    (x_t, timesteps), = seen
+    mine, recoverable = objective_by_hand(den, clf, x_t, timesteps, labels, len(SIGMAS), m, 0.5, *weights)
+    assert recoverable.mean().item() == pytest.approx(terms["recoverable"])
+    assert mine.item() == pytest.approx(total.item(), rel=1e-5)
+    want = torch.autograd.grad(mine, params)
+    flat_got = torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(got, params)])
+    flat_want = torch.cat([g.reshape(-1) for g in want])
+    assert flat_want.norm() > 0
+    # measured: 0 (the same fp32 arithmetic); 1e-4 leaves room for a reordering of the same formula
+    assert (flat_got - flat_want).norm() <= 1e-4 * flat_want.norm()
+
+
 def test_batch_indices_cover_each_epoch_once_and_are_deterministic():
     n, b = 10, 4
     seq = torch.cat([ft.batch_indices(0, s, b, n) for s in range(5)])  # 20 positions = 2 epochs
@@ -138,12 +210,21 @@ def test_batch_indices_cover_each_epoch_once_and_are_deterministic():
 
 # ------------------------------------------------------------------------------------------------------- training
 def test_classifier_is_frozen_and_left_as_it_was(tmp_path):
+    """The classifier only passes gradients through: during the run its weights do not require gradients (so no
+    gradient is computed or stored for them), and afterwards its flags and mode are restored."""
     den, clf = tiny_denoiser(), tiny_classifier()
     before_clf, before_den = state(clf), state(den)
     flags = [p.requires_grad for p in clf.parameters()]
+    assert all(flags)  # a trainable classifier in training mode: freezing it is finetune's job
+    clf.train()
+    during = []
+    clf.register_forward_hook(lambda module, args, out: during.append(
+        (module.training, [p.requires_grad for p in module.parameters()])))
     result = ft.finetune(den, clf, tiny_data(), out_dir=tmp_path / "ft", steps=2, **FAST)
+    assert during and all(not training and not any(grads) for training, grads in during)
+    assert all(p.grad is None for p in clf.parameters())
     assert_same_tensors(state(clf), before_clf)
-    assert [p.requires_grad for p in clf.parameters()] == flags
+    assert [p.requires_grad for p in clf.parameters()] == flags and clf.training
     assert_same_tensors(state(den), before_den)  # the input denoiser is not modified: a copy is trained
     changed = any(not torch.equal(a, b) for a, b in zip(state(result.raw_denoiser).values(), before_den.values()))
     assert changed

@@ -1,14 +1,20 @@
-"""Classifier loading: tiny models saved in every supported format and loaded back."""
+"""Classifier loading: tiny models saved in every supported format and loaded back; crafted files whose loading
+would run code are refused before their payload runs."""
+import io
 import json
 import sys
 import textwrap
+import zipfile
 
 import pytest
 import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from msrs.models import check_normalization, file_fingerprint, load_classifier
+from msrs import weights
+from msrs.checks import normalization as check_normalization
+from msrs.fingerprint import file_fingerprint
+from msrs.models import RESIZE_MODES, load_classifier
 
 
 def tiny(num_classes=3):
@@ -68,7 +74,7 @@ def test_torch_export_training_mode_is_switched_to_eval(tmp_path, model, x):
     program = torch.export.export(model, (x[:2],), dynamic_shapes=({0: batch},))
     path = tmp_path / "m.pt2"
     torch.export.save(program, str(path))
-    loaded = load_classifier(str(path))
+    loaded = load_classifier(str(path), trust_code=True)
     assert loaded.kind == "export"
     out = loaded.model(x)
     torch.testing.assert_close(out, expected)
@@ -82,7 +88,7 @@ def test_torch_export_fixed_batch_is_refused(tmp_path, model, x):
     path = tmp_path / "fixed.pt2"
     torch.export.save(torch.export.export(model, (x[:2],)), str(path))
     with pytest.raises(ValueError, match="fixed batch size of 2"):
-        load_classifier(str(path))
+        load_classifier(str(path), trust_code=True)
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt", ".pth"])
@@ -188,3 +194,119 @@ def test_file_fingerprint(tmp_path):
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "x").write_bytes(b"abc")
     assert file_fingerprint(tmp_path / "d")["files"]["x"]["sha256"] == fp["sha256"]
+
+
+# ------------------------------------------------------------------------------------------- files that carry code
+class Payload:
+    """Unpickling it creates the file `marker` (what a real payload would do with os.system)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def pickled(obj) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def crafted_pt2(tmp_path, kind, marker):
+    """A genuine torch.export archive of a tiny network, with one part replaced by a payload that creates `marker`:
+    through the unrestricted-unpickling fallback of its sample inputs, a weight marked as pickled, a symbolic shape
+    expression (sympy evaluates it) or a guard (compiled into the module's forward)."""
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).eval()
+    program = torch.export.export(net, (torch.rand(2, 1, 4, 4),), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    genuine, crafted = tmp_path / "genuine.pt2", tmp_path / f"{kind}.pt2"
+    torch.export.save(program, str(genuine))
+    touch = f"__import__('pathlib').Path({str(marker)!r}).touch() is None"
+
+    def edit(name, data):
+        if kind == "sample_inputs" and name.endswith("data/sample_inputs/model.pt"):
+            return pickled(Payload(marker))
+        if kind == "pickled_weight" and name.endswith("data/weights/model_weights_config.json"):
+            config = json.loads(data)
+            config["config"]["1.bias"]["use_pickle"] = True
+            return json.dumps(config).encode()
+        if kind == "pickled_weight" and name.endswith("data/weights/" + weight_file):
+            return pickled(Payload(marker))
+        if kind == "sympy_expression" and name.endswith("models/model.json"):
+            text = data.decode()
+            assert "integer=True)" in text
+            return text.replace("integer=True)", f"integer={touch})", 1).encode()
+        if kind == "guards_code" and name.endswith("models/model.json"):
+            program_json = json.loads(data)
+            program_json["guards_code"] = [touch]
+            return json.dumps(program_json).encode()
+        return data
+
+    with zipfile.ZipFile(genuine) as archive:
+        config_name = next(n for n in archive.namelist() if n.endswith("model_weights_config.json"))
+        weight_file = json.loads(archive.read(config_name))["config"]["1.bias"]["path_name"]
+        with zipfile.ZipFile(crafted, "w", zipfile.ZIP_STORED) as out:
+            for info in archive.infolist():
+                out.writestr(info, edit(info.filename, archive.read(info.filename)))
+    return crafted
+
+
+@pytest.mark.parametrize("kind", ["sample_inputs", "pickled_weight", "sympy_expression", "guards_code"])
+def test_pt2_is_refused_without_trust_and_its_payload_never_runs(tmp_path, kind):
+    marker = tmp_path / "payload_ran"
+    path = crafted_pt2(tmp_path, kind, marker)
+    with pytest.raises(ValueError, match=r"torch\.export archive.*runs code.*trust_code=True.*--trust-code"):
+        load_classifier(str(path))
+    assert not marker.exists(), "the payload ran although msrs refused the file"
+
+    # The same file loaded with trust: torch's loader runs the payload (so the file above was a live attack).
+    try:
+        loaded = load_classifier(str(path), trust_code=True)
+        loaded.model(torch.rand(3, 1, 4, 4))
+    except ValueError:  # some payloads break the load after they ran: msrs's error comes too late
+        pass
+    assert marker.exists(), f"the crafted {kind} payload did not run under torch.export.load: revisit this test"
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".pth", ".bin", ".ckpt"])
+@pytest.mark.parametrize("trust_code", [False, True])
+def test_pickled_weights_never_run_code(tmp_path, factory_module, model, suffix, trust_code):
+    marker = tmp_path / "payload_ran"
+    path = tmp_path / f"weights{suffix}"
+    state = dict(model.state_dict())
+    state["extra"] = Payload(marker)
+    torch.save(state, str(path))
+    with pytest.raises(ValueError, match=r"weights: cannot read .*weights_only=True.*never unpickles.*safetensors"):
+        load_classifier(f"{factory_module}:make", path, trust_code=trust_code)  # trust never means weights_only=False
+    assert not marker.exists()
+    torch.load(str(path), weights_only=False)  # the unrestricted unpickler runs it: the payload is live
+    assert marker.exists()
+
+
+def test_pickled_weights_need_trust_on_a_torch_with_unsafe_weights_only(tmp_path, factory_module, model, x,
+                                                                        monkeypatch):
+    assert weights.SAFE_TORCH_LOAD == (tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 10))
+    assert weights.release("2.9.1+cu121") < (2, 10) <= weights.release("2.10.0")  # numbers, not strings: "2.9" > "2.10"
+    monkeypatch.setattr(weights, "SAFE_TORCH_LOAD", False)  # as on torch < 2.10 (CVE-2025-32434, CVE-2026-24747)
+    pt, st = tmp_path / "w.pt", tmp_path / "w.safetensors"
+    torch.save(model.state_dict(), str(pt))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(st))
+    with pytest.raises(ValueError, match=r"weights: .*CVE-2025-32434.*safetensors.*trust_code=True"):
+        load_classifier(f"{factory_module}:make", pt)
+    torch.testing.assert_close(load_classifier(f"{factory_module}:make", st).model(x), model(x))
+    torch.testing.assert_close(load_classifier(f"{factory_module}:make", pt, trust_code=True).model(x), model(x))
+
+
+def test_declared_input_size(tmp_path, model, x):
+    loaded = load_classifier(model, input_size=224, interpolation="bicubic")
+    assert loaded.input_size == (224, 224) and loaded.interpolation == "bicubic"
+    assert loaded.input_size_source == "arguments" and loaded.resize_mode == ("bicubic", True)
+    assert load_classifier(model).input_size is None
+    assert load_classifier(model).resize_mode == ("bilinear", True)
+    assert load_classifier(model, input_size=(32, 48)).input_size == (32, 48)
+    assert set(RESIZE_MODES) == {"nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"}
+    for bad in (0, (32,), (32, -1), (32.5, 32), "224", True):
+        with pytest.raises(ValueError, match="input_size: expected"):
+            load_classifier(model, input_size=bad)
+    with pytest.raises(ValueError, match="interpolation: expected one of"):
+        load_classifier(model, interpolation="cubic")

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import is_interpreted, tolerance
+from conftest import is_interpreted, required_backends, skip_or_fail, tolerance
 
 from msrs import ops
 from msrs.ops import reference
@@ -22,15 +22,15 @@ def _gen(seed: int) -> torch.Generator:
 
 def _images(shape, dtype=torch.float32, device="cpu", layout="contiguous", seed=0):
     """Images in [0, 1], possibly non-contiguous (channels_last or a strided slice)."""
-    if layout == "sliced":  # every other column of a wider tensor
+    if layout == "sliced":  # every other column of a wider tensor, sliced on the device (a copy would be contiguous)
         b, c, h, w = shape
-        x = torch.rand(b, c, h, 2 * w, generator=_gen(seed)).to(dtype)[..., ::2]
+        x = torch.rand(b, c, h, 2 * w, generator=_gen(seed)).to(dtype).to(device)[..., ::2]
     else:
-        x = torch.rand(shape, generator=_gen(seed)).to(dtype)
+        x = torch.rand(shape, generator=_gen(seed)).to(dtype).to(device)
     if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
     assert (layout == "contiguous") == x.is_contiguous() or shape[1] == 1
-    return x.to(device)
+    return x
 
 
 def _rows_coeffs(batch: int, samples: int, device="cpu", seed=0):
@@ -125,7 +125,7 @@ def _cpp():
     from msrs.ops import cpp_backend
 
     if cpp_backend.load_error():
-        pytest.skip(f"cpp backend unavailable: {cpp_backend.load_error()}")
+        skip_or_fail("cpp", f"cpp backend unavailable: {cpp_backend.load_error()}")
     return cpp_backend
 
 
@@ -648,7 +648,7 @@ def test_forcing_triton_on_a_cpu_tensor_without_the_interpreter(monkeypatch):
     try:
         from msrs.ops import triton_backend  # noqa: F401
     except ImportError as exc:
-        pytest.skip(f"msrs.ops.triton_backend cannot be imported: {exc}")
+        skip_or_fail("triton", f"msrs.ops.triton_backend cannot be imported: {exc}")
     x = torch.rand(1, 1, 2, 2)
     _raises(ops.BackendUnavailable, r"'triton'", ops.add_noise, x, 0.5, 2, seed=0, backend="triton")
     assert "triton" not in ops.available_backends("cpu") and "torch" in ops.available_backends("cpu")
@@ -658,5 +658,5 @@ def test_auto_backend_on_cpu_is_cpp_when_it_builds(monkeypatch):
     from msrs.ops import cpp_backend
 
     monkeypatch.delenv("MSRS_BACKEND", raising=False)
-    expected = "cpp" if cpp_backend.load_error() is None else "torch"
+    expected = "cpp" if cpp_backend.load_error() is None or "cpp" in required_backends() else "torch"
     assert ops.resolve_backend(None, torch.device("cpu")) == expected

@@ -89,6 +89,22 @@ class FakeSmoothed:
                                    image_ids=image_ids, p0=p0)
         return [self._stopped(c, idx, n0) for c, idx in zip(out, image_ids)]
 
+    def run(self, images, image_ids, config):
+        """msrs.runner's entry point: the method config.method names, with the config's settings (as
+        SmoothedClassifier.run dispatches to msrs.procedures)."""
+        common = dict(seed=config.seed, batch_size=config.batch_size, image_ids=image_ids, p0=config.p0)
+        sigmas = config.sigmas if config.cascade else config.sigmas[0]
+        if config.sequential is not None:
+            common.update(target_radii=config.sequential.target_radii, bound=config.sequential.bound)
+        if config.cascade and config.sequential is None:
+            common["alpha_schedule"] = config.alpha_schedule
+        method = {"certify": self.certify, "cascade": self.certify_cascade, "sequential": self.certify_sequential,
+                  "sequential_cascade": self.certify_cascade_sequential}[config.method]
+        return method(images, sigmas, config.n0, config.n, config.alpha, **common)
+
+    def check_pipeline(self, images, image_ids, sigmas, *, seed, batch_size):
+        """Nothing to check: the fake has no models."""
+
     @staticmethod
     def _stopped(cert, idx, n0):
         cert.samples = n0 + 64 * (1 + int(idx) % 5)  # a sequential run draws fewer samples, image by image
@@ -300,8 +316,9 @@ def test_sequential_logs_add_samples_record_the_bound_and_resume(tmp_path):
     assert [row["samples"] for row in table["rows"]] == [10 + 64 * (1 + i % 5) for i in range(12)]
     sidecar = json.loads(logs.sidecar_path(full).read_text())
     assert sidecar["run"]["method"] == "sequential_cascade" and sidecar["run"]["alpha_schedule"] == "union"
-    assert sidecar["run"]["sequential"] == {"target_radii": [0.25, 0.5], "bound": "spending", "looks": [64, 100],
-                                            "final_share": 0.9}
+    assert sidecar["run"]["sequential"] == {"target_radii": [0.25, 0.5], "bound": "spending",
+                                            "looks": [64, 71, 79, 87, 100], "final_share": 0.9, "futility": 0.02,
+                                            "futility_ramp": 0.1}
     out = tmp_path / "resumed.tsv"
     with pytest.raises(Interrupt):
         certify_dataset(FakeSmoothed(fail_after_calls=3), data, out, **kw)
@@ -314,8 +331,8 @@ def test_sequential_logs_add_samples_record_the_bound_and_resume(tmp_path):
     one = certify_dataset(single, data, tmp_path / "one.tsv", **{**kw, "sigmas": [0.25]}, sequential_bound="cs")
     assert single.sequential == ([0.25, 0.5], "cs")
     assert logs.read_log(one)["columns"] == logs.COLUMNS + ("samples",)
-    assert json.loads(logs.sidecar_path(one).read_text())["run"]["sequential"] == {"target_radii": [0.25, 0.5],
-                                                                                 "bound": "cs"}
+    assert json.loads(logs.sidecar_path(one).read_text())["run"]["sequential"] == {
+        "target_radii": [0.25, 0.5], "bound": "cs", "futility": 0.02, "futility_ramp": 0.1}
 
 
 @pytest.mark.parametrize("change, message", [

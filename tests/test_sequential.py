@@ -12,10 +12,9 @@ import pytest
 import torch
 from scipy.stats import beta, binom, norm
 
-from msrs import sequential as Q
-from msrs import stats
+from msrs import bounds, decisions, stopping
 
-from test_validity import NaiveClopperPearson  # the invalid rule, for the negative controls
+from test_validity import NaiveClopperPearson, PredictedFinal  # invalid rules, for the negative controls
 
 
 def _se(alpha, n):
@@ -29,7 +28,7 @@ def test_bounds_contain_the_estimate_and_are_sane():
     s = rng.binomial(t, rng.random(3000))
     s[:50], s[50:100] = 0, t[50:100]
     for alpha in (0.001, 0.05):
-        lo, hi = Q.cs_bounds(s, t, alpha)
+        lo, hi = bounds.cs_bounds(s, t, alpha)
         phat = s / t
         assert np.all((0 <= lo) & (lo <= phat + 1e-12) & (phat - 1e-12 <= hi) & (hi <= 1))
         assert np.all(lo[:50] == 0) and np.all(hi[50:100] == 1)
@@ -41,47 +40,47 @@ def test_bounds_contain_the_estimate_and_are_sane():
         # the ends are where the martingale crosses 1/alpha
         inner = (s > 0) & (s < t)
         level = math.log(1 / alpha)
-        assert np.all(Q.log_martingale(s[inner], t[inner], lo[inner]) >= level - 1e-6)
-        assert np.all(Q.log_martingale(s[inner], t[inner], hi[inner]) >= level - 1e-6)
+        assert np.all(bounds.log_martingale(s[inner], t[inner], lo[inner]) >= level - 1e-6)
+        assert np.all(bounds.log_martingale(s[inner], t[inner], hi[inner]) >= level - 1e-6)
 
 
 def test_bounds_monotone():
     t = 5000
     s = np.arange(t + 1)
-    lo, hi = Q.cs_bounds(s, t, 0.01)
+    lo, hi = bounds.cs_bounds(s, t, 0.01)
     assert np.all(np.diff(lo) > 0) and np.all(np.diff(hi) > 0)  # more successes: both ends move up
     # more data at the same rate: the interval shrinks
     ts = np.array([100, 1000, 10_000, 100_000, 1_000_000])
-    lo, hi = Q.cs_bounds(ts * 9 // 10, ts, 0.01)
+    lo, hi = bounds.cs_bounds(ts * 9 // 10, ts, 0.01)
     assert np.all(np.diff(hi - lo) < 0)
     # smaller alpha: wider
-    a = Q.cs_bounds(900, 1000, 0.01)
-    b = Q.cs_bounds(900, 1000, 0.001)
+    a = bounds.cs_bounds(900, 1000, 0.01)
+    b = bounds.cs_bounds(900, 1000, 0.001)
     assert b[0] < a[0] and b[1] > a[1]
 
 
 def test_bisection_matches_brentq_and_handles_edges():
     cases = np.array([[0, 0], [0, 1], [1, 1], [0, 10], [10, 10], [5, 10], [999_990, 1_000_000], [3, 1000],
                       [50_000, 100_000], [100_000, 100_000]])
-    lo, hi = Q.cs_bounds(cases[:, 0], cases[:, 1], 0.001)
-    lo2, hi2 = Q.cs_bounds(cases[:, 0], cases[:, 1], 0.001, method="brentq")
+    lo, hi = bounds.cs_bounds(cases[:, 0], cases[:, 1], 0.001)
+    lo2, hi2 = bounds.cs_bounds(cases[:, 0], cases[:, 1], 0.001, method="brentq")
     np.testing.assert_allclose(lo, lo2, rtol=1e-10, atol=1e-300)
     np.testing.assert_allclose(hi, hi2, rtol=1e-10)
-    assert Q.cs_bounds(0, 0, 0.05) == (0.0, 1.0)
-    assert isinstance(Q.cs_bounds(3, 10, 0.05)[0], float)
+    assert bounds.cs_bounds(0, 0, 0.05) == (0.0, 1.0)
+    assert isinstance(bounds.cs_bounds(3, 10, 0.05)[0], float)
     with pytest.raises(ValueError, match="successes"):
-        Q.cs_bounds(11, 10, 0.05)
+        bounds.cs_bounds(11, 10, 0.05)
     with pytest.raises(ValueError, match="alpha"):
-        Q.cs_bounds(1, 10, 1.5)
+        bounds.cs_bounds(1, 10, 1.5)
     with pytest.raises(ValueError, match="prior"):
-        Q.cs_bounds(1, 10, 0.05, prior=(0, 1))
+        bounds.cs_bounds(1, 10, 0.05, prior=(0, 1))
     with pytest.raises(ValueError, match="integer"):
-        Q.cs_bounds(1.5, 10, 0.05)
+        bounds.cs_bounds(1.5, 10, 0.05)
 
 
 def test_spending_bound_is_clopper_pearson_at_the_spent_level_of_each_look():
-    looks = Q.checkpoints(1000)  # [64, 128, 256, 512, 1000]
-    bound = Q.AlphaSpending(looks)
+    looks = stopping.checkpoints(1000, growth=2.0)  # [64, 128, 256, 512, 1000]
+    bound = bounds.AlphaSpending(looks)
     np.testing.assert_allclose(bound.weights, [0.025] * 4 + [0.9])
     assert bound.weights.sum() == pytest.approx(1.0, abs=1e-15)
     rng = np.random.default_rng(0)
@@ -89,24 +88,24 @@ def test_spending_bound_is_clopper_pearson_at_the_spent_level_of_each_look():
         s = rng.integers(0, t + 1, size=50)
         s[:2] = 0, t
         lo, hi = bound(s, t, 0.01)
-        np.testing.assert_array_equal(lo, stats.clopper_pearson_lower(s, t, 0.01 * bound.weights[k]))
-        np.testing.assert_array_equal(hi, stats.clopper_pearson_upper(s, t, 0.01 * bound.weights[k]))
+        np.testing.assert_array_equal(lo, bounds.clopper_pearson_lower(s, t, 0.01 * bound.weights[k]))
+        np.testing.assert_array_equal(hi, bounds.clopper_pearson_upper(s, t, 0.01 * bound.weights[k]))
     # the final look is nearly the fixed-n bound (0.9 alpha); an early look is much wider than CP at alpha
-    assert bound(900, 1000, 0.01)[0][0] == pytest.approx(stats.clopper_pearson_lower(900, 1000, 0.009))
-    assert bound(60, 64, 0.01)[0][0] < stats.clopper_pearson_lower(60, 64, 0.01) - 0.03
+    assert bound(900, 1000, 0.01)[0][0] == pytest.approx(bounds.clopper_pearson_lower(900, 1000, 0.009))
+    assert bound(60, 64, 0.01)[0][0] < bounds.clopper_pearson_lower(60, 64, 0.01) - 0.03
     lo, hi = bound([0, 3], [0, 64], 0.01)
     assert (lo[0], hi[0]) == (0.0, 1.0)  # no samples yet: (0, 1)
     with pytest.raises(ValueError, match="trials.*looks"):
         bound(5, 100, 0.01)  # not a look: the spent level is undefined
     # other shares; the rules accept the bound object
-    np.testing.assert_allclose(Q.AlphaSpending(looks, final_share=0.6).weights, [0.1] * 4 + [0.6])
-    np.testing.assert_allclose(Q.AlphaSpending([10, 20], weights=[0.3, 0.7]).weights, [0.3, 0.7])
-    assert Q.AlphaSpending([500]).weights.tolist() == [1.0]
-    assert Q.route_stage(600, 1000, 1000, 0.01, bound=bound) == "certify"
-    assert Q.other_classes_upper(np.array([900, 60, 40]), 0, 0.02, bound=bound) == pytest.approx(
-        stats.clopper_pearson_upper(60, 1000, 0.01 * 0.9))
-    assert isinstance(Q.make_bound("cs", looks), Q.ConfidenceSequence)
-    assert Q.make_bound(bound, looks) is bound
+    np.testing.assert_allclose(bounds.AlphaSpending(looks, final_share=0.6).weights, [0.1] * 4 + [0.6])
+    np.testing.assert_allclose(bounds.AlphaSpending([10, 20], weights=[0.3, 0.7]).weights, [0.3, 0.7])
+    assert bounds.AlphaSpending([500]).weights.tolist() == [1.0]
+    assert stopping.route_stage(600, 1000, 1000, 0.01, bound=bound) == "certify"
+    assert bounds.other_classes_upper(np.array([900, 60, 40]), 0, 0.02, bound=bound) == pytest.approx(
+        bounds.clopper_pearson_upper(60, 1000, 0.01 * 0.9))
+    assert isinstance(stopping.make_bound("cs", looks), stopping.ConfidenceSequence)
+    assert stopping.make_bound(bound, looks) is bound
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -118,21 +117,21 @@ def test_spending_bound_is_clopper_pearson_at_the_spent_level_of_each_look():
 ])
 def test_spending_bad_shares_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        Q.AlphaSpending(Q.checkpoints(1000), **kwargs)
+        bounds.AlphaSpending(stopping.checkpoints(1000, growth=2.0), **kwargs)
 
 
 def test_bad_bound_arguments():
-    looks = Q.checkpoints(1000)
+    looks = stopping.checkpoints(1000)
     with pytest.raises(ValueError, match="bound"):
-        Q.make_bound("bonferroni", looks)
+        stopping.make_bound("bonferroni", looks)
     with pytest.raises(TypeError, match="bound"):
-        Q.make_bound(3, looks)
+        stopping.make_bound(3, looks)
     with pytest.raises(ValueError, match="final_share"):
-        Q.make_bound("cs", looks, final_share=0.5)
+        stopping.make_bound("cs", looks, final_share=0.5)
     with pytest.raises(ValueError, match="looks"):
-        Q.AlphaSpending([64, 64, 128])
+        bounds.AlphaSpending([64, 64, 128])
     with pytest.raises(ValueError, match="final_share"):
-        Q.run_sequential(lambda idx, n, s: np.zeros(len(idx), dtype=int), [0], 1000, 0.25, 0.01, final_share=2.0)
+        stopping.run_sequential(lambda idx, n, s: np.zeros(len(idx), dtype=int), [0], 1000, 0.25, 0.01, final_share=2.0)
 
 
 # ---------------------------------------------------------------------------------- coverage under optional stopping
@@ -147,7 +146,7 @@ def test_cs_covers_under_adversarial_optional_stopping_and_cp_does_not(p):
     s = np.cumsum(x, axis=1)
     t = np.arange(1, horizon + 1)
     # CS: p < lower_t  <=>  M_t(p) >= 1/alpha on the side p < S_t / t (exact, every t)
-    cs_wrong = ((Q.log_martingale(s, t, p) >= math.log(1 / alpha)) & (s > p * t)).any(axis=1)
+    cs_wrong = ((bounds.log_martingale(s, t, p) >= math.log(1 / alpha)) & (s > p * t)).any(axis=1)
     # Clopper-Pearson one-sided lower bound at level alpha: lower_t > p  <=>  P(Bin(t, p) >= S_t) <= alpha
     cp_wrong_any = (binom.sf(s - 1, t, p) <= alpha).any(axis=1)
     cp_wrong_fixed = binom.sf(s[:, -1] - 1, horizon, p) <= alpha  # CP at the fixed n: valid
@@ -162,14 +161,14 @@ def test_cs_bounds_cover_at_a_data_dependent_checkpoint():
     interval is narrower than 0.05 or the lower bound passes 0.85 (p = 0.8)."""
     rng = np.random.default_rng(7)
     sequences, p, alpha = 4000, 0.8, 0.1
-    points = Q.checkpoints(4096, first=16, growth=1.5)
+    points = stopping.checkpoints(4096, first=16, growth=1.5)
     x = rng.random((sequences, points[-1])) < p
     s_all = np.cumsum(x, axis=1)
     stopped = np.zeros(sequences, dtype=bool)
     lower_at_stop = np.zeros(sequences)
     running = np.zeros(sequences)
     for point in points:
-        lo, hi = Q.cs_bounds(s_all[:, point - 1], point, alpha)
+        lo, hi = bounds.cs_bounds(s_all[:, point - 1], point, alpha)
         running = np.maximum(running, lo)  # the running intersection is covered too
         stop = ~stopped & ((hi - lo < 0.05) | (running > 0.85) | (point == points[-1]))
         lower_at_stop[stop] = running[stop]
@@ -182,22 +181,30 @@ def test_cs_bounds_cover_at_a_data_dependent_checkpoint():
 @pytest.mark.parametrize("p", [0.7, 0.9])
 def test_spending_is_valid_under_adversarial_stopping_and_naive_cp_is_not(p):
     """run_sequential with the target radius just above the true radius sigma PhiInv(p): an image stops (and
-    certifies) exactly when its bound has become wrong, else runs to n_max, the stopping rule that maximises the
-    error. Alpha spending and the CS err in at most alpha of the runs; Clopper-Pearson at the full alpha at every
-    look (the naive rule) errs in far more on the same simulation, so the check has power."""
+    certifies) exactly when its bound has become wrong, else runs to n_max (futility=None: no image given up on
+    early), the stopping rule that maximises the error. Alpha spending and the CS err in at most alpha of the
+    runs, and so does the default rule (futility on, default looks); Clopper-Pearson at the full alpha at every
+    look (the naive rule) and the futility prediction used as the certificate (PredictedFinal) err in far more
+    on the same simulation, so the check has power."""
     sigma, alpha, runs, n_max = 0.5, 0.1, 4000, 4096
     truth = sigma * norm.ppf(p)
     allowed = alpha + 3 * _se(alpha, runs)
+    looks = {"first": 16, "growth": 1.5}
+    adversary = {**looks, "futility": None}
+    variants = {"spending": ("spending", adversary), "cs": ("cs", adversary), "default": ("spending", {}),
+                "naive": (NaiveClopperPearson(), adversary),
+                "predicted": (PredictedFinal(stopping.checkpoints(n_max, **looks)), adversary)}
     rates = {}
-    for name, bound in (("spending", "spending"), ("cs", "cs"), ("naive", NaiveClopperPearson())):
+    for name, (bound, options) in variants.items():
         rng = np.random.default_rng(5)
-        res = Q.run_sequential(lambda idx, num, start, rng=rng: rng.binomial(num, p, size=idx.size), np.ones(runs, int),
-                               n_max, sigma, alpha, [truth * (1 + 1e-9)], bound=bound, first=16, growth=1.5)
+        res = stopping.run_sequential(lambda idx, num, start, rng=rng: rng.binomial(num, p, size=idx.size),
+                                      np.ones(runs, int), n_max, sigma, alpha, [truth * (1 + 1e-9)], bound=bound,
+                                      **options)
         rates[name] = (res.radius > truth).mean()
     print(f"p={p}: violation rates {rates} (allowed {allowed:.4f})")
-    assert rates["spending"] <= allowed and rates["cs"] <= allowed
+    assert rates["spending"] <= allowed and rates["cs"] <= allowed and rates["default"] <= allowed
     assert rates["spending"] > 0.5 * alpha  # tight: the final look spends 0.9 alpha
-    assert rates["naive"] > allowed + 0.1
+    assert rates["naive"] > allowed + 0.1 and rates["predicted"] > allowed + 0.1
 
 
 # ---------------------------------------------------------------------------------------------- stopping rule
@@ -205,81 +212,90 @@ RADII = [0.0, 0.25, 0.5, 0.75, 1.0]
 
 
 def test_thresholds_and_radius():
-    ths = Q.thresholds(RADII, 0.25)
+    ths = stopping.thresholds(RADII, 0.25)
     np.testing.assert_allclose(ths, [0.5, norm.cdf(1), norm.cdf(2), norm.cdf(3), norm.cdf(4)])
-    ths = Q.thresholds([0.5], 0.5, p0=0.6)
+    ths = stopping.thresholds([0.5], 0.5, p0=0.6)
     np.testing.assert_allclose(ths, [0.6, norm.cdf(1 + norm.ppf(0.6))])
-    np.testing.assert_allclose(Q.radius_from_lower([0.4, 0.5, norm.cdf(2)], 0.25), [0, 0, 0.5])
+    np.testing.assert_allclose(stopping.radius_from_lower([0.4, 0.5, norm.cdf(2)], 0.25), [0, 0, 0.5])
     with pytest.raises(ValueError, match="p0"):
-        Q.thresholds(RADII, 0.25, p0=0.4)
+        stopping.thresholds(RADII, 0.25, p0=0.4)
 
 
 def test_decide_outcomes():
     n_max, sigma, alpha = 100_000, 0.25, 0.001
-    assert Q.decide(300, 1000, n_max, sigma, alpha, RADII, prediction=7) == (-1, 0.0)  # upper < 0.5: abstain
-    assert Q.decide(520, 1000, n_max, sigma, alpha, RADII, prediction=7) == "continue"
-    assert Q.decide(520, 1000, 1000, sigma, alpha, RADII, prediction=7) == (-1, 0.0)  # budget spent, undecided
-    assert Q.decide(990, 1000, n_max, sigma, alpha, RADII, prediction=7) == "continue"
+    assert stopping.decide(300, 1000, n_max, sigma, alpha, RADII, prediction=7) == (-1, 0.0)  # upper < 0.5: abstain
+    assert stopping.decide(520, 1000, n_max, sigma, alpha, RADII, prediction=7) == "continue"
+    assert stopping.decide(520, 1000, 1000, sigma, alpha, RADII, prediction=7) == (-1, 0.0)  # budget spent, undecided
+    assert stopping.decide(990, 1000, n_max, sigma, alpha, RADII, prediction=7) == "continue"
     # p about 0.9 after 10^4 samples: lower > Phi(1) (radius 0.25), upper < Phi(2) (radius 0.5): settled
-    pred, radius = Q.decide(9000, 10_000, n_max, sigma, alpha, RADII, prediction=7)
-    lo, hi = Q.cs_bounds(9000, 10_000, alpha)
+    pred, radius = stopping.decide(9000, 10_000, n_max, sigma, alpha, RADII, prediction=7)
+    lo, hi = bounds.cs_bounds(9000, 10_000, alpha)
     assert pred == 7 and radius == pytest.approx(sigma * norm.ppf(lo)) and 0.25 <= radius < 0.5
     assert hi < norm.cdf(2)
     # the top bucket reached: stop
-    pred, radius = Q.decide(20_000, 20_000, n_max, sigma, alpha, [0.25, 0.5, 0.75], prediction=2)
+    pred, radius = stopping.decide(20_000, 20_000, n_max, sigma, alpha, [0.25, 0.5, 0.75], prediction=2)
     assert pred == 2 and radius >= 0.75
     # the next radius is out of reach within n_max even if every remaining sample succeeds
-    pred, radius = Q.decide(19_900, 20_000, 30_000, sigma, alpha, RADII, prediction=1)
+    pred, radius = stopping.decide(19_900, 20_000, 30_000, sigma, alpha, RADII, prediction=1)
     assert pred == 1 and 0.5 <= radius < 0.75
     # at n_max with lower >= p0: certified with the CS radius
-    pred, radius = Q.decide(600, 1000, 1000, sigma, alpha, None, prediction=4)
-    assert pred == 4 and radius == pytest.approx(sigma * norm.ppf(Q.cs_bounds(600, 1000, alpha)[0]))
+    pred, radius = stopping.decide(600, 1000, 1000, sigma, alpha, None, prediction=4)
+    assert pred == 4 and radius == pytest.approx(sigma * norm.ppf(bounds.cs_bounds(600, 1000, alpha)[0]))
     # no target radii: never stops early while it can still certify
-    assert Q.decide(9990, 10_000, n_max, sigma, alpha, None) == "continue"
-    assert Q.decide(200, 1000, n_max, sigma, alpha, None) == (-1, 0.0)
+    assert stopping.decide(9990, 10_000, n_max, sigma, alpha, None) == "continue"
+    assert stopping.decide(200, 1000, n_max, sigma, alpha, None) == (-1, 0.0)
 
 
 def test_route_stage():
     n = 10_000
-    assert Q.route_stage(900, 1000, n, 0.001) == "certify"
-    assert Q.route_stage(300, 1000, n, 0.001) == "fall_through"
-    assert Q.route_stage(510, 1000, n, 0.001) == "continue"
-    assert Q.route_stage(5000, 10_000, n, 0.001) == "undecided"  # budget spent
-    assert Q.route_stage(510, 1000, 1050, 0.001) == "undecided"  # neither side reachable any more
-    codes = Q.route_stage_many([900, 300, 510], [1000, 1000, 1000], n, 0.001)
-    assert codes.tolist() == [Q.ROUTE_CERTIFY, Q.ROUTE_FALL_THROUGH, Q.ROUTE_CONTINUE]
+    assert stopping.route_stage(900, 1000, n, 0.001) == "certify"
+    assert stopping.route_stage(300, 1000, n, 0.001) == "fall_through"
+    assert stopping.route_stage(510, 1000, n, 0.001) == "continue"
+    assert stopping.route_stage(5000, 10_000, n, 0.001) == "undecided"  # budget spent
+    assert stopping.route_stage(510, 1000, 1050, 0.001) == "undecided"  # neither side reachable any more
+    codes = stopping.route_stage_many([900, 300, 510], [1000, 1000, 1000], n, 0.001)
+    assert codes.tolist() == [stopping.ROUTE_CERTIFY, stopping.ROUTE_FALL_THROUGH, stopping.ROUTE_CONTINUE]
 
 
 def test_other_classes_upper():
     counts = np.array([[900, 60, 40], [10, 20, 970]])
-    up = Q.other_classes_upper(counts, [0, 2], 0.002)
-    np.testing.assert_allclose(up, [Q.cs_bounds(60, 1000, 0.001)[1], Q.cs_bounds(20, 1000, 0.001)[1]])
-    assert Q.other_classes_upper(counts[0], 1, 0.002) == pytest.approx(Q.cs_bounds(900, 1000, 0.001)[1])
+    up = bounds.other_classes_upper(counts, [0, 2], 0.002)
+    np.testing.assert_allclose(up, [bounds.cs_bounds(60, 1000, 0.001)[1], bounds.cs_bounds(20, 1000, 0.001)[1]])
+    assert bounds.other_classes_upper(counts[0], 1, 0.002) == pytest.approx(bounds.cs_bounds(900, 1000, 0.001)[1])
     # groups (pooled on selection counts): one CS per group on its summed votes, Bonferroni over the groups
     many = np.array([800, 100, 50, 20, 10, 10, 5, 3, 1, 1])
-    grouped = Q.other_classes_upper(many, 0, 0.002, groups=[[1], [2], [3, 4, 5, 6, 7, 8, 9]])
-    assert grouped == pytest.approx(Q.cs_bounds(100, 1000, 0.002 / 3)[1])
-    assert grouped < Q.other_classes_upper(many, 0, 0.002)  # fewer groups than classes: a smaller split
+    grouped = bounds.other_classes_upper(many, 0, 0.002, groups=[[1], [2], [3, 4, 5, 6, 7, 8, 9]])
+    assert grouped == pytest.approx(bounds.cs_bounds(100, 1000, 0.002 / 3)[1])
+    assert grouped < bounds.other_classes_upper(many, 0, 0.002)  # fewer groups than classes: a smaller split
     with pytest.raises(ValueError, match="groups"):
-        Q.other_classes_upper(many, 0, 0.002, groups=[[0, 1]])
+        bounds.other_classes_upper(many, 0, 0.002, groups=[[0, 1]])
     # valid under optional stopping: simulated 3-class votes, stop at the first time the bound on the two small
     # classes drops below their true max, else at the horizon
     rng = np.random.default_rng(3)
     p, level, runs = np.array([0.7, 0.2, 0.1]), 0.1, 2000
-    points = Q.checkpoints(2048, first=16, growth=1.5)
+    points = stopping.checkpoints(2048, first=16, growth=1.5)
     votes = rng.multinomial(1, p, size=(runs, points[-1]))
     cum = np.cumsum(votes, axis=1)
     wrong = np.zeros(runs, dtype=bool)
     for point in points:
-        wrong |= Q.other_classes_upper(cum[:, point - 1], 0, level) < 0.2
+        wrong |= bounds.other_classes_upper(cum[:, point - 1], 0, level) < 0.2
     assert wrong.mean() <= level + 3 * _se(level, runs)
 
 
 def test_checkpoints():
-    assert Q.checkpoints(1000) == [64, 128, 256, 512, 1000]
-    assert Q.checkpoints(100_000)[-2:] == [49_920, 100_000]
-    assert Q.checkpoints(10, "fixed", chunk=4) == [4, 8, 10]
-    for pts in (Q.checkpoints(12345, first=7, growth=1.3), Q.checkpoints(5)):
+    assert stopping.checkpoints(1000, growth=2.0) == [64, 128, 256, 512, 1000]
+    assert stopping.checkpoints(100_000, first=390, growth=2.0)[-2:] == [49_920, 100_000]
+    # the default: from 64, each look 10% after the one before (rounded up), the last one n_max
+    looks = stopping.checkpoints(100_000)
+    expected = [64]
+    while expected[-1] < 100_000:
+        t = expected[-1]
+        step = math.ceil(t * 1.1) - t
+        expected.append(100_000 if 100_000 - t - step < step / 2 else t + step)
+    assert looks == expected and len(looks) == 77
+    assert stopping.checkpoints(1000)[:6] == [64, 71, 79, 87, 96, 106]
+    assert stopping.checkpoints(10, "fixed", chunk=4) == [4, 8, 10]
+    for pts in (stopping.checkpoints(12345, first=7, growth=1.3), stopping.checkpoints(5)):
         assert pts == sorted(set(pts)) and pts[-1] in (12345, 5)
 
 
@@ -314,9 +330,9 @@ def test_sequential_radius_is_valid_on_the_linear_classifier():
         calls.append((idx.size, num, start))
         return rng.binomial(num, p_selected[idx])
 
-    res = Q.run_sequential(draw, np.where(correct, 1, 0), n_max, sigma, alpha, RADII, prior=(0.5, 0.5))
+    res = stopping.run_sequential(draw, np.where(correct, 1, 0), n_max, sigma, alpha, RADII, prior=(0.5, 0.5))
     assert len(res) == point.size
-    assert calls[0] == (point.size, 78, 0)  # first checkpoint max(64, n_max // 256) = 78, sample_start 0
+    assert calls[0] == (point.size, 64, 0)  # first checkpoint 64, sample_start 0
     assert all(c[2] == sum(d[1] for d in calls[:i]) for i, c in enumerate(calls))  # contiguous sample ranges
     wrong = (res.prediction == 1) & (res.radius > true_radius[point])
     wrong |= (res.prediction == 0) & (res.radius > 0)  # certifying the wrong class at any radius is an error
@@ -369,7 +385,7 @@ def test_sequential_full_budget_equals_fixed_n_samples():
     def draw(idx, num, start):
         return votes(torch.as_tensor(idx), num, start).numpy()[np.arange(len(idx)), cls[idx]]
 
-    res = Q.run_sequential(draw, cls, n_max, sigma, 0.001, None)
+    res = stopping.run_sequential(draw, cls, n_max, sigma, 0.001, None)
     full = votes(np.arange(4), n_max, 0).numpy()[np.arange(4), cls]
     stopped = res.samples < n_max
     np.testing.assert_array_equal(res.successes[~stopped], full[~stopped])
@@ -377,11 +393,97 @@ def test_sequential_full_budget_equals_fixed_n_samples():
         assert res.successes[i] == votes(np.array([i]), int(res.samples[i]), 0).numpy()[0, cls[i]]
 
 
+# ------------------------------------------------------------------------------------------------ futility
+def test_reachable_successes_is_the_predictive_quantile():
+    """The futility prediction against the exact beta-binomial posterior predictive (scipy): the chance that the
+    remaining samples bring more successes than reachable_successes is about gamma (normal approximation), and
+    gamma ramps up linearly over the first futility_ramp of the budget; without futility: every sample left."""
+    from scipy.stats import betabinom
+
+    n_max, gamma = 20_000, 0.05
+    s = np.array([900, 950, 990, 1999, 2000, 15_000])
+    t = np.array([1000, 1000, 1000, 2000, 2000, 16_000])
+    left = n_max - t
+    np.testing.assert_array_equal(stopping.reachable_successes(s, t, n_max, None), left)
+    reach = stopping.reachable_successes(s, t, n_max, gamma, futility_ramp=0.0)
+    assert np.all(reach <= left) and np.all(reach >= left * s / t)
+    exceed = betabinom.sf(reach, left, s + 0.5, t - s + 0.5)  # P(remaining successes > reach)
+    # near p = 1 the predictive is skewed (capped at `left`) and the normal quantile lands at the cap: then
+    # nothing is given up on; elsewhere the chance of doing better than predicted is about gamma
+    capped = reach == left
+    assert capped.tolist() == [False, False, False, True, True, False]
+    assert np.all((exceed[~capped] > 0.3 * gamma) & (exceed[~capped] < 2.0 * gamma)), exceed
+    # ramp: gamma_t = gamma * t / (ramp * n_max) until t = ramp * n_max (here 2000)
+    ramped = stopping.reachable_successes(s, t, n_max, gamma, futility_ramp=0.1)
+    np.testing.assert_array_equal(ramped[t >= 2000], reach[t >= 2000])
+    half = stopping.reachable_successes(s[:3], t[:3], n_max, gamma / 2, futility_ramp=0.0)
+    np.testing.assert_array_equal(ramped[:3], half)  # t = 1000: half the ramp
+    assert stopping.reachable_successes(0, 0, n_max, gamma) == n_max  # nothing drawn: anything is reachable
+
+
+def test_futility_gives_up_on_out_of_reach_thresholds_and_keeps_the_fixed_n_bucket():
+    """Bernoulli streams at pA just below / above the pA that radius 0.25 needs at n = 20,000 (sigma 0.25,
+    threshold Phi(1) plus the Clopper-Pearson margin): with futility the images below stop far earlier than with
+    curtailment alone, and the bucket equals the fixed-n Clopper-Pearson bucket on the full stream (computed
+    here from the stream) in nearly every run, never above it."""
+    sigma, alpha, n_max, runs = 0.25, 0.001, 20_000, 400
+    rng = np.random.default_rng(8)
+    p = np.repeat([0.80, 0.836, 0.86, 0.90], runs)
+    x = rng.random((p.size, n_max)) < p[:, None]
+    cum = np.cumsum(x, axis=1)
+
+    def draw(idx, num, start):
+        return cum[idx, start + num - 1] - (cum[idx, start - 1] if start > 0 else 0)
+
+    radii = [0.25, 0.5]
+    ths = stopping.thresholds(radii, sigma)
+    fixed = np.searchsorted(ths, beta.ppf(alpha, cum[:, -1], n_max - cum[:, -1] + 1), side="right")
+    results = {f: stopping.run_sequential(draw, np.ones(p.size, int), n_max, sigma, alpha, radii, futility=f)
+               for f in (None, 0.05)}
+    for f, res in results.items():
+        mine = np.searchsorted(ths, np.where(res.prediction >= 0, res.lower, 0.0), side="right")
+        assert np.all(mine <= fixed)  # the lower bounds are at most the fixed-n one (nearly: final share 0.9)
+        assert np.mean(mine == fixed) > 0.95, (f, np.mean(mine == fixed))
+    below = p < 0.84
+    assert results[0.05].samples[below].mean() < 0.3 * results[None].samples[below].mean()
+    assert results[0.05].samples.sum() < 0.5 * results[None].samples.sum()
+
+
+def test_futility_options_are_checked_before_drawing():
+    def draw(idx, num, start):
+        raise AssertionError("drew samples")
+
+    for bad, message in (({"futility": 0.0}, "futility"), ({"futility": 1.0}, "futility"),
+                         ({"futility": "0.1"}, "futility"), ({"futility_ramp": 1.5}, "futility_ramp"),
+                         ({"futility_ramp": -0.1}, "futility_ramp")):
+        with pytest.raises(ValueError, match=message):
+            stopping.run_sequential(draw, [0], 1000, 0.25, 0.01, [0.25], **bad)
+        with pytest.raises(ValueError, match=message):
+            stopping.run_cascade_sequential(draw, 2, [0.5, 0.25], 10, 1000, 0.01, [0.25], **bad)
+    from msrs.config import SequentialSettings
+
+    with pytest.raises(ValueError, match="futility"):
+        SequentialSettings([0.25], futility=2.0).validate(1000, 0.25, 0.5)
+    assert SequentialSettings([0.25], futility=None).options()["futility"] is None
+
+
+def test_cascade_futility_abstains_early_on_undecided_stages():
+    """Stage 0 falls through (its class has p = 0.34); the last stage's class sits at p0 (undecided): with
+    curtailment alone it runs to n_max, with futility it is given up on (abstain) long before."""
+    probs = [np.array([0.34, 0.33, 0.33]), np.array([0.505, 0.495, 0.0])]
+    plain, _ = _simulate_cascade(probs, 60, "spending", 0.01, [0.1], futility=None)
+    given_up, _ = _simulate_cascade(probs, 60, "spending", 0.01, [0.1])
+    for res in (plain, given_up):
+        assert np.all(res.last == 1) and np.mean(res.prediction == -1) > 0.9  # fell through, then undecided
+    assert np.all(plain.samples[plain.prediction == -1, 1] == 4096)
+    assert given_up.samples[given_up.prediction == -1, 1].mean() < 0.65 * 4096
+
+
 def test_run_sequential_abstains_without_sampling_and_checks_draw():
-    res = Q.run_sequential(lambda idx, n, s: np.zeros(len(idx), dtype=int), [-1, -1], 100, 0.25, 0.01)
+    res = stopping.run_sequential(lambda idx, n, s: np.zeros(len(idx), dtype=int), [-1, -1], 100, 0.25, 0.01)
     assert res.prediction.tolist() == [-1, -1] and res.samples.tolist() == [0, 0]
     with pytest.raises(ValueError, match="draw"):
-        Q.run_sequential(lambda idx, n, s: np.full(len(idx), n + 1), [0], 100, 0.25, 0.01)
+        stopping.run_sequential(lambda idx, n, s: np.full(len(idx), n + 1), [0], 100, 0.25, 0.01)
 
 
 # ------------------------------------------------------------------------------- sequential cascade, simulated
@@ -412,7 +514,7 @@ def _simulate_cascade(probs, runs, bound, alpha, target_radii, seed=0, **options
         calls.append((stream, idx.size, num, start))
         return rng.multinomial(num, probs[stream // 2], size=idx.size)
 
-    res = Q.run_cascade_sequential(draw, runs, CASCADE_SIM_SIGMAS, 32, 4096, alpha, target_radii, bound=bound,
+    res = stopping.run_cascade_sequential(draw, runs, CASCADE_SIM_SIGMAS, 32, 4096, alpha, target_radii, bound=bound,
                                    **options)
     return res, calls
 
@@ -421,24 +523,29 @@ def test_sequential_cascade_off_class_bound_is_valid_and_naive_cp_is_not():
     """The target radius just above the truth (0.3): once stage 1 certifies class 1, stage 0 (fallen through) is
     resumed until its cap reaches the target, which happens exactly when its off-class bound is wrong: the
     adversarial stopping time for the statement O_0 (level off[0] = alpha / 4 with two stages). Spending and CS
-    stay within that statement's level; the naive rule (Clopper-Pearson at the full level at every look) does
-    not, on the same simulation."""
+    stay within that statement's level (futility=None: the adversary), and so does the default rule (futility
+    on: the resumed stage is given up on once its cap cannot be expected to reach the target); the naive rule
+    (Clopper-Pearson at the full level at every look) does not, on the same simulation."""
     probs, truth = _cascade_setup()
     alpha, runs = 0.2, 3000
-    level = Q.cascade.schedule_levels(alpha, 2)[1][0, 1]
+    level = decisions.schedule_levels(alpha, 2)[1][0, 1]
     allowed = level + 3 * _se(level, runs)
     rates = {}
-    for name, bound in (("spending", "spending"), ("cs", "cs"), ("naive", NaiveClopperPearson())):
-        res, _ = _simulate_cascade(probs, runs, bound, alpha, [truth * (1 + 1e-9)], growth=1.5)
+    adversary = {"growth": 1.5, "futility": None}
+    for name, bound, options in (("spending", "spending", adversary), ("cs", "cs", adversary),
+                                 ("default", "spending", {}), ("naive", NaiveClopperPearson(), adversary)):
+        res, _ = _simulate_cascade(probs, runs, bound, alpha, [truth * (1 + 1e-9)], **options)
         assert np.mean((res.prediction == 1) & (res.stage == 1)) > 0.95  # the path under test
         wrong = ((res.prediction >= 0) & (res.prediction != 1)) | (res.radius > truth)
         rates[name] = wrong.mean()
+        resumed = res.samples[(res.stage == 1) & ~wrong, 0]
         if name == "spending":
-            resumed = res.samples[(res.stage == 1) & ~wrong, 0]
             assert np.mean(resumed == 4096) > 0.95  # stage 0 resumed to n_max: its cap never reached the target
             assert np.mean(res.samples[res.stage == 1, 1]) < 200  # stage 1 settled at its first looks
+        if name == "default":  # given up on: the resumed stage 0 stops long before n_max
+            assert np.mean(resumed) < 0.5 * 4096
     print(f"cascade O_0: violation rates {rates} (allowed {allowed:.4f} at level {level})")
-    assert rates["spending"] <= allowed and rates["cs"] <= allowed
+    assert rates["spending"] <= allowed and rates["cs"] <= allowed and rates["default"] <= allowed
     assert rates["naive"] > allowed + 0.02
 
 
@@ -448,22 +555,26 @@ def test_sequential_cascade_certifying_stage_bound_is_valid_and_naive_cp_is_not(
     alpha, runs = 0.2, 3000
     probs = [np.array([0.15, 0.85, 0.0]), np.array([0.0, 1.0, 0.0])]
     r0 = norm.ppf(0.85)
-    level = Q.cascade.schedule_levels(alpha, 2)[0][0]
+    level = decisions.schedule_levels(alpha, 2)[0][0]
     allowed = level + 3 * _se(level, runs)
     rates = {}
-    for name, bound in (("spending", "spending"), ("cs", "cs"), ("naive", NaiveClopperPearson())):
-        res, _ = _simulate_cascade(probs, runs, bound, alpha, [r0 * (1 + 1e-9)], growth=1.5)
+    predicted = PredictedFinal(stopping.checkpoints(4096, growth=1.5))
+    for name, bound, options in (("spending", "spending", {"futility": None}), ("cs", "cs", {"futility": None}),
+                                 ("default", "spending", {}), ("naive", NaiveClopperPearson(), {"futility": None}),
+                                 ("predicted", predicted, {"futility": None})):
+        res, _ = _simulate_cascade(probs, runs, bound, alpha, [r0 * (1 + 1e-9)], **{"growth": 1.5, **options})
         assert np.mean(res.stage == 0) > 0.95
         rates[name] = ((res.stage == 0) & (res.radius > r0)).mean()
     print(f"cascade C_0: violation rates {rates} (allowed {allowed:.4f} at level {level})")
-    assert rates["spending"] <= allowed and rates["cs"] <= allowed
+    assert rates["spending"] <= allowed and rates["cs"] <= allowed and rates["default"] <= allowed
+    assert rates["predicted"] > allowed + 0.02
     assert rates["naive"] > allowed + 0.02
 
 
 def test_sequential_cascade_decisions_and_samples():
     probs, _ = _cascade_setup()
     res, calls = _simulate_cascade(probs, 200, "spending", 0.01, [0.05, 0.1])
-    looks = Q.checkpoints(4096)
+    looks = stopping.checkpoints(4096)
     # every estimation call starts at a look and ends at the next one; selection calls draw samples 0 .. n0-1
     for stream, size, num, start in calls:
         if stream % 2 == 0:
@@ -493,17 +604,17 @@ def test_sequential_cascade_refuses_bad_input_before_drawing():
 
     args = (draw, 3, [1.0, 0.5], 10, 100, 0.01)
     with pytest.raises(ValueError, match="alpha_schedule"):
-        Q.run_cascade_sequential(*args, alpha_schedule="paper")
+        stopping.run_cascade_sequential(*args, alpha_schedule="paper")
     with pytest.raises(ValueError, match="sigmas"):
-        Q.run_cascade_sequential(draw, 3, [0.5, 1.0], 10, 100, 0.01)
+        stopping.run_cascade_sequential(draw, 3, [0.5, 1.0], 10, 100, 0.01)
     with pytest.raises(ValueError, match="target_radii"):
-        Q.run_cascade_sequential(*args, [0.1, float("inf")])
+        stopping.run_cascade_sequential(*args, [0.1, float("inf")])
     with pytest.raises(ValueError, match="bound"):
-        Q.run_cascade_sequential(*args, bound="nope")
+        stopping.run_cascade_sequential(*args, bound="nope")
     with pytest.raises(ValueError, match="alpha"):
-        Q.run_cascade_sequential(draw, 3, [1.0, 0.5], 10, 100, 1.5)
+        stopping.run_cascade_sequential(draw, 3, [1.0, 0.5], 10, 100, 1.5)
     with pytest.raises(ValueError, match="draw"):
-        Q.run_cascade_sequential(lambda idx, stream, num, start: np.zeros((len(idx), 3), dtype=np.int64),
+        stopping.run_cascade_sequential(lambda idx, stream, num, start: np.zeros((len(idx), 3), dtype=np.int64),
                                  *args[1:])
 
 
@@ -602,7 +713,7 @@ def test_engine_cascade_sequential_draws_a_prefix_of_the_fixed_n_samples():
     assert {0, 1} <= set(stage.tolist()) and -1 in stage  # the paths under test
     assert np.any((stage == 1) & (drawn[:, 0] < 600))  # a fall-through stage not drawn to n_max
     assert np.any((stage == 0) & (drawn[:, 0] < 600))  # an early stop at the certifying stage
-    looks = Q.checkpoints(600)
+    looks = stopping.checkpoints(600)
     for b, cert in enumerate(certs):
         reached = cert.counts0.sum(1) > 0
         assert reached.tolist() == sorted(reached.tolist(), reverse=True) and reached[0]  # a prefix of the stages
@@ -673,8 +784,8 @@ def test_cli_sequential_single_sigma_and_cascade(tmp_path):
     assert all(20 + 64 <= row["samples"] <= 1020 for row in log["rows"])
     run = logs.read_sidecar(out)["run"]
     assert run["method"] == "sequential"
-    assert run["sequential"] == {"target_radii": [0.25], "bound": "spending", "looks": Q.checkpoints(1000),
-                                 "final_share": 0.9}
+    assert run["sequential"] == {"target_radii": [0.25], "bound": "spending", "looks": stopping.checkpoints(1000),
+                                 "final_share": 0.9, "futility": 0.02, "futility_ramp": 0.1}
     # another target or bound is another configuration: not resumed silently
     assert main(base + ["--sigma", "0.25", "--sequential", "--target-radii", "0.5"]) == 2
     assert main(base + ["--sigma", "0.25", "--sequential", "--target-radii", "0.25", "--sequential-bound", "cs"]) == 2
@@ -687,4 +798,5 @@ def test_cli_sequential_single_sigma_and_cascade(tmp_path):
     assert log["columns"] == logs.CASCADE_COLUMNS + ("samples",) and len(log["rows"]) == 3
     run = logs.read_sidecar(out)["run"]
     assert run["method"] == "sequential_cascade" and run["alpha_schedule"] == "union"
-    assert run["sequential"] == {"target_radii": [0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0], "bound": "cs"}
+    assert run["sequential"] == {"target_radii": [0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0], "bound": "cs",
+                                 "futility": 0.02, "futility_ramp": 0.1}

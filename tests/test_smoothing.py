@@ -11,7 +11,7 @@ from msrs import ops
 from msrs.smoothing import PREDICT_STREAM, Certificate, SmoothedClassifier
 
 
-from conftest import fastest_cpu_backend  # noqa: E402
+from conftest import fastest_cpu_backend, skip_or_fail  # noqa: E402
 
 BACKEND = fastest_cpu_backend()
 SIGMAS = [0.25, 0.5, 1.0]
@@ -116,7 +116,7 @@ def test_backends_agree():
     except ImportError:  # a backend module not there yet
         backends = ["torch"]
     if "cpp" not in backends:
-        pytest.skip("the cpp backend is not available here")
+        skip_or_fail("cpp", "the cpp backend is not available here")
     x, ids = images(), torch.arange(5)
     results = [SmoothedClassifier(tiny_classifier(), 4, backend=b).certify_cascade(
         x, SIGMAS, 20, 200, 0.05, seed=4, batch_size=100, image_ids=ids) for b in ("torch", "cpp")]
@@ -305,8 +305,15 @@ def test_bfloat16_autocast_runs():
     b = bf16.certify(x, 0.25, 20, 100, 0.01, seed=1, batch_size=64)
     assert torch.bfloat16 in seen and torch.float32 in seen
     assert all(c.counts.sum() == 100 for c in b)
-    agree = np.mean([np.abs(p.counts - q.counts).sum() for p, q in zip(a, b)])
-    assert agree < 40  # bf16 rounding moves a few votes at most
+    # bf16 rounding moves a vote only where this model's top two logits nearly tie: about 0.1-0.2 % of its votes
+    # (measured on an AVX2 CPU, emulated bf16: 2 of these 300 votes; 9-18 of 10,000 in each of 4 runs below).
+    # Half the L1 distance of two count vectors is a lower bound on the votes that moved.
+    moved = sum(np.abs(p.counts - q.counts).sum() for p, q in zip(a, b)) / 2
+    assert moved <= 6  # 2 % of the votes: 3x the measured count
+    many = images(20, seed=3)
+    c32 = fp32.sample_counts(many, None, 0.25, 500, stream=1, seed=2, batch_size=4096)
+    c16 = bf16.sample_counts(many, None, 0.25, 500, stream=1, seed=2, batch_size=4096)
+    assert 0 < (c32 - c16).abs().sum() / 2 <= 50  # <= 0.5 % of 10,000 votes (measured 15); bf16 did change some
     c = SmoothedClassifier(model, 4, denoiser=ZeroEpsDenoiser(), dtype=torch.bfloat16, backend=BACKEND)
     assert len(c.certify_cascade(x, SIGMAS, 10, 30, 0.01, seed=1, batch_size=64)) == 3
 

@@ -1,92 +1,204 @@
-"""msrs.stats and msrs.cascade on fixed counts, against bounds computed independently here with statsmodels and scipy,
-and against a transcription of the public multi-scale code (jh-jeong/smoothing-multiscale) for the "paper" schedule."""
+"""msrs.stats and msrs.cascade on fixed counts, against bounds computed independently here: Clopper-Pearson by
+bisection on exact binomial tail sums (50-digit decimal arithmetic, no scipy), the binomial test's p-value as an
+exact sum, Goodman's intervals with statsmodels; and against a transcription of the public multi-scale code
+(jh-jeong/smoothing-multiscale) for the "paper" schedule."""
 from __future__ import annotations
 
 import math
+from decimal import Decimal, localcontext
+from fractions import Fraction
 
 import numpy as np
 import pytest
 from scipy import stats as sps
 from statsmodels.stats.proportion import multinomial_proportions_confint, proportion_confint
 
-from msrs import cascade, stats
+from msrs import bounds, decisions
 
 PPF = sps.norm.ppf
 CASES = [(0, 10), (1, 10), (5, 10), (9, 10), (10, 10), (0, 1), (1, 1), (73, 100), (99_990, 100_000), (1, 100_000)]
 
 
+# ------------------------------------------------------------------ exact binomial arithmetic (independent of scipy)
+DIGITS = 50
+
+
+def binomial_tail(k: int, n: int, p: Decimal, upper: bool) -> Decimal:
+    """P[X >= k] (upper) or P[X <= k] for X ~ Bin(n, p), summed exactly from the shorter end in DIGITS-digit decimal
+    arithmetic: consecutive terms C(n, j) p^j q^(n-j) follow from one another by the ratio (n - j) / (j + 1) p / q."""
+    q = 1 - p
+    if upper and k <= 0 or not upper and k >= n:
+        return Decimal(1)
+    if upper and k > n or not upper and k < 0:
+        return Decimal(0)
+    if p == 0 or q == 0:  # a point mass at 0 or n
+        at = 0 if p == 0 else n
+        return Decimal(1) if (at >= k if upper else at <= k) else Decimal(0)
+    low_side = not upper  # sum j = 0..k, or j = k..n
+    terms = k + 1 if low_side else n - k + 1
+    if terms > n // 2 + 1:  # the other end is shorter: 1 - the complement
+        return 1 - binomial_tail(k - 1 if upper else k + 1, n, p, not upper)
+    total = Decimal(0)
+    if low_side:  # j = 0, 1, ..., k
+        term = q ** n
+        for j in range(k + 1):
+            total += term
+            term = term * (n - j) / (j + 1) * p / q
+    else:  # j = n, n - 1, ..., k
+        term = p ** n
+        for j in range(n, k - 1, -1):
+            total += term
+            term = term * j / (n - j + 1) * q / p
+    return total
+
+
+def bisect_probability(increasing_in_p, target: Decimal) -> float:
+    """The p in [0, 1] where an increasing function of p crosses target, to a relative 1e-18 (far below a double's
+    rounding, so the comparisons below measure msrs's error alone)."""
+    lo, hi = Decimal(0), Decimal(1)
+    while hi - lo > hi * Decimal("1e-18"):
+        mid = (lo + hi) / 2
+        if increasing_in_p(mid) < target:
+            lo = mid
+        else:
+            hi = mid
+    return float((lo + hi) / 2)
+
+
+def exact_cp_lower(k: int, n: int, alpha: float) -> float:
+    """One-sided Clopper-Pearson lower bound: the p with P_p[X >= k] = alpha (0 when k = 0)."""
+    if k == 0:
+        return 0.0
+    with localcontext() as ctx:
+        ctx.prec = DIGITS
+        return bisect_probability(lambda p: binomial_tail(k, n, p, upper=True), Decimal(alpha))
+
+
+def exact_cp_upper(k: int, n: int, alpha: float) -> float:
+    """One-sided Clopper-Pearson upper bound: the p with P_p[X <= k] = alpha (1 when k = n)."""
+    if k == n:
+        return 1.0
+    with localcontext() as ctx:
+        ctx.prec = DIGITS
+        return bisect_probability(lambda p: -binomial_tail(k, n, p, upper=False), -Decimal(alpha))
+
+
+def exact_binomial_pvalue(k: int, n: int, p: Fraction) -> float:
+    """Two-sided exact binomial test: the probability, under p, of every outcome no more likely than k.
+    For p = 1/2 the outcomes are those at least as far from n / 2 as k (the pmf is symmetric and unimodal), summed
+    from the short end; otherwise every pmf is compared exactly in rationals (small n only)."""
+    if p == Fraction(1, 2):
+        far = max(k, n - k)
+        if 2 * far == n:
+            return 1.0
+        with localcontext() as ctx:
+            ctx.prec = DIGITS
+            return float(min(Decimal(1), 2 * binomial_tail(far, n, Decimal(1) / 2, upper=True)))
+    pmf = [math.comb(n, j) * p ** j * (1 - p) ** (n - j) for j in range(n + 1)]
+    return float(min(Fraction(1), sum(m for m in pmf if m <= pmf[k])))
+
+
+# (n_a, n): the edges k = 0 and k = n, tiny and large n (10^5), both ends of the large-n range
+EXACT_CASES = [(0, 10), (1, 10), (5, 10), (9, 10), (10, 10), (0, 1), (1, 1), (73, 100), (0, 100_000), (1, 100_000),
+               (431, 100_000), (99_990, 100_000), (100_000, 100_000)]
+
+
+def test_exact_helpers_against_closed_forms():
+    """The bisection helpers themselves, where the answer is closed-form: k = n gives alpha^(1/n), k = 0 gives
+    1 - alpha^(1/n); a one-draw bound is alpha or 1 - alpha; the tails of Bin(4, 1/2) are sixteenths."""
+    for n in (1, 7, 1000):
+        assert exact_cp_lower(n, n, 0.05) == pytest.approx(0.05 ** (1 / n), rel=1e-14)
+        assert exact_cp_upper(0, n, 0.05) == pytest.approx(1 - 0.05 ** (1 / n), rel=1e-14)
+    assert exact_cp_lower(1, 1, 0.2) == pytest.approx(0.2, rel=1e-15)
+    assert exact_cp_upper(0, 1, 0.2) == pytest.approx(0.8, rel=1e-15)
+    with localcontext() as ctx:
+        ctx.prec = DIGITS
+        assert [binomial_tail(k, 4, Decimal("0.5"), upper=True) * 16 for k in range(6)] == [16, 15, 11, 5, 1, 0]
+        assert [binomial_tail(k, 4, Decimal("0.5"), upper=False) * 16 for k in range(-1, 5)] == [0, 1, 5, 11, 15, 16]
+    assert exact_binomial_pvalue(0, 4, Fraction(1, 2)) == 2 / 16 and exact_binomial_pvalue(1, 4, Fraction(1, 2)) == 10 / 16
+
+
 # ------------------------------------------------------------------ bounds
-@pytest.mark.parametrize("alpha", [0.001, 0.05, 0.3])
-def test_clopper_pearson_matches_statsmodels(alpha):
-    for n_a, n in CASES:
-        lo2, hi2 = proportion_confint(n_a, n, alpha=2 * alpha, method="beta")  # each side alpha
-        assert stats.clopper_pearson_lower(n_a, n, alpha) == pytest.approx(lo2, rel=1e-12, abs=0)
-        assert stats.clopper_pearson_upper(n_a, n, alpha) == pytest.approx(hi2, rel=1e-12, abs=0)
-        lo, hi = proportion_confint(n_a, n, alpha=alpha, method="beta")
-        interval = stats.clopper_pearson_interval(n_a, n, alpha)
-        assert interval == (pytest.approx(lo, rel=1e-12), pytest.approx(hi, rel=1e-12))
+@pytest.mark.parametrize("alpha", [1e-10, 0.001, 0.05, 0.3])
+def test_clopper_pearson_matches_exact_binomial_bisection(alpha):
+    for n_a, n in EXACT_CASES:
+        lower, upper = exact_cp_lower(n_a, n, alpha), exact_cp_upper(n_a, n, alpha)
+        assert bounds.clopper_pearson_lower(n_a, n, alpha) == pytest.approx(lower, rel=1e-11, abs=0), (n_a, n)
+        assert bounds.clopper_pearson_upper(n_a, n, alpha) == pytest.approx(upper, rel=1e-11, abs=0), (n_a, n)
+        two_sided = (exact_cp_lower(n_a, n, alpha / 2), exact_cp_upper(n_a, n, alpha / 2))
+        assert bounds.clopper_pearson_interval(n_a, n, alpha) == (pytest.approx(two_sided[0], rel=1e-11, abs=0),
+                                                                 pytest.approx(two_sided[1], rel=1e-11, abs=0))
 
 
 def test_clopper_pearson_known_answers():
     for n in (1, 7, 100, 100_000):
         for alpha in (0.001, 0.1):
-            lower = stats.clopper_pearson_lower(n, n, alpha)
+            lower = bounds.clopper_pearson_lower(n, n, alpha)
             assert lower == pytest.approx(alpha ** (1 / n), rel=1e-12)
             assert lower < 1.0  # never 1 for a finite n: the radius stays finite
-            assert stats.clopper_pearson_upper(0, n, alpha) == pytest.approx(1 - alpha ** (1 / n), rel=1e-9)
-            assert stats.clopper_pearson_lower(0, n, alpha) == 0.0
-            assert stats.clopper_pearson_upper(n, n, alpha) == 1.0
+            assert bounds.clopper_pearson_upper(0, n, alpha) == pytest.approx(1 - alpha ** (1 / n), rel=1e-9)
+            assert bounds.clopper_pearson_lower(0, n, alpha) == 0.0
+            assert bounds.clopper_pearson_upper(n, n, alpha) == 1.0
     # vectorised
     n_a = np.array([0, 3, 10])
-    np.testing.assert_allclose(stats.clopper_pearson_lower(n_a, 10, 0.05),
-                               [0.0] + [proportion_confint(k, 10, 0.1, method="beta")[0] for k in (3, 10)], rtol=1e-12)
+    np.testing.assert_allclose(bounds.clopper_pearson_lower(n_a, 10, 0.05), [exact_cp_lower(k, 10, 0.05) for k in n_a],
+                               rtol=1e-12)
 
 
 def test_bound_argument_errors():
     with pytest.raises(ValueError, match="n_a, n"):
-        stats.clopper_pearson_lower(11, 10, 0.05)
+        bounds.clopper_pearson_lower(11, 10, 0.05)
     with pytest.raises(ValueError, match="n_a, n"):
-        stats.clopper_pearson_lower(0, 0, 0.05)
+        bounds.clopper_pearson_lower(0, 0, 0.05)
     with pytest.raises(ValueError, match="alpha"):
-        stats.clopper_pearson_lower(1, 10, 0.0)
+        bounds.clopper_pearson_lower(1, 10, 0.0)
     with pytest.raises(ValueError, match="alpha"):
-        stats.goodman_bounds([1, 2], 1.0)
+        bounds.goodman_bounds([1, 2], 1.0)
     with pytest.raises(ValueError, match="counts"):
-        stats.goodman_bounds([5], 0.1)
+        bounds.goodman_bounds([5], 0.1)
 
 
 @pytest.mark.parametrize("counts", [[5, 3, 2], [100, 0, 0, 7], [9000, 500, 300, 200], [1, 1], [0, 40, 60]])
 @pytest.mark.parametrize("alpha", [0.002, 0.1])
 def test_goodman_matches_statsmodels(counts, alpha):
     expected = multinomial_proportions_confint(counts, alpha=alpha, method="goodman")
-    np.testing.assert_allclose(stats.goodman_bounds(counts, alpha), expected, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(bounds.goodman_bounds(counts, alpha), expected, rtol=1e-12, atol=1e-15)
 
 
-def test_binomial_pvalue():
-    for n_a, n in [(5, 10), (9, 10), (50, 60), (0, 3)]:
-        assert stats.binomial_pvalue(n_a, n) == pytest.approx(sps.binomtest(n_a, n, 0.5).pvalue, rel=1e-12)
-    assert stats.binomial_pvalue(7, 14) == 1.0
+@pytest.mark.parametrize("n_a, n", [(5, 10), (9, 10), (50, 60), (0, 3), (3, 3), (0, 1), (7, 14), (0, 100_000),
+                                    (100_000, 100_000), (49_500, 100_000), (50_400, 100_000), (99_990, 100_000)])
+def test_binomial_pvalue_matches_the_exact_sum(n_a, n):
+    expected = exact_binomial_pvalue(n_a, n, Fraction(1, 2))
+    assert bounds.binomial_pvalue(n_a, n) == pytest.approx(expected, rel=1e-11, abs=1e-300)
+    assert bounds.binomial_pvalue(n_a, n, 0.5) == bounds.binomial_pvalue(n_a, n)
+
+
+@pytest.mark.parametrize("n_a", [0, 1, 3, 6, 11, 20])
+def test_binomial_pvalue_other_p(n_a):
+    """p = 0.3, n = 20: the pmf is not symmetric, so "no more likely than n_a" is not a distance from the mean."""
+    assert bounds.binomial_pvalue(n_a, 20, 0.3) == pytest.approx(exact_binomial_pvalue(n_a, 20, Fraction(3, 10)),
+                                                                rel=1e-11)
 
 
 def test_radius():
-    assert stats.radius(0.5, 0.5) == 0.0
-    assert stats.radius(0.5, 0.9) == pytest.approx(0.5 * PPF(0.9))
-    assert stats.radius(0.25, 0.95, p0=0.7) == pytest.approx(0.25 * (PPF(0.95) - PPF(0.7)))
-    assert stats.radius(1.0, 0.6, p0=0.7) < 0
-    np.testing.assert_allclose(stats.radius(np.array([0.25, 0.5]), np.array([0.8, 0.99])),
+    assert bounds.radius(0.5, 0.5) == 0.0
+    assert bounds.radius(0.5, 0.9) == pytest.approx(0.5 * PPF(0.9))
+    assert bounds.radius(0.25, 0.95, p0=0.7) == pytest.approx(0.25 * (PPF(0.95) - PPF(0.7)))
+    assert bounds.radius(1.0, 0.6, p0=0.7) < 0
+    np.testing.assert_allclose(bounds.radius(np.array([0.25, 0.5]), np.array([0.8, 0.99])),
                                [0.25 * PPF(0.8), 0.5 * PPF(0.99)])
     for bad in (1.0, 1.2, -0.1, math.nan):
         with pytest.raises(ValueError, match="p_lower"):
-            stats.radius(0.5, bad)
+            bounds.radius(0.5, bad)
     with pytest.raises(ValueError, match="p0"):
-        stats.radius(0.5, 0.9, p0=0.4)
+        bounds.radius(0.5, 0.9, p0=0.4)
 
 
 # ------------------------------------------------------------------ Cohen CERTIFY / PREDICT
 def cohen_reference(counts0, counts, alpha, sigma, p0=0.5):
-    """Cohen et al. CERTIFY, independently: statsmodels' two-sided beta interval at 2 alpha, lower side."""
+    """Cohen et al. CERTIFY, independently: the exact one-sided lower bound found by bisection."""
     c_a = int(np.argmax(counts0))
-    p_lower = proportion_confint(counts[c_a], sum(counts), alpha=2 * alpha, method="beta")[0]
+    p_lower = exact_cp_lower(int(counts[c_a]), int(sum(counts)), alpha)
     return (-1, 0.0) if p_lower < p0 else (c_a, sigma * (PPF(p_lower) - PPF(p0)))
 
 
@@ -96,7 +208,7 @@ def test_cohen_certify_from_counts(p0):
              ([0, 0, 100], [0, 12, 99_988]), ([1, 0, 0], [0, 5, 5])]
     for counts0, counts in cases:
         for alpha, sigma in [(0.001, 0.25), (0.1, 1.0)]:
-            d = cascade.cohen_certify_from_counts(np.array(counts0), np.array(counts), alpha, sigma, p0)
+            d = decisions.cohen_certify_from_counts(np.array(counts0), np.array(counts), alpha, sigma, p0)
             prediction, radius = cohen_reference(counts0, counts, alpha, sigma, p0)
             assert d.prediction == prediction
             assert d.radius == pytest.approx(radius, rel=1e-12, abs=1e-15)
@@ -105,22 +217,22 @@ def test_cohen_certify_from_counts(p0):
 
 def test_cohen_certify_edge_cases():
     # nA = n: the radius is sigma * PhiInv(alpha ** (1 / n)) exactly; nA = 0 abstains.
-    d = cascade.cohen_certify_from_counts(np.array([0, 5]), np.array([0, 1000]), 0.001, 0.5)
+    d = decisions.cohen_certify_from_counts(np.array([0, 5]), np.array([0, 1000]), 0.001, 0.5)
     assert (d.prediction, d.radius) == (1, pytest.approx(0.5 * PPF(0.001 ** (1 / 1000)), rel=1e-12))
-    d = cascade.cohen_certify_from_counts(np.array([0, 5]), np.array([1000, 0]), 0.001, 0.5)
+    d = decisions.cohen_certify_from_counts(np.array([0, 5]), np.array([1000, 0]), 0.001, 0.5)
     assert (d.prediction, d.radius) == (-1, 0.0)
     assert d.p_lower == 0.0
     # p0 > 0.5: a bound between 0.5 and p0 abstains
-    d = cascade.cohen_certify_from_counts(np.array([0, 5]), np.array([30, 70]), 0.05, 0.5, p0=0.8)
+    d = decisions.cohen_certify_from_counts(np.array([0, 5]), np.array([30, 70]), 0.05, 0.5, p0=0.8)
     assert d.prediction == -1 and 0.5 < d.p_lower < 0.8
 
 
 def test_cohen_predict_from_counts():
-    assert cascade.cohen_predict_from_counts(np.array([5, 5, 0]), 0.01) == -1  # a tie always abstains
-    assert cascade.cohen_predict_from_counts(np.array([0, 50, 50]), 0.5) == -1
-    assert cascade.cohen_predict_from_counts(np.array([0, 3, 60]), 0.001) == 2
-    assert cascade.cohen_predict_from_counts(np.array([40, 60]), 0.01) == -1  # p-value 0.057
-    assert cascade.cohen_predict_from_counts(np.array([40, 60]), 0.1) == 1
+    assert decisions.cohen_predict_from_counts(np.array([5, 5, 0]), 0.01) == -1  # a tie always abstains
+    assert decisions.cohen_predict_from_counts(np.array([0, 50, 50]), 0.5) == -1
+    assert decisions.cohen_predict_from_counts(np.array([0, 3, 60]), 0.001) == 2
+    assert decisions.cohen_predict_from_counts(np.array([40, 60]), 0.01) == -1  # p-value 0.057
+    assert decisions.cohen_predict_from_counts(np.array([40, 60]), 0.1) == 1
 
 
 # ------------------------------------------------------------------ the cascade
@@ -187,7 +299,7 @@ def test_pool_groups_matches_public_reduce_counts():
         k = int(rng.integers(2, 12))
         counts = rng.multinomial(int(rng.integers(1, 60)), rng.dirichlet(np.full(k, 0.3)))
         c = int(rng.integers(k))
-        groups = cascade.pool_groups(counts, c)
+        groups = decisions.pool_groups(counts, c)
         assert sorted(sum(groups, [])) == [i for i in range(k) if i != c]  # a partition of the other classes
         totals = sorted(int(counts[g].sum()) for g in groups)
         expected = public_reduce_counts(counts, c)
@@ -204,7 +316,7 @@ def test_paper_schedule_matches_public_code(p0):
     decided = 0
     for _ in range(300):
         counts0, counts = random_cascade_counts(rng, 3, int(rng.integers(2, 11)), 100, 2000)
-        d = cascade.cascade_certify_from_counts(counts0, counts, sigmas, 0.001, p0, schedule="paper")
+        d = decisions.cascade_certify_from_counts(counts0, counts, sigmas, 0.001, p0, schedule="paper")
         prediction, radius, stage = public_cascade(counts0, counts, sigmas, 0.001, p0)
         assert (d.prediction, d.stage) == (prediction, stage)
         assert d.radius == pytest.approx(radius, rel=1e-10, abs=1e-12)
@@ -214,23 +326,26 @@ def test_paper_schedule_matches_public_code(p0):
 
 def test_union_schedule_levels_sum_to_alpha():
     for num_stages in (1, 2, 3, 5):
-        cert, off = cascade.schedule_levels(0.01, num_stages, "union")
+        cert, off = decisions.schedule_levels(0.01, num_stages, "union")
         # the statements a certificate may rest on: a lower bound per stage, an off-class bound per stage but the last
         assert cert.sum() + off[: num_stages - 1, 0].sum() == pytest.approx(0.01, rel=1e-12)
-    cert, off = cascade.schedule_levels(0.01, 3, "paper")
+    cert, off = decisions.schedule_levels(0.01, 3, "paper")
     np.testing.assert_allclose(cert, [0.01, 0.005, 0.01 / 3])
     assert off[0, 2] == off[1, 2] == pytest.approx(0.01 / 3)
     with pytest.raises(ValueError, match="alpha_schedule"):
-        cascade.schedule_levels(0.01, 3, "bonferroni")
+        decisions.schedule_levels(0.01, 3, "bonferroni")
 
 
 def test_union_single_stage_is_cohen():
+    """One stage: the cascade is Cohen's CERTIFY (itself checked against the exact bound above)."""
     rng = np.random.default_rng(2)
     for _ in range(100):
         counts0, counts = random_cascade_counts(rng, 1, 4, 50, 500)
-        d = cascade.cascade_certify_from_counts(counts0, counts, [0.5], 0.01)
-        prediction, radius = cohen_reference(counts0[0], counts[0], 0.01, 0.5)
-        assert (d.prediction, d.radius) == (prediction, pytest.approx(radius, rel=1e-12))
+        d = decisions.cascade_certify_from_counts(counts0, counts, [0.5], 0.01)
+        cohen = decisions.cohen_certify_from_counts(counts0[0], counts[0], 0.01, 0.5)
+        assert (d.prediction, d.radius, d.p_lower) == (cohen.prediction, cohen.radius, cohen.p_lower)
+    prediction, radius = cohen_reference(counts0[0], counts[0], 0.01, 0.5)  # the last one, independently
+    assert (d.prediction, d.radius) == (prediction, pytest.approx(radius, rel=1e-12))
 
 
 def test_union_cascade_known_groups():
@@ -240,12 +355,12 @@ def test_union_cascade_known_groups():
     alpha, sigmas, p0 = 0.01, [1.0, 0.25], 0.5
     counts0 = np.array([[30, 25, 40, 2, 1, 1, 1, 0], [0, 100, 0, 0, 0, 0, 0, 0]])
     counts = np.array([[1500, 1300, 1900, 150, 50, 40, 60, 0], [3, 4980, 10, 3, 2, 1, 1, 0]])
-    d = cascade.cascade_certify_from_counts(counts0, counts, sigmas, alpha, p0)
+    d = decisions.cascade_certify_from_counts(counts0, counts, sigmas, alpha, p0)
     level = alpha / 4  # union, L = 2: the cert and off-class levels of stage 0 (alpha / (2L)); stage 1 gets alpha / 2
     n = counts[0].sum()
-    exact = max(proportion_confint(t, n, alpha=2 * level / 3, method="beta")[1] for t in (1500, 1900, 300))
+    exact = max(exact_cp_upper(t, int(n), level / 3) for t in (1500, 1900, 300))
     p_b = max(exact, public_off_class_bound(counts[0], 1, level))
-    p_lower = proportion_confint(4980, 5000, alpha=2 * alpha / 2, method="beta")[0]
+    p_lower = exact_cp_lower(4980, 5000, alpha / 2)
     expected = min(0.25 * PPF(p_lower), -1.0 * PPF(p_b))
     assert (d.prediction, d.stage) == (1, 1)
     assert d.radius == pytest.approx(expected, rel=1e-12)
@@ -255,12 +370,12 @@ def test_union_cascade_known_groups():
 def test_union_two_groups_uses_one_minus_lower_bound():
     counts0 = np.array([[60, 40, 0], [0, 100, 0]])
     counts = np.array([[580, 420, 0], [0, 1000, 0]])
-    d = cascade.cascade_certify_from_counts(counts0, counts, [1.0, 0.5], 0.1, 0.7)
+    d = decisions.cascade_certify_from_counts(counts0, counts, [1.0, 0.5], 0.1, 0.7)
     # stage 0: CP interval of class 0 (580 / 1000) at 2 * 0.025 lies below 0.7 -> falls through; the groups other
     # than class 1 are {0, 2} (class 2 has no selection vote), a single group: pB = 1 - CP_lower(420) at 0.025,
     # and the paper's pooling on the estimation counts gives the same single group.
-    p_b = 1 - proportion_confint(420, 1000, alpha=0.05, method="beta")[0]
-    p_lower = proportion_confint(1000, 1000, alpha=2 * 0.05, method="beta")[0]
+    p_b = 1 - exact_cp_lower(420, 1000, 0.025)
+    p_lower = exact_cp_lower(1000, 1000, 0.05)
     expected = min(0.5 * (PPF(p_lower) - PPF(0.7)), -1.0 * (PPF(p_b) - PPF(0.7)))
     assert (d.prediction, d.stage) == (1, 1)
     assert d.radius == pytest.approx(expected, rel=1e-12)
@@ -269,22 +384,22 @@ def test_union_two_groups_uses_one_minus_lower_bound():
 def test_cascade_outcomes():
     sigmas = [1.0, 0.5]
     # stage 0 certifies: the later stage's counts are never looked at
-    d = cascade.cascade_certify_from_counts(np.array([[0, 100], [0, 0]]), np.array([[5, 995], [0, 0]]), sigmas, 0.01)
+    d = decisions.cascade_certify_from_counts(np.array([[0, 100], [0, 0]]), np.array([[5, 995], [0, 0]]), sigmas, 0.01)
     assert (d.prediction, d.stage, d.last) == (1, 0, 0)
     # undecided at stage 0 (the interval contains 0.5): abstain without looking further
-    d = cascade.cascade_certify_from_counts(np.array([[50, 50], [0, 0]]), np.array([[500, 500], [0, 0]]), sigmas, 0.01)
+    d = decisions.cascade_certify_from_counts(np.array([[50, 50], [0, 0]]), np.array([[500, 500], [0, 0]]), sigmas, 0.01)
     assert (d.prediction, d.stage, d.last) == (-1, -1, 0)
     # every stage falls through: abstain at the last stage
     c0 = np.array([[40, 30, 30], [40, 30, 30]])
     c = np.array([[400, 300, 300], [400, 300, 300]])
-    d = cascade.cascade_certify_from_counts(c0, c, sigmas, 0.01)
+    d = decisions.cascade_certify_from_counts(c0, c, sigmas, 0.01)
     assert (d.prediction, d.stage, d.last) == (-1, -1, 1)
     # stage 1 certifies class 1 but stage 0 is nearly confident in class 0: R <= 0 -> abstain
     c0 = np.array([[48, 2, 50], [0, 100, 0]])
     c = np.array([[4700, 200, 4100], [0, 1000, 0]])
-    d = cascade.cascade_certify_from_counts(c0, c, sigmas, 0.01)
+    d = decisions.cascade_certify_from_counts(c0, c, sigmas, 0.01)
     assert (d.prediction, d.radius, d.stage, d.last) == (-1, 0.0, -1, 1)
     with pytest.raises(ValueError, match="sigmas"):
-        cascade.cascade_certify_from_counts(c0, c, [0.5, 1.0], 0.01)
+        decisions.cascade_certify_from_counts(c0, c, [0.5, 1.0], 0.01)
     with pytest.raises(ValueError, match="counts0, counts"):
-        cascade.cascade_certify_from_counts(c0, c[:1], sigmas, 0.01)
+        decisions.cascade_certify_from_counts(c0, c[:1], sigmas, 0.01)

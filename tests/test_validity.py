@@ -17,7 +17,7 @@ import pytest
 import torch
 from scipy import stats as sps
 
-from msrs import cascade, stats
+from msrs import bounds, decisions, stopping
 from msrs.smoothing import SmoothedClassifier
 
 PHI, PPF = sps.norm.cdf, sps.norm.ppf
@@ -50,8 +50,26 @@ class NaiveClopperPearson:
         s, t = (np.atleast_1d(np.asarray(v, dtype=np.float64)) for v in (successes, trials))
         s, t, level = np.broadcast_arrays(s, t, np.asarray(level, dtype=np.float64))
         n = np.maximum(t, 1.0)
-        return (np.where(t > 0, stats.clopper_pearson_lower(s, n, level), 0.0),
-                np.where(t > 0, stats.clopper_pearson_upper(s, n, level), 1.0))
+        return (np.where(t > 0, bounds.clopper_pearson_lower(s, n, level), 0.0),
+                np.where(t > 0, bounds.clopper_pearson_upper(s, n, level), 1.0))
+
+
+class PredictedFinal:
+    """A deliberately broken use of the futility rule's prediction, as a bound object: the certificate is the
+    final-look alpha-spending bound at the successes predicted for n_max (the median of the posterior predictive,
+    msrs.stopping.reachable_successes at gamma = 1/2), i.e. the fixed-n certificate the run expects, instead of the
+    bound on the samples drawn. The prediction may decide when to stop, never what is certified."""
+
+    def __init__(self, looks):
+        self.spending = bounds.AlphaSpending(looks)
+        self.n_max = int(self.spending.looks[-1])
+
+    def __call__(self, successes, trials, level):
+        s, t = (np.atleast_1d(np.asarray(v, dtype=np.int64)) for v in (successes, trials))
+        expected = stopping.reachable_successes(s, t, self.n_max, 0.5, futility_ramp=0.0).astype(np.int64)
+        lower = self.spending(s + expected, np.full_like(t, self.n_max), level)[0]
+        upper = self.spending(s, t, level)[1]
+        return np.where(t > 0, lower, 0.0), upper
 
 
 # ------------------------------------------------------------------ Cohen CERTIFY on a linear classifier
@@ -94,7 +112,7 @@ def test_cohen_certificates_are_valid(p0):
 
     # the same counts with broken bounds: alpha doubled, and the two-sided interval's upper side
     n_a = np.array([c.counts[0, 1] for c in certs])
-    for broken in (stats.clopper_pearson_lower(n_a, N, 2 * ALPHA), stats.clopper_pearson_upper(n_a, N, ALPHA)):
+    for broken in (bounds.clopper_pearson_lower(n_a, N, 2 * ALPHA), bounds.clopper_pearson_upper(n_a, N, ALPHA)):
         broken_radius = np.where(broken >= p0, sigma * (PPF(np.minimum(broken, 1 - 1e-16)) - PPF(p0)), 0.0)
         assert not violation_check(broken_radius > true_radius, ALPHA)[0]
 
@@ -173,6 +191,9 @@ def true_cascade_radius() -> float:
 
 
 def test_cascade_certificates_are_valid():
+    """The cascade's paths with several off-class groups (Goodman and the Bonferroni-split exact bound). Its
+    violation rate sits far below the level (the split and the max with Goodman make the bound conservative here),
+    so it cannot see a too-large off-class level: test_cascade_off_class_bound_is_valid_and_tight does."""
     alpha, n0, n, copies = 0.1, 32, 300, 1000
     u = orthonormal(3, seed=1)
     x = torch.full((1, *SHAPE), 0.5)
@@ -198,9 +219,9 @@ def test_cascade_certificates_are_valid():
     counts0 = np.stack([c.counts0 for c in certs])
     counts = np.stack([c.counts for c in certs])
     certified = prediction == 1
-    r1 = np.array([stats.radius(SIGMAS[1], c.p_lower) for c in certs])
+    r1 = np.array([bounds.radius(SIGMAS[1], c.p_lower) for c in certs])
     assert not violation_check(certified & (r1 > truth), alpha)[0]
-    wrong_side = np.array([np.max(stats.clopper_pearson_lower(np.delete(c[0], 1), c[0].sum(), alpha / 4))
+    wrong_side = np.array([np.max(bounds.clopper_pearson_lower(np.delete(c[0], 1), c[0].sum(), alpha / 4))
                            for c in counts])
     broken = np.minimum(r1, -SIGMAS[0] * PPF(wrong_side))
     assert not violation_check(certified & (broken > truth), alpha)[0]
@@ -210,16 +231,103 @@ def test_cascade_certificates_are_valid():
     np.testing.assert_allclose(counts0[:, 0].sum(0) / (copies * n0), expected, atol=0.02)
     # the paper's schedule on the same counts (not union-bound valid in general), where both stages were sampled
     both = counts[:, 1].sum(1) > 0
-    paper = [cascade.cascade_certify_from_counts(c0, c, list(SIGMAS), alpha, 0.5, "paper")
+    paper = [decisions.cascade_certify_from_counts(c0, c, list(SIGMAS), alpha, 0.5, "paper")
              for c0, c in zip(counts0[both], counts[both])]
     assert violation_check(np.array([d.radius > truth for d in paper]), alpha)[0]
 
 
+# ------------------------------------------------------------------ the cascade's off-class bound, with power
+def exact_bound_violation_rate(n: int, p: float, level: float) -> float:
+    """P(one-sided exact upper bound at `level` < p) for k ~ Bin(n, p): CP_upper(k) < p exactly when the binomial
+    CDF F(k; n, p) < level, so the probability is the largest F(k) below level (scipy's binomial, not msrs)."""
+    cdf = sps.binom.cdf(np.arange(n + 1), n, p)
+    below = cdf[cdf < level]
+    return float(below.max()) if below.size else 0.0
+
+
+def test_cascade_off_class_bound_is_valid_and_tight():
+    """The cascade where only the off-class bound can make a certificate wrong, and where that bound is nearly
+    exact, so that the violation rate must sit just below its level: a bound at 2x the level fails the ceiling,
+    one at half the level (valid but looser) fails the floor.
+
+    Setting: L = 2 stages, sigmas (1.0, 0.25), alpha = 0.4, p0 = 0.65, the "union" schedule: the off-class bound of
+    stage 0 has level l = off[0] = alpha / (2L) = 0.1 (as has stage 0's routing, cert[0]; cert[1] = 0.2).
+    Stage 0 answers class 2 with probability p2 = 0.556 (t2 >= b2), else class 1, never class 0: no class is
+    near p0, so it falls through (undecided in 0.1 % of the copies, certifying with probability 7e-9). Stage 1
+    answers class 1 with probability Phi(4): it certifies class 1 with
+    R_1 ~ 0.25 (PhiInv(0.2 ** (1 / 500)) - PhiInv(0.65)) = 0.585.
+
+    True radius: the cascaded classifier G (first stage with p > p0) answers 1 at x and first changes where
+    stage 0 becomes confident in class 2, at distance sigma_0 (PhiInv(p0) - PhiInv(p2)) = 0.2445 along u2 (stage 1
+    stays confident up to D1 - sigma_1 PhiInv(p0) = 0.90; being confident in class 1 at stage 0 keeps G = 1).
+    The certificate is min(R_1, sigma_0 (PhiInv(p0) - PhiInv(pB))), pB the off-class bound on stage 0's counts. The
+    classes other than cA = 1 form ONE group (class 0's zero votes are pooled into {2}) on both the selection and
+    estimation counts, so pB is the one-sided Clopper-Pearson upper bound on n2 at level l, exactly (the exact
+    bound and the paper's 1 - CP_lower(n1) coincide: no Bonferroni split, no Goodman). Since R_1 > truth, a
+    certificate exceeds the truth exactly when pB < p2.
+
+    Violation rate: P(CP_upper(n2) < p2) for n2 ~ Bin(500, p2) = max{F(k) : F(k) < l}, F the binomial CDF at p2
+    (CP_upper(k) < p iff F(k) < l): 0.0961 at l = 0.1 (p2 sits just right of a jump of this step function, where
+    the exact bound is nearly exact; no rounding of the fp32 pipeline can move it over the jump at 0.5555).
+    A violation needs n2 / n below ~0.527, where stage 0 always falls through, and stage 1 certifies whenever it
+    is reached, so the rate per copy is that value. Over 1200 independent copies the count X of violations is
+    binomial: a valid level-l bound gives X <= Bin(1200, 0.1) in distribution, whose 0.999 quantile, 153, is the
+    ceiling (a valid bound exceeds it with probability <= 0.001); the floor is the 0.001 quantile of
+    Bin(1200, 0.0961), 85. Broken variants, on the same counts (and as mutations of msrs/cascade.py): the level
+    doubled gives a rate of 0.196 (mean 235 violations; P(X <= 153) = 2e-10), 4x 0.376, 8x 0.778; halved (a valid
+    but looser bound) 0.048 (mean 58; P(X >= 85) = 4e-4). The seed is fixed, so the outcome is deterministic; these
+    probabilities are those of an unlucky seed.
+    """
+    alpha, p0, n0, n, copies, p2 = 0.4, 0.65, 32, 500, 1200, 0.556
+    level = alpha / 4
+    u = orthonormal(3, seed=2)
+    x = torch.full((1, *SHAPE), 0.5)
+    t = (u @ x.reshape(-1).double()).tolist()
+    denoiser = StageDenoiser(u, a1=t[0] - D1, b2=t[1] - SIGMAS[0] * PPF(p2), c3=math.inf)
+    smoothed = SmoothedClassifier(read_class, 3, denoiser=denoiser, backend=BACKEND)
+    certs = smoothed.certify_cascade(x.expand(copies, *SHAPE), list(SIGMAS), n0, n, alpha, seed=7, batch_size=8192,
+                                     image_ids=torch.arange(20_000, 20_000 + copies), p0=p0)
+    truth = SIGMAS[0] * (PPF(p0) - PPF(p2))
+    assert D1 - SIGMAS[1] * PPF(p0) > truth + 0.5  # the stage-0 boundary is the nearest change of G
+    prediction = np.array([c.prediction for c in certs])
+    radius = np.array([c.radius for c in certs])
+    assert np.mean((prediction == 1) & np.array([c.stage == 1 for c in certs])) > 0.98  # the path under test
+    counts0, counts = np.stack([c.counts0 for c in certs]), np.stack([c.counts for c in certs])
+    assert counts0[:, 0, 0].sum() == counts[:, 0, 0].sum() == 0  # stage 0 never votes class 0: one group
+    np.testing.assert_allclose(counts[:, 0, 2].sum() / (copies * n), p2, atol=0.005)  # the fake pipeline's p2
+
+    expected = exact_bound_violation_rate(n, p2, level)
+    ceiling = sps.binom.ppf(1 - 1e-3, copies, level)
+    floor = sps.binom.ppf(1e-3, copies, expected)
+    violations = int(np.sum(((prediction >= 0) & (prediction != 1)) | (radius > truth)))
+    print(f"cascade off-class bound: {violations} violations of {copies} (expected {expected * copies:.1f}, "
+          f"allowed {floor:.0f} .. {ceiling:.0f}), true radius {truth:.4f}")
+    assert violations <= ceiling, f"{violations} certificates exceed the true radius (allowed {ceiling:.0f})"
+    assert violations >= floor, f"only {violations} violations: the off-class bound is looser than its level"
+
+    # the same certificates recomputed here in closed form (one group: pB = CP upper bound on n2, from scipy's
+    # beta quantile), first at the right level (they must equal the engine's), then at 2x and 1/2 the level
+    certified = prediction == 1
+    n2 = counts[:, 0, 2]
+    r1 = SIGMAS[1] * (PPF(np.array([c.p_lower for c in certs])) - PPF(p0))
+
+    def recomputed(off_level):
+        p_b = np.where(n2 < n, sps.beta.isf(off_level, n2 + 1, np.maximum(n - n2, 1)), 1.0)
+        return np.where(certified, np.minimum(r1, SIGMAS[0] * (PPF(p0) - PPF(p_b))), 0.0)
+
+    np.testing.assert_allclose(recomputed(level), radius, rtol=1e-9, atol=1e-12)
+    for factor in (2.0, 0.5):
+        broken = int(np.sum(recomputed(factor * level) > truth))
+        assert (broken > ceiling) if factor > 1 else (broken < floor), (factor, broken)
+
+
 # ------------------------------------------------------------------ sequential (early-stopping) certificates
 # The adversarial stopping rule: a target radius just above the true one stops an image (and certifies it) exactly
-# when its bound has become wrong, and otherwise runs it to n_max. Many looks (growth 1.25 from 16 samples) give the
-# naive rule many chances to be wrong.
+# when its bound has become wrong, and otherwise runs it to n_max (futility=None: no image is given up on early,
+# which could only lower the error). Many looks (growth 1.25 from 16 samples) give the naive rule many chances
+# to be wrong. The default rule (futility on, the default looks) is checked on the same noise.
 LOOKS = {"first": 16, "growth": 1.25}
+ADVERSARY = {**LOOKS, "futility": None}
 
 
 def test_sequential_certificates_are_valid():
@@ -230,14 +338,17 @@ def test_sequential_certificates_are_valid():
     true_radius = sigma * PPF(P_A)
     smoothed = SmoothedClassifier(Linear(w, b), 2, backend=BACKEND)
     fractions = {}
-    for name, bound in (("spending", "spending"), ("naive", NaiveClopperPearson())):
+    runs = (("spending", "spending", ADVERSARY, True), ("default", "spending", {}, True),
+            ("naive", NaiveClopperPearson(), ADVERSARY, False),
+            ("predicted", PredictedFinal(stopping.checkpoints(n_max, **LOOKS)), ADVERSARY, False))
+    for name, bound, options, valid in runs:
         certs = smoothed.certify_sequential(x.expand(COPIES, *SHAPE), sigma, N0, n_max, ALPHA, seed=11,
                                             batch_size=8192, image_ids=torch.arange(COPIES),
-                                            target_radii=[true_radius * (1 + 1e-9)], bound=bound, **LOOKS)
+                                            target_radii=[true_radius * (1 + 1e-9)], bound=bound, **options)
         prediction = np.array([c.prediction for c in certs])
         violations = (prediction == 0) | (np.array([c.radius for c in certs]) > true_radius)
         ok, fractions[name], threshold = violation_check(violations, ALPHA)
-        assert ok == (name == "spending"), f"{name}: violation fraction {fractions[name]:.4f} (allowed {threshold:.4f})"
+        assert ok == valid, f"{name}: violation fraction {fractions[name]:.4f} (allowed {threshold:.4f})"
     print(f"sequential: violation fractions {fractions} (allowed {threshold:.4f})")
     assert fractions["spending"] > 0.5 * ALPHA  # tight: the final look spends 0.9 alpha
 
@@ -258,7 +369,8 @@ def test_sequential_cascade_certificates_are_valid():
     for name, bound in (("spending", "spending"), ("naive", NaiveClopperPearson())):
         certs = smoothed.certify_cascade_sequential(
             x.expand(copies, *SHAPE), list(SIGMAS), 32, n_max, alpha, seed=5, batch_size=8192,
-            image_ids=torch.arange(10_000, 10_000 + copies), target_radii=[truth * (1 + 1e-9)], bound=bound, **LOOKS)
+            image_ids=torch.arange(10_000, 10_000 + copies), target_radii=[truth * (1 + 1e-9)], bound=bound,
+            **ADVERSARY)
         prediction = np.array([c.prediction for c in certs])
         assert np.mean((prediction == 1) & np.array([c.stage == 1 for c in certs])) > 0.95  # the path under test
         violations = ((prediction >= 0) & (prediction != 1)) | (np.array([c.radius for c in certs]) > truth)

@@ -1,60 +1,19 @@
-"""Sequential (early-stopping) certification with an error budget that stays valid under early stopping.
+"""Sequential (early-stopping) certification: the stopping rules, with an error budget valid under early stopping.
 
 Cohen's CERTIFY draws a fixed n (e.g. 100,000) estimation samples for every image. Most images do not need them:
 an image whose smoothed probability pA is far from every decision threshold is settled after a few hundred samples.
 This module draws samples in chunks up to the looks t_1 < ... < t_K = n_max (checkpoints(), fixed before any
 sampling) and stops an image as soon as its outcome *at the radii the evaluation reports* can no longer change,
-while keeping the certificate's error probability at most alpha. Two bounds do that (the `bound` argument).
-
-Alpha spending ("spending", the default; the Bonferroni form of alpha spending over interim looks, Lan & DeMets,
-Biometrika 1983). Look k uses the exact one-sided Clopper-Pearson bounds (Clopper & Pearson, Biometrika 1934;
-msrs.stats) on the t_k samples drawn so far, each side at level alpha * w_k, with w_1 + ... + w_K = 1
-(spending_weights: by default w_K = 0.9 at the final look and 0.1 / (K - 1) at each earlier one; AlphaSpending).
-Why the stopped certificate is valid, whatever the stopping rule:
-  * t_k is fixed before sampling and w_k does not depend on the data, so the bound at look k is an ordinary fixed-n
-    Clopper-Pearson bound: P(E_k) <= alpha w_k for E_k = {the look-k bound is wrong} (lower end: p < lower_k).
-  * An image stopped at look tau (any random look: a function of its data, of other images' or stages' data, of
-    anything) has a wrong certificate only on E_tau, a subset of E_1 u ... u E_K, so P(wrong) <= sum_k alpha w_k
-    = alpha (union bound; conservative: it ignores the correlation between looks that Lan-DeMets boundaries use).
-  * The running intersection (max of the lower ends, min of the upper ends over the looks so far) is wrong only
-    on the same union: also valid, and used.
-  * The look index k of an evaluation is well defined: an image is evaluated only when its sample count is one of
-    the looks (AlphaSpending refuses any other count), and every image draws look by look.
-With the default shares, the final-look certificate is Clopper-Pearson at 0.9 alpha, within about 1% of the
-fixed-n radius at n = n_max; the early looks, at about alpha / (10 K), stop the images that are clearly settled.
-
-Confidence sequence ("cs"). For the Bernoulli probability p = pA of the selected class cA, with S_t successes in t
-trials, the Beta(a, b)-binomial mixture (Robbins 1970; Howard, Ramdas, McAuliffe & Sekhon, Ann. Statist. 2021)
-
-    M_t(p) = integral of prod_i q^X_i (1-q)^(1-X_i) / (p^X_i (1-p)^(1-X_i)) dBeta(q; a, b)
-           = B(a + S_t, b + t - S_t) / B(a, b) / (p^S_t (1 - p)^(t - S_t))
-
-is, for the true p, a non-negative martingale with M_0 = 1 (a mixture of likelihood ratios, each a martingale under
-p). Ville's inequality gives P(exists t: M_t(p) >= 1/alpha) <= alpha, so
-
-    CS_t = {p : M_t(p) < 1/alpha} = (lower_t, upper_t)
-
-covers p at every t simultaneously with probability >= 1 - alpha. log M_t(p) is convex in p with minimum <= 0 at
-p = S_t/t (the mixture never beats the maximum likelihood), so CS_t is an interval containing S_t/t; cs_bounds
-finds its ends by bisection on log M_t (betaln, xlogy: no overflow at n = 10^6 or more), returning the bracket end
-*outside* the CS, i.e. rounded conservatively (up to the rounding of log M_t itself, a relative 1e-14 on the bound
-at t = 10^6). On the event {p in CS_t for all t} (probability >= 1 - alpha), p >= lower_tau whatever the stopping
-time tau is, so the stopped certificate and the running intersections over time are valid (ConfidenceSequence).
-
-Which to pick. "spending": the looks must be fixed before sampling and n_max is a hard cap, but the final look is
-nearly Clopper-Pearson at n_max, so a sequential run with n_max = n gives (nearly) the fixed-n table of certified
-accuracy: the default. "cs": valid at every sample count at once, so the looks may be anything (more of them,
-chosen on the fly, a run extended past its n_max later), at the price of a wider interval at the same n (radius
-about 1-3% smaller than Clopper-Pearson at n = 10^5, 3-7% at n = 10^3, with the Jeffreys prior (0.5, 0.5) and
-alpha = 0.001), which drops images from the table at equal n.
+while keeping the certificate's error probability at most alpha. Two bounds do that (the `bound` argument; msrs.bounds explains why each stays valid whatever the
+stopping rule: AlphaSpending, "spending", the default, and ConfidenceSequence, "cs").
 
 Common to both:
   * The radius comes from the bound at the stopping look, never from Clopper-Pearson at the full alpha on the
     stopped sample: that is valid only for one n fixed in advance, and re-evaluating it after every chunk and
     stopping when it looks good inflates the error far above alpha (tests/test_sequential.py shows this on the
     same simulations where both bounds here stay below alpha).
-  * The selection sample (n0, noise stream 2 * stage) is independent of the estimation samples (stream
-    2 * stage + 1): cA is fixed before the estimation starts, so the X_i = [f(x + delta_i) = cA] are i.i.d.
+  * The selection sample (n0, noise stream streams.selection(stage)) is independent of the estimation samples
+    (streams.estimation(stage)): cA is fixed before the estimation starts, so the X_i = [f(x + delta_i) = cA] are i.i.d.
     Bernoulli(pA) given cA, which is all either bound needs.
   * Decisions to stop or to abstain make no claim, so they need no error budget: only the final bounds do.
   * Samples are keyed by their global index (msrs.ops.philox), so the first t samples of a sequential run are the
@@ -67,30 +26,54 @@ certified yet). Stop when
   * upper < p0: ABSTAIN (the smoothed classifier cannot be certified at this sigma);
   * bucket k is the highest: certify;
   * upper < next threshold (p is below it, so more samples will not reach it), or the next threshold is out of
-    reach even if every remaining sample up to n_max were a success (read at the final look, whose bound is the
-    tightest: spending_weights makes the final share the largest): certify (k > 0) or ABSTAIN (k = 0);
+    reach (below): certify (k > 0) or ABSTAIN (k = 0);
   * t = n_max: certify if lower >= p0, else ABSTAIN.
 The reported radius is sigma * (PhiInv(lower) - PhiInv(p0)) at the stopping look (it is >= r_k). Without target
 radii, only the abstain rules stop early (the radius is then the largest the n_max budget allows).
 
-The sequential cascade (run_cascade_sequential; the multi-scale cascade of msrs.cascade, Jeong & Shin 2023).
-Stages s = 0 .. L-1, largest sigma first, all with the same looks; cert, off = msrs.cascade.schedule_levels(alpha,
-L, "union"). Entering stage s, an image draws its n0 selection samples (stream 2s, samples 0 .. n0-1) -> class c_s,
-then the estimation samples of stream 2s + 1 look by look, with the bounds of c_s at level cert[s]:
+Out of reach (reachable_successes). A threshold is out of reach when the final look's lower bound (the tightest any
+later look gives: spending_weights makes the final share the largest) stays below it even if the remaining
+samples bring the most successes still "reachable": with futility=None every one of them (curtailment: out of
+reach for certain), with futility = gamma (the default, DEFAULT_FUTILITY) the upper (1 - gamma_t) quantile of the
+remaining successes under the posterior predictive of the counts so far (Jeffreys prior), gamma_t ramping up
+linearly from 0 to gamma over the first futility_ramp (DEFAULT_FUTILITY_RAMP) of the budget. Giving up on a
+threshold that the fixed-n run would have reached costs a bucket at that image (a certified fraction below fixed
+n's), never validity: the stopping rule needs no error budget, as long as the certificate is the bound at the
+stopping look. The prediction never enters a bound (tests/test_validity.py's PredictedFinal shows what happens
+when it does). Why it pays: the images whose fixed-n radius lies just below a target radius cannot show
+upper < threshold before n_max (their pA is above the threshold, only the final bound's margin keeps them below),
+so with curtailment alone they draw the whole budget; the hindsight oracle (benchmarks/sequential_savings.py)
+spends almost nothing on them. Measured on recorded votes (benchmarks/results/sequential_*.json): about 3x fewer
+samples than curtailment alone at N = 100,000 on the digits, at the price of about one image per 100 in a lower
+bucket (simulations: docs/notes-sequential.md).
+
+Looks. The default schedule is geometric from DEFAULT_FIRST = 64 samples with growth DEFAULT_GROWTH = 1.1 (77
+looks up to n_max = 100,000): an image stops at most 10% after the sample count its bound needed. More looks
+spread the early share of alpha thinner (0.1 alpha / 76 per look by default), but Clopper-Pearson's sample count
+grows only with log(1 / level): measured on the digits, looks 10% apart need about 10% fewer samples than
+doubling looks (and 4% fewer than 25% apart).
+
+The sequential cascade (run_cascade_sequential; the multi-scale cascade of msrs.decisions, Jeong & Shin 2023).
+Stages s = 0 .. L-1, largest sigma first, all with the same looks; cert, off = msrs.decisions.schedule_levels(alpha,
+L, "union"). Entering stage s, an image draws its n0 selection samples (streams.selection(s), samples 0 .. n0-1) -> class c_s,
+then the estimation samples of streams.estimation(s) look by look, with the bounds of c_s at level cert[s]:
   * lower >= p0                                  -> "certify" at this stage (final: the running lower only grows);
   * upper < p0                                   -> "fall_through": enter stage s + 1 (after the last: ABSTAIN);
   * t = n_max, or neither can happen any more     -> "undecided": ABSTAIN, as the fixed-n cascade
-    (best-case lower at n_max < p0 and worst-case upper at n_max >= p0, both read at the final look);
+    (best-case lower at n_max < p0 and worst-case upper at n_max >= p0, both read at the final look; best and
+    worst case: the most and the fewest successes still reachable, reachable_successes);
   * otherwise                                    -> "continue" (route_stage).
-Certified at stage s with class cA, the radius is msrs.cascade's R = min(R_s, min_{j<s} -r_j) with components
+Certified at stage s with class cA, the radius is msrs.decisions's R = min(R_s, min_{j<s} -r_j) with components
     R_s  = sigma_s (PhiInv(lower_s) - PhiInv(p0))       (running lower bound of c_s = cA, level cert[s]),
     -r_j = sigma_j (PhiInv(p0) - PhiInv(pB_upper_j))    for every earlier stage j (each fell through),
 pB_upper_j the largest upper end over groups of the classes other than cA, pooled on stage j's *selection* counts
-(msrs.cascade.pool_groups), one bound per group at off[j, s] / (number of groups) on stage j's estimation counts at
+(msrs.decisions.pool_groups), one bound per group at off[j, s] / (number of groups) on stage j's estimation counts at
 its latest look (other_classes_upper's rule). R <= 0: ABSTAIN (as the fixed-n cascade).
-Stopping a certified image. Each component has a best reachable value: R_s if every remaining stage-s sample were
-a vote for cA (read at the final look), but not above the running upper bound; -r_j if no further stage-j sample
-voted outside cA (final look), but with pB_upper_j not below the largest group's current lower end. With target
+Stopping a certified image. Each component has a best reachable value: R_s if the remaining stage-s samples brought
+the most votes for cA still reachable (read at the final look), but not above the running upper bound; -r_j if
+they brought the fewest votes outside cA still reachable, group by group (final look), but with pB_upper_j not
+below the largest group's current lower end ("reachable": reachable_successes, as in the single-sigma rule; with
+futility=None every remaining sample for cA, and none outside it). With target
 radii, the image stops when the bucket of min(best reachable) equals the bucket of min(current): its bucket can
 no longer change, the earlier stages' caps included. Otherwise it draws the next look of every component in the
 minimum's bucket (the minimum rises only if all of them rise): its certifying stage, or an earlier stage.
@@ -100,7 +83,7 @@ left where it fell through and *resumed* after the certification, look by look, 
 certificate's bucket down and can still lift it (up to n_max; the samples stay the prefix of stream 2j + 1).
 Without target radii every component samples to n_max (the largest radius the budget allows) and only "abstain"
 (best reachable R <= 0) stops early.
-Validity: msrs.cascade's statements, each now at a data-dependent look.
+Validity: msrs.decisions's statements, each now at a data-dependent look.
   C_s  "p^s_{c_s}(x) >= lower_s at the look where stage s stopped", level cert[s]: c_s comes from the independent
        selection sample; spending: wrong only on the union of the looks' events (sum_k cert[s] w_k = cert[s]),
        CS: covered at every t. The look may depend on anything, e.g. on the earlier stages' caps.
@@ -124,251 +107,37 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import betaln, xlog1py, xlogy
 from scipy.stats import norm
 
-from . import cascade, stats
+from . import checks, decisions, streams
+from .bounds import DEFAULT_PRIOR, ConfidenceSequence, _group_bounds, _successes_trials, make_bound
 
 __all__ = [
     "ABSTAIN",
-    "BOUNDS",
     "CERTIFY",
     "CONTINUE",
-    "DEFAULT_FINAL_SHARE",
-    "DEFAULT_PRIOR",
-    "AlphaSpending",
     "CascadeResult",
-    "ConfidenceSequence",
     "SequentialResult",
     "checkpoints",
-    "cs_bounds",
+    "looks",
     "decide",
     "decide_many",
-    "log_martingale",
-    "make_bound",
-    "other_classes_upper",
     "radius_from_lower",
     "route_stage",
     "route_stage_many",
     "run_cascade_sequential",
     "run_sequential",
-    "spending_weights",
     "thresholds",
 ]
 
-DEFAULT_PRIOR = (0.5, 0.5)  # Jeffreys: tight at the extremes, where certification lives (pA near 1)
-DEFAULT_FINAL_SHARE = 0.9  # alpha spent at the final look: its certificate is Clopper-Pearson at 0.9 alpha
-BOUNDS = ("spending", "cs")
 CONTINUE, CERTIFY, ABSTAIN = 0, 1, 2
+DEFAULT_FIRST = 64  # the first look (samples): enough for an all-success image to pass the first thresholds
+DEFAULT_GROWTH = 1.1  # looks 10% apart: the overshoot of the ideal stopping time is at most 10%
+DEFAULT_FUTILITY = 0.02  # give up on a threshold when the predictive chance of reaching it is below 2%
+DEFAULT_FUTILITY_RAMP = 0.1  # ... growing to that level over the first 10% of the budget
 ROUTE_CONTINUE, ROUTE_CERTIFY, ROUTE_FALL_THROUGH, ROUTE_UNDECIDED = 0, 1, 2, 3
 ROUTE_NAMES = {ROUTE_CONTINUE: "continue", ROUTE_CERTIFY: "certify", ROUTE_FALL_THROUGH: "fall_through",
                ROUTE_UNDECIDED: "undecided"}
-_BISECT_STEPS = 80  # enough to reach adjacent doubles on [0, 1]
-
-
-def _check_alpha(alpha, name: str = "alpha"):
-    """A level in (0, 1), or an array of them (returned as float / float64 array)."""
-    a = np.asarray(alpha, dtype=np.float64)
-    if not np.all((a > 0.0) & (a < 1.0)):
-        raise ValueError(f"{name}: expected a value in (0, 1), got {alpha}")
-    return float(a) if a.ndim == 0 else a
-
-
-def _check_prior(prior) -> tuple[float, float]:
-    a, b = (float(v) for v in prior)
-    if not (a > 0 and b > 0 and math.isfinite(a) and math.isfinite(b)):
-        raise ValueError(f"prior: expected two positive numbers (a, b), got {prior}")
-    return a, b
-
-
-def _counts(successes, trials) -> tuple[np.ndarray, np.ndarray]:
-    s = np.asarray(successes)
-    t = np.asarray(trials)
-    for name, v in (("successes", s), ("trials", t)):
-        if v.dtype.kind not in "iuf" or (v.dtype.kind == "f" and not np.all(v == np.floor(v))):
-            raise ValueError(f"{name}: expected integer counts, got {v.dtype} values")
-    s, t = np.broadcast_arrays(s.astype(np.float64), t.astype(np.float64))
-    if np.any(t < 0) or np.any(s < 0) or np.any(s > t):
-        raise ValueError("successes, trials: expected 0 <= successes <= trials")
-    return s, t
-
-
-def log_martingale(successes, trials, p, prior=DEFAULT_PRIOR) -> np.ndarray:
-    """log M_t(p) of the Beta(a, b)-binomial mixture (see the module docstring); broadcasts its arguments."""
-    a, b = _check_prior(prior)
-    s, t = _counts(successes, trials)
-    p = np.asarray(p, dtype=np.float64)
-    f = t - s
-    return betaln(a + s, b + f) - betaln(a, b) - xlogy(s, p) - xlog1py(f, -p)
-
-
-def cs_bounds(successes, trials, alpha, prior=DEFAULT_PRIOR, *, method: str = "bisect"):
-    """(lower, upper) of the (1 - alpha) confidence sequence {p : M_t(p) < 1/alpha} after `successes` in `trials`.
-
-    Vectorised over broadcastable arrays, alpha included (returns float64 arrays, or floats for scalar input).
-    lower = 0 when successes = 0, upper = 1 when successes = trials, (0, 1) when trials = 0. Both ends are rounded
-    outwards (conservative). method="brentq" solves each entry with scipy.optimize.brentq instead (a loop; for
-    checks).
-    """
-    alpha = _check_alpha(alpha)
-    a, b = _check_prior(prior)
-    s, t = _counts(successes, trials)
-    s, t, alpha = np.broadcast_arrays(s, t, np.asarray(alpha, dtype=np.float64))
-    scalar = s.ndim == 0
-    s, t, alpha = (np.atleast_1d(v) for v in (s, t, alpha))
-    f = t - s
-    const = betaln(a + s, b + f) - betaln(a, b) - np.log(1.0 / alpha)  # outside where const - xlogy - xlog1py >= 0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        phat = np.where(t > 0, s / np.where(t > 0, t, 1.0), 0.5)
-
-    def outside(p, sel=slice(None)):
-        return const[sel] - xlogy(s[sel], p) - xlog1py(f[sel], -p) >= 0
-
-    if method == "brentq":
-        lower, upper = _bounds_brentq(s, f, const, phat)
-    elif method == "bisect":
-        # lower end: bracket with 0 (outside) and phat (inside); upper end: phat (inside) and 1 (outside)
-        lower = _bisect_boundary(outside, outside_end=np.zeros_like(phat), inside_end=phat.copy())
-        upper = _bisect_boundary(outside, outside_end=np.ones_like(phat), inside_end=phat.copy())
-    else:
-        raise ValueError(f"method: expected 'bisect' or 'brentq', got {method!r}")
-    lower = np.where(s == 0, 0.0, lower)
-    upper = np.where(f == 0, 1.0, upper)
-    empty = t == 0
-    lower, upper = np.where(empty, 0.0, lower), np.where(empty, 1.0, upper)
-    if scalar:
-        return float(lower[0]), float(upper[0])
-    return lower, upper
-
-
-def _bisect_boundary(outside, outside_end: np.ndarray, inside_end: np.ndarray) -> np.ndarray:
-    """The CS boundary between a bracket end outside the set and one inside it, elementwise, after _BISECT_STEPS
-    halvings; returns the end that stayed outside, so the bound is conservative (never inside the set)."""
-    for _ in range(_BISECT_STEPS):
-        mid = 0.5 * (outside_end + inside_end)
-        out = outside(mid)
-        outside_end = np.where(out, mid, outside_end)
-        inside_end = np.where(out, inside_end, mid)
-    return outside_end
-
-
-def _bounds_brentq(s, f, const, phat):
-    from scipy.optimize import brentq
-
-    lower, upper = np.zeros_like(phat), np.ones_like(phat)
-    for i in range(phat.size):
-        si, fi, ci = s.flat[i], f.flat[i], const.flat[i]
-
-        def g(p, ci=ci, si=si, fi=fi):
-            return ci - xlogy(si, p) - xlog1py(fi, -p)
-
-        if si > 0:
-            lower.flat[i] = brentq(g, 1e-300, phat.flat[i], xtol=1e-300, rtol=8.9e-16, maxiter=500)
-        if fi > 0:
-            top = np.nextafter(1.0, 0.0)
-            upper.flat[i] = brentq(g, phat.flat[i], top, xtol=1e-300, rtol=8.9e-16, maxiter=500) if g(top) > 0 else 1.0
-    return lower, upper
-
-
-# ------------------------------------------------------------------------------ the two bounds of the stopping rules
-class ConfidenceSequence:
-    """Bound object for the stopping rules: bound(successes, trials, level) -> (lower, upper) float64 arrays, the
-    Beta-binomial confidence sequence at error level `level` (cs_bounds). Valid at every trials at once."""
-
-    name = "cs"
-
-    def __init__(self, prior=DEFAULT_PRIOR):
-        self.prior = _check_prior(prior)
-
-    def __call__(self, successes, trials, level):
-        lower, upper = cs_bounds(successes, trials, level, self.prior)
-        return np.atleast_1d(lower), np.atleast_1d(upper)
-
-    def __repr__(self) -> str:
-        return f"ConfidenceSequence(prior={self.prior})"
-
-
-def spending_weights(num_looks: int, final_share: float | None = None, weights=None) -> np.ndarray:
-    """The shares w_1 .. w_K (sum 1) of the error level spent at each look: `weights` as given, or `final_share`
-    (default DEFAULT_FINAL_SHARE) at the final look and the rest split equally over the earlier ones (all of it
-    at the only look when K = 1). The final share must be the largest, so that the final look's bound is the
-    tightest any later look can give (the reachability checks of the stopping rules read it)."""
-    num_looks = operator.index(num_looks)
-    if weights is not None:
-        if final_share is not None:
-            raise ValueError("final_share: give final_share or weights, not both")
-        w = np.asarray(weights, dtype=np.float64).reshape(-1)
-        if w.size != num_looks:
-            raise ValueError(f"weights: expected {num_looks} shares (one per look), got {w.size}")
-        if not np.all(np.isfinite(w)) or np.any(w <= 0) or abs(w.sum() - 1.0) > 1e-9:
-            raise ValueError(f"weights: expected positive shares summing to 1, got {w.tolist()}")
-        if w[-1] < w.max():
-            raise ValueError(f"weights: expected the final look's share to be the largest, got {w.tolist()}")
-        return w / w.sum()
-    share = DEFAULT_FINAL_SHARE if final_share is None else float(final_share)
-    if num_looks == 1:
-        if not 0.0 < share <= 1.0:
-            raise ValueError(f"final_share: expected a value in (0, 1], got {final_share}")
-        return np.ones(1)
-    if not 1.0 / num_looks <= share < 1.0:
-        raise ValueError(f"final_share: expected a value in [1/{num_looks}, 1) with {num_looks} looks (the final "
-                         f"look's share the largest, something left for the earlier ones), got {final_share}")
-    return np.append(np.full(num_looks - 1, (1.0 - share) / (num_looks - 1)), share)
-
-
-class AlphaSpending:
-    """Bound object for the stopping rules: at look k (trials = looks[k], fixed before sampling) the exact
-    one-sided Clopper-Pearson bounds at level * w_k on each side (msrs.stats); weights w from spending_weights.
-    Evaluating it at a trials count that is not a look is an error: the spent levels are defined per look."""
-
-    name = "spending"
-
-    def __init__(self, looks: Sequence[int], final_share: float | None = None, weights=None):
-        looks = [operator.index(p) for p in looks]
-        if not looks or looks[0] < 1 or any(b <= a for a, b in zip(looks, looks[1:])):
-            raise ValueError(f"looks: expected increasing sample counts >= 1, got {looks}")
-        self.looks = np.asarray(looks, dtype=np.int64)
-        self.weights = spending_weights(len(looks), final_share, weights)
-
-    def shares(self, trials) -> np.ndarray:
-        """w_k of the look each trials count is (any share for trials = 0, where the bounds are (0, 1))."""
-        t = np.asarray(trials)
-        k = np.minimum(np.searchsorted(self.looks, t), self.looks.size - 1)
-        ok = (self.looks[k] == t) | (t == 0)
-        if not np.all(ok):
-            bad = np.unique(np.asarray(t)[~ok]).astype(np.int64)[:5].tolist()
-            raise ValueError(f"trials: the alpha-spending bound is defined only at its looks "
-                             f"{self.looks.tolist()} (fixed before sampling), got {bad}")
-        return self.weights[k]
-
-    def __call__(self, successes, trials, level):
-        s, t = _counts(successes, trials)
-        s, t = np.atleast_1d(s), np.atleast_1d(t)
-        spent = _check_alpha(level, "level") * self.shares(t)
-        n = np.maximum(t, 1.0)  # trials = 0: any n, the result is replaced by (0, 1)
-        lower = np.where(t > 0, stats.clopper_pearson_lower(s, n, spent), 0.0)
-        upper = np.where(t > 0, stats.clopper_pearson_upper(s, n, spent), 1.0)
-        return np.atleast_1d(lower), np.atleast_1d(upper)
-
-    def __repr__(self) -> str:
-        return f"AlphaSpending(looks={self.looks.tolist()}, weights={np.round(self.weights, 6).tolist()})"
-
-
-def make_bound(bound, looks: Sequence[int], *, final_share: float | None = None, weights=None,
-               prior=DEFAULT_PRIOR):
-    """The bound object for `bound`: "spending" (AlphaSpending over `looks`), "cs" (ConfidenceSequence(prior)),
-    or an object bound(successes, trials, level) -> (lower, upper) used as it is."""
-    if not isinstance(bound, str):
-        if not callable(bound):
-            raise TypeError(f"bound: expected one of {BOUNDS} or a callable bound object, got {bound!r}")
-        return bound
-    if bound == "spending":
-        return AlphaSpending(looks, final_share, weights)
-    if bound == "cs":
-        if final_share is not None or weights is not None:
-            raise ValueError("final_share, weights: only for bound='spending'")
-        return ConfidenceSequence(prior)
-    raise ValueError(f"bound: expected one of {BOUNDS}, got {bound!r}")
 
 
 # ------------------------------------------------------------------------------------------- single-sigma stopping
@@ -377,16 +146,16 @@ def thresholds(target_radii, sigma: float, p0: float = 0.5) -> np.ndarray:
     Radii <= 0 fold into the leading p0."""
     sigma, p0 = float(sigma), float(p0)
     if not sigma > 0:
-        raise ValueError(f"sigma: expected > 0, got {sigma}")
+        raise checks.ArgumentValueError(f"sigma: expected > 0, got {sigma}")
     if not 0.5 <= p0 < 1.0:
-        raise ValueError(f"p0: expected a value in [0.5, 1), got {p0}")
+        raise checks.ArgumentValueError(f"p0: expected a value in [0.5, 1), got {p0}")
     return np.concatenate(([p0], norm.cdf(_positive_radii(target_radii) / sigma + norm.ppf(p0))))
 
 
 def _positive_radii(target_radii) -> np.ndarray:
     radii = np.unique(np.asarray([] if target_radii is None else target_radii, dtype=np.float64))
     if radii.size and not np.all(np.isfinite(radii)):
-        raise ValueError("target_radii: expected finite values")
+        raise checks.ArgumentValueError("target_radii: expected finite values")
     return radii[radii > 0]
 
 
@@ -399,9 +168,9 @@ def radius_from_lower(lower, sigma: float, p0: float = 0.5) -> np.ndarray:
 
 
 def _trial_counts(successes, trials, n_max: int) -> tuple[np.ndarray, np.ndarray]:
-    s, t = _counts(successes, trials)
+    s, t = _successes_trials(successes, trials)
     if np.any(t > n_max):
-        raise ValueError(f"trials: expected <= n_max = {n_max}")
+        raise checks.ArgumentValueError(f"trials: expected <= n_max = {n_max}")
     return np.atleast_1d(s), np.atleast_1d(t)
 
 
@@ -417,16 +186,19 @@ def _current(bound, s, t, level, lower, upper) -> tuple[np.ndarray, np.ndarray]:
 
 
 def decide_many(successes, trials, n_max: int, sigma: float, alpha: float, target_radii=None, p0: float = 0.5, *,
-                prior=DEFAULT_PRIOR, lower=None, upper=None, bound=None):
+                prior=DEFAULT_PRIOR, lower=None, upper=None, bound=None, futility=None,
+                futility_ramp: float = DEFAULT_FUTILITY_RAMP):
     """Vectorised stopping rule. Returns (status, radius, lower, upper) arrays: status CONTINUE / CERTIFY / ABSTAIN,
     radius > 0 only where certified. bound: a bound object (default ConfidenceSequence(prior)); lower / upper:
-    bounds to use instead of bound(successes, trials) (e.g. the running intersection), valid at level alpha."""
+    bounds to use instead of bound(successes, trials) (e.g. the running intersection), valid at level alpha.
+    futility / futility_ramp: the reachability prediction (reachable_successes); None: curtailment only."""
     n_max = operator.index(n_max)
     bound = ConfidenceSequence(prior) if bound is None else bound
     ths = thresholds(target_radii, sigma, p0)
     s, t = _trial_counts(successes, trials, n_max)
     lo, hi = _current(bound, s, t, alpha, lower, upper)
-    best = bound(s + (n_max - t), np.full_like(t, n_max), alpha)[0]  # every remaining sample a success
+    reach = reachable_successes(s, t, n_max, futility, futility_ramp)
+    best = bound(s + reach, np.full_like(t, n_max), alpha)[0]  # read at the final look
     best = np.maximum(np.atleast_1d(best), lo)
     bucket = np.searchsorted(ths, lo, side="right")  # number of thresholds <= lower
     certified = bucket > 0
@@ -444,34 +216,71 @@ def decide_many(successes, trials, n_max: int, sigma: float, alpha: float, targe
     return status, radius, lo, hi
 
 
+def reachable_successes(successes, trials, n_max: int, futility=None,
+                        futility_ramp: float = DEFAULT_FUTILITY_RAMP) -> np.ndarray:
+    """The most successes the remaining n_max - trials samples are taken to reach when asking whether a threshold
+    is still within reach (a stopping decision only: it never enters a bound).
+
+    futility None: all of them (curtailment: a threshold not reached even then is out of reach for certain).
+    futility = gamma: the upper (1 - gamma_t) quantile of the remaining successes under the posterior predictive
+    of p given the counts so far (Jeffreys prior Beta(1/2, 1/2): beta-binomial with mean m (s + 1/2) / (t + 1)
+    and variance m q (1 - q) (t + 1 + m) / (t + 2), m = n_max - t, q that mean rate; normal approximation),
+    capped at m. gamma_t = gamma min(1, t / (futility_ramp n_max)) grows linearly over the first futility_ramp
+    of the budget (0: gamma from the first look), so that a threshold is given up on early only when it is
+    clearly out of reach: early counts are few, and giving up costs most when it is wrong and saves least."""
+    s, t = (np.asarray(v, dtype=np.float64) for v in (successes, trials))
+    left = n_max - t
+    if futility is None:
+        return left
+    ramp = float(futility_ramp) * n_max
+    gamma = float(futility) * (np.minimum(1.0, t / ramp) if ramp > 0 else np.ones_like(t))
+    rate = (s + 0.5) / (t + 1.0)
+    sd = np.sqrt(left * rate * (1.0 - rate) * (t + 1.0 + left) / (t + 2.0))
+    with np.errstate(divide="ignore"):
+        z = norm.isf(gamma)  # gamma = 0 (t = 0): +inf, all of them
+    return np.where(np.isfinite(z), np.minimum(left, np.ceil(left * rate + np.where(np.isfinite(z), z, 0.0) * sd)),
+                    left)
+
+
+def check_futility(futility, futility_ramp) -> None:
+    """futility: None or a level in (0, 1); futility_ramp: a fraction of the budget in [0, 1]."""
+    if futility is not None and not (isinstance(futility, (int, float)) and 0.0 < float(futility) < 1.0):
+        raise checks.ArgumentValueError(f"futility: expected None or a level in (0, 1), got {futility!r}")
+    if not (isinstance(futility_ramp, (int, float)) and 0.0 <= float(futility_ramp) <= 1.0):
+        raise checks.ArgumentValueError(f"futility_ramp: expected a fraction of the budget in [0, 1], got "
+                                        f"{futility_ramp!r}")
+
+
 def decide(successes: int, trials: int, n_max: int, sigma: float, alpha: float, target_radii=None,
-           p0: float = 0.5, *, prediction: int = 0, prior=DEFAULT_PRIOR, lower=None, upper=None, bound=None):
+           p0: float = 0.5, *, prediction: int = 0, prior=DEFAULT_PRIOR, lower=None, upper=None, bound=None,
+           futility=None, futility_ramp: float = DEFAULT_FUTILITY_RAMP):
     """'continue', or the final (prediction, radius) with prediction -1 and radius 0.0 for ABSTAIN.
 
     `prediction` is the class selected on the independent n0 sample (returned when certified)."""
     status, radius, _, _ = decide_many(successes, trials, n_max, sigma, alpha, target_radii, p0,
-                                       prior=prior, lower=lower, upper=upper, bound=bound)
+                                       prior=prior, lower=lower, upper=upper, bound=bound, futility=futility,
+                                       futility_ramp=futility_ramp)
     status, radius = int(status[0]), float(radius[0])
     if status == CONTINUE:
         return "continue"
     return (int(prediction), radius) if status == CERTIFY else (-1, 0.0)
 
 
-def checkpoints(n_max: int, schedule: str = "geometric", *, first: int | None = None, growth: float = 2.0,
-                chunk: int | None = None) -> list[int]:
+def checkpoints(n_max: int, schedule: str = "geometric", *, first: int | None = None,
+                growth: float = DEFAULT_GROWTH, chunk: int | None = None) -> list[int]:
     """Cumulative sample counts at which the bounds are evaluated (the looks), ending at n_max.
 
-    "geometric": first, first * growth, ... (rounded up), default first = max(64, n_max // 256) (at most log2
-    of n_max / first + 1 rounds, overshoot of the ideal stopping time below a factor `growth`);
+    "geometric": first, first * growth, ... (rounded up), default first = DEFAULT_FIRST (log(n_max / first) /
+    log(growth) + 1 looks, overshoot of the ideal stopping time below a factor `growth`);
     "fixed": chunk, 2 chunk, ... (default chunk = max(64, n_max // 32))."""
     n_max = operator.index(n_max)
     if n_max < 1:
-        raise ValueError(f"n_max: expected >= 1, got {n_max}")
+        raise checks.ArgumentValueError(f"n_max: expected >= 1, got {n_max}")
     points = []
     if schedule == "geometric":
         if not growth > 1:
-            raise ValueError(f"growth: expected > 1, got {growth}")
-        t = min(n_max, max(1, operator.index(first)) if first is not None else max(64, n_max // 256))
+            raise checks.ArgumentValueError(f"growth: expected > 1, got {growth}")
+        t = min(n_max, max(1, operator.index(first)) if first is not None else DEFAULT_FIRST)
         while t < n_max:
             points.append(t)
             step = max(t + 1, math.ceil(t * growth)) - t
@@ -481,20 +290,20 @@ def checkpoints(n_max: int, schedule: str = "geometric", *, first: int | None = 
     elif schedule == "fixed":
         step = operator.index(chunk) if chunk is not None else max(64, n_max // 32)
         if step < 1:
-            raise ValueError(f"chunk: expected >= 1, got {step}")
+            raise checks.ArgumentValueError(f"chunk: expected >= 1, got {step}")
         points = list(range(step, n_max, step))
     else:
-        raise ValueError(f"schedule: expected 'geometric' or 'fixed', got {schedule!r}")
+        raise checks.ArgumentValueError(f"schedule: expected 'geometric' or 'fixed', got {schedule!r}")
     return points + [n_max]
 
 
-def _looks(n_max: int, points, schedule, first, growth, chunk) -> list[int]:
+def looks(n_max: int, points, schedule, first, growth, chunk) -> list[int]:
     """The given checkpoints (n_max added), or checkpoints(n_max, ...)."""
     if points is None:
         return checkpoints(n_max, schedule, first=first, growth=growth, chunk=chunk)
     points = sorted({operator.index(p) for p in points} | {n_max})
     if points[0] < 1 or points[-1] > n_max:
-        raise ValueError(f"points: expected checkpoints in [1, {n_max}]")
+        raise checks.ArgumentValueError(f"points: expected checkpoints in [1, {n_max}]")
     return points
 
 
@@ -530,30 +339,34 @@ def run_sequential(
     prior=DEFAULT_PRIOR,
     schedule: str = "geometric",
     first: int | None = None,
-    growth: float = 2.0,
+    growth: float = DEFAULT_GROWTH,
     chunk: int | None = None,
     points: Sequence[int] | None = None,
     intersect: bool = True,
+    futility: float | None = DEFAULT_FUTILITY,
+    futility_ramp: float = DEFAULT_FUTILITY_RAMP,
 ) -> SequentialResult:
     """Sequential CERTIFY of a group of images, given their selected classes.
 
     draw(image_indices, num_samples, sample_start) -> votes for each image's selected class among its estimation
     samples sample_start .. sample_start + num_samples - 1 (image_indices: int64 positions into `predictions`;
-    every image still running has drawn the same number of samples, so sample_start is one int). In the engine:
-    ``sample_counts(images[idx], ids[idx], sigma, num_samples, stream=2*stage+1, seed=seed, batch_size=bs,
-    sample_start=sample_start)[arange, cA[idx]]``.
+    every image still running has drawn the same number of samples, so sample_start is one int).
+    msrs.procedures.certify_sequential builds it from the engine's counts of streams.estimation(0).
     predictions: cA per image from the selection sample (-1: abstain without sampling).
     Stops each image by the rule in the module docstring at the looks `points` (default: checkpoints(n_max,
     schedule, first=, growth=, chunk=)). bound: "spending" (Clopper-Pearson with alpha spent over the looks:
     final_share or weights, see spending_weights), "cs" (the confidence sequence with `prior`) or a bound object.
     intersect: use the running intersection of the bounds over the looks (valid, tighter).
+    futility / futility_ramp: when a target radius counts as out of reach (reachable_successes; None:
+    curtailment only). A stopping decision: it changes which bucket an image may end in, never a bound.
     Returns a SequentialResult; iterating over it gives (prediction, radius, samples_used) per image.
     """
     cls = np.asarray(predictions, dtype=np.int64).reshape(-1)
     n_max = operator.index(n_max)
-    alpha = _check_alpha(alpha)
+    alpha = checks.level("alpha", alpha)
+    check_futility(futility, futility_ramp)
     thresholds(target_radii, sigma, p0)  # validates sigma, p0, radii up front
-    points = _looks(n_max, points, schedule, first, growth, chunk)
+    points = looks(n_max, points, schedule, first, growth, chunk)
     bound = make_bound(bound, points, final_share=final_share, weights=weights, prior=prior)
     count = cls.shape[0]
     successes = np.zeros(count, dtype=np.int64)
@@ -570,7 +383,7 @@ def run_sequential(
         num = point - done_at
         votes = np.asarray(draw(active, num, done_at), dtype=np.int64).reshape(-1)
         if votes.shape != active.shape or np.any(votes < 0) or np.any(votes > num):
-            raise ValueError(f"draw: expected {active.size} vote counts in [0, {num}], got shape {votes.shape}")
+            raise checks.ArgumentValueError(f"draw: expected {active.size} vote counts in [0, {num}], got shape {votes.shape}")
         successes[active] += votes
         samples[active] = point
         done_at = point
@@ -579,7 +392,7 @@ def run_sequential(
             lo, hi = np.maximum(lo, lower[active]), np.minimum(hi, upper[active])
         lower[active], upper[active] = lo, hi
         st, rad, _, _ = decide_many(successes[active], samples[active], n_max, sigma, alpha, target_radii, p0,
-                                    lower=lo, upper=hi, bound=bound)
+                                    lower=lo, upper=hi, bound=bound, futility=futility, futility_ramp=futility_ramp)
         status[active], radius[active] = st, rad
     prediction = np.where(status == CERTIFY, cls, -1)
     return SequentialResult(prediction, np.where(status == CERTIFY, radius, 0.0), samples, successes, lower, upper)
@@ -587,17 +400,21 @@ def run_sequential(
 
 # ----------------------------------------------------------------------------------------------- cascade routing
 def route_stage_many(successes, trials, n_max: int, alpha_s: float, p0: float = 0.5, *, prior=DEFAULT_PRIOR,
-                     lower=None, upper=None, bound=None) -> np.ndarray:
+                     lower=None, upper=None, bound=None, futility=None,
+                     futility_ramp: float = DEFAULT_FUTILITY_RAMP) -> np.ndarray:
     """Vectorised three-way routing of one cascade stage (codes ROUTE_CONTINUE / ROUTE_CERTIFY /
     ROUTE_FALL_THROUGH / ROUTE_UNDECIDED), from the bounds of the selected class at the stage's level alpha_s
-    (bound: a bound object, default ConfidenceSequence(prior); lower / upper: running bounds to use instead)."""
+    (bound: a bound object, default ConfidenceSequence(prior); lower / upper: running bounds to use instead).
+    futility / futility_ramp: what counts as reachable (reachable_successes; None: curtailment only)."""
     n_max = operator.index(n_max)
     bound = ConfidenceSequence(prior) if bound is None else bound
     s, t = _trial_counts(successes, trials, n_max)
     lo, hi = _current(bound, s, t, alpha_s, lower, upper)
     n = np.full_like(t, n_max)
-    best_lower = np.atleast_1d(bound(s + (n_max - t), n, alpha_s)[0])  # every remaining sample a success
-    worst_upper = np.atleast_1d(bound(s, n, alpha_s)[1])  # every remaining sample a failure
+    most = reachable_successes(s, t, n_max, futility, futility_ramp)  # most successes still reachable
+    fewest = (n_max - t) - reachable_successes(t - s, t, n_max, futility, futility_ramp)  # fewest
+    best_lower = np.atleast_1d(bound(s + most, n, alpha_s)[0])
+    worst_upper = np.atleast_1d(bound(s + fewest, n, alpha_s)[1])
     route = np.full(lo.shape, ROUTE_CONTINUE)
     stuck = (t >= n_max) | ((np.maximum(best_lower, lo) < p0) & (np.minimum(worst_upper, hi) >= p0))
     route = np.where(stuck, ROUTE_UNDECIDED, route)
@@ -607,74 +424,12 @@ def route_stage_many(successes, trials, n_max: int, alpha_s: float, p0: float = 
 
 
 def route_stage(successes: int, trials: int, n_max: int, alpha_s: float, p0: float = 0.5, *,
-                prior=DEFAULT_PRIOR, lower=None, upper=None, bound=None) -> str:
+                prior=DEFAULT_PRIOR, lower=None, upper=None, bound=None, futility=None,
+                futility_ramp: float = DEFAULT_FUTILITY_RAMP) -> str:
     """'certify' | 'fall_through' | 'undecided' | 'continue' for one cascade stage (rule in the module docstring)."""
-    return ROUTE_NAMES[int(route_stage_many(successes, trials, n_max, alpha_s, p0, prior=prior,
-                                            lower=lower, upper=upper, bound=bound)[0])]
-
-
-def _group_ids(k: int, exclude: np.ndarray, groups) -> tuple[np.ndarray, np.ndarray]:
-    """(group id per class [..., K], -1 for classes in no group; number of groups [...]) for other_classes_upper."""
-    if groups is None:  # every class but `exclude` its own group
-        classes = np.arange(k)
-        gid = classes - (classes > exclude[..., None])
-        return np.where(classes == exclude[..., None], -1, gid), np.full(exclude.shape, k - 1)
-    groups = [list(map(int, g)) for g in groups]
-    if not groups or any(not g for g in groups):
-        raise ValueError("groups: expected a non-empty list of non-empty class lists")
-    members = sorted(c for g in groups for c in g)
-    if len(set(members)) != len(members) or any(not 0 <= c < k for c in members) or np.any(np.isin(exclude, members)):
-        raise ValueError("groups: expected disjoint groups of classes in [0, K) without the excluded class")
-    gid = np.full(k, -1)
-    for g, classes in enumerate(groups):
-        gid[classes] = g
-    return np.broadcast_to(gid, exclude.shape + (k,)), np.full(exclude.shape, len(groups))
-
-
-def _group_bounds(counts, gid, ngroups, level, bound, trials=None) -> tuple[np.ndarray, np.ndarray]:
-    """(largest lower end, largest upper end) over the groups of each row of counts [..., K]: one bound per group
-    on its summed votes at level / ngroups (Bonferroni over the groups). gid [..., K]: a class's group (-1: none);
-    trials: default the row's total."""
-    counts = np.asarray(counts, dtype=np.int64)
-    lead, k = counts.shape[:-1], counts.shape[-1]
-    flat = counts.reshape(-1, k)
-    gid = np.broadcast_to(gid, counts.shape).reshape(-1, k)
-    rows = flat.shape[0]
-    slot = np.arange(rows)[:, None] * k + np.maximum(gid, 0)  # bincount, not a [rows, K, K] one-hot: K may be 1000
-    totals = np.bincount(slot.ravel(), np.where(gid >= 0, flat, 0).ravel(), minlength=rows * k)
-    totals = np.rint(totals).astype(np.int64).reshape(rows, k)
-    ngroups = np.broadcast_to(np.asarray(ngroups), lead).reshape(-1)
-    n = flat.sum(axis=1) if trials is None else np.broadcast_to(np.asarray(trials), lead).reshape(-1)
-    used = np.arange(k) < ngroups[:, None]
-    r, g = np.nonzero(used)
-    levels = np.broadcast_to(np.asarray(level, dtype=np.float64), lead).reshape(-1) / ngroups
-    lo, hi = (np.full((rows, k), -np.inf) for _ in range(2))
-    lo[r, g], hi[r, g] = bound(totals[r, g], n[r], levels[r])
-    return lo.max(axis=1).reshape(lead), hi.max(axis=1).reshape(lead)
-
-
-def other_classes_upper(counts, exclude, level: float, prior=DEFAULT_PRIOR, *, groups=None,
-                        bound=None) -> np.ndarray:
-    """Upper bound on max_{c != exclude} p_c from one stage's full vote counts [..., K] (trials = their sum),
-    holding with probability >= 1 - level at any stopping time of the bound's kind (ConfidenceSequence(prior) by
-    default: any time; AlphaSpending: any of its looks).
-
-    groups: a partition of the classes other than `exclude` (e.g. msrs.cascade.pool_groups(counts0, exclude), pooled
-    on the independent selection counts); default: every class its own group. One bound per group at
-    level / len(groups) (Bonferroni) on the group's summed votes; the result is the largest upper end. `exclude`
-    (the class a later stage certifies) depends only on the later stages' samples, so a union over the groups
-    of the *other* classes suffices (msrs.cascade's argument, unchanged by stopping: each bound is valid at the
-    stopping look). This replaces Goodman's / fixed-n Clopper-Pearson's bounds, not valid on a stopped sample."""
-    counts = np.asarray(counts, dtype=np.int64)
-    if counts.ndim < 1 or counts.shape[-1] < 2:
-        raise ValueError("counts: expected [..., K] with K >= 2")
-    level = _check_alpha(level, "level")
-    k = counts.shape[-1]
-    exclude = np.broadcast_to(np.asarray(exclude, dtype=np.int64), counts.shape[:-1])
-    if np.any((exclude < 0) | (exclude >= k)):
-        raise ValueError(f"exclude: expected classes in [0, {k})")
-    gid, ngroups = _group_ids(k, exclude, groups)
-    return _group_bounds(counts, gid, ngroups, level, ConfidenceSequence(prior) if bound is None else bound)[1]
+    return ROUTE_NAMES[int(route_stage_many(successes, trials, n_max, alpha_s, p0, prior=prior, lower=lower,
+                                            upper=upper, bound=bound, futility=futility,
+                                            futility_ramp=futility_ramp)[0])]
 
 
 # ---------------------------------------------------------------------------------------------- sequential cascade
@@ -715,36 +470,41 @@ def run_cascade_sequential(
     alpha_schedule: str = "union",
     schedule: str = "geometric",
     first: int | None = None,
-    growth: float = 2.0,
+    growth: float = DEFAULT_GROWTH,
     chunk: int | None = None,
     points: Sequence[int] | None = None,
     intersect: bool = True,
+    futility: float | None = DEFAULT_FUTILITY,
+    futility_ramp: float = DEFAULT_FUTILITY_RAMP,
 ) -> CascadeResult:
     """Sequential multi-scale cascade of `num_images` images (rules and validity in the module docstring).
 
     draw(image_indices, stream, num_samples, sample_start) -> int vote counts [len(image_indices), K] of samples
-    sample_start .. sample_start + num_samples - 1 of noise stream `stream` at sigma = sigmas[stream // 2]:
-    stream 2s is stage s's selection (always samples 0 .. n0-1), 2s + 1 its estimation samples. In the engine:
-    ``sample_counts(images[idx], ids[idx], sigmas[stream // 2], num_samples, stream=stream, ...,
-    sample_start=sample_start)``. sigmas: strictly decreasing (stage 0 = largest). The error budget is
-    msrs.cascade.schedule_levels(alpha, L, "union") (the "paper" schedule is no union bound: refused).
-    bound / final_share / weights / prior / schedule / first / growth / chunk / points / intersect: as in
-    run_sequential (the looks are the same for every stage).
+    sample_start .. sample_start + num_samples - 1 of noise stream `stream` at sigma =
+    sigmas[streams.stage_of(stream)]: streams.selection(s) is stage s's selection (always samples 0 .. n0-1),
+    streams.estimation(s) its estimation samples (msrs.procedures.certify_cascade_sequential builds it from the
+    engine). sigmas: strictly decreasing (stage 0 = largest). The error budget is
+    msrs.decisions.schedule_levels(alpha, L, "union") (the "paper" schedule is no union bound: refused).
+    bound / final_share / weights / prior / schedule / first / growth / chunk / points / intersect / futility /
+    futility_ramp: as in run_sequential (the looks are the same for every stage).
     """
     sigmas = [float(s) for s in sigmas]
     if not sigmas or any(s <= 0 for s in sigmas) or any(a <= b for a, b in zip(sigmas, sigmas[1:])):
-        raise ValueError(f"sigmas: expected strictly decreasing noise levels > 0 (stage 0 = largest), got {sigmas}")
+        raise checks.ArgumentValueError(f"sigmas: expected strictly decreasing noise levels > 0 (stage 0 = largest), got {sigmas}")
     if alpha_schedule != "union":
-        raise ValueError(f"alpha_schedule: the sequential cascade needs 'union' (a union bound over its "
-                         f"statements); {alpha_schedule!r} is not valid in sequential mode")
-    alpha = _check_alpha(alpha)
+        raise checks.ArgumentValueError(f"alpha_schedule: the sequential cascade needs 'union' (a union bound over "
+                                        f"its statements); {alpha_schedule!r} is not valid in sequential mode")
+    alpha = checks.level("alpha", alpha)
+    check_futility(futility, futility_ramp)
     n0, n_max, num_images = (operator.index(v) for v in (n0, n_max, num_images))
     if n0 < 1 or num_images < 0:
-        raise ValueError(f"n0, num_images: expected n0 >= 1 and num_images >= 0, got {n0}, {num_images}")
+        raise checks.ArgumentValueError(f"n0, num_images: expected n0 >= 1 and num_images >= 0, got {n0}, "
+                                        f"{num_images}")
     thresholds(target_radii, sigmas[-1], p0)  # validates p0 and the radii up front
-    looks = _looks(n_max, points, schedule, first, growth, chunk)
-    bound = make_bound(bound, looks, final_share=final_share, weights=weights, prior=prior)
-    run = _CascadeRun(draw, num_images, sigmas, n0, looks, bound, alpha, p0, target_radii, intersect)
+    points = looks(n_max, points, schedule, first, growth, chunk)
+    bound = make_bound(bound, points, final_share=final_share, weights=weights, prior=prior)
+    run = _CascadeRun(draw, num_images, sigmas, n0, points, bound, alpha, p0, target_radii, intersect,
+                      (futility, futility_ramp))
     run.select(np.arange(num_images), 0)
     while True:
         want = run.requests()
@@ -763,11 +523,12 @@ class _CascadeRun:
     """State of run_cascade_sequential, arrays over images b and stages s. An image is _ROUTING at its current
     stage, _CERTIFIED at its certifying stage (sampling whichever stage limits its radius bucket), or _DONE."""
 
-    def __init__(self, draw, count, sigmas, n0, looks, bound, alpha, p0, target_radii, intersect):
+    def __init__(self, draw, count, sigmas, n0, looks, bound, alpha, p0, target_radii, intersect, futility):
         self.draw, self.sigmas, self.n0, self.bound, self.p0, self.intersect = draw, sigmas, n0, bound, p0, intersect
+        self.futility = futility  # (level or None, ramp): reachable_successes' arguments
         self.looks = np.asarray(looks, dtype=np.int64)
         self.n_max = int(self.looks[-1])
-        self.cert, self.off = cascade.schedule_levels(alpha, len(sigmas), "union")
+        self.cert, self.off = decisions.schedule_levels(alpha, len(sigmas), "union")
         radii = _positive_radii(target_radii)
         # radius buckets: 0 = not certified (r <= 0), then one per target radius; None: no targets
         self.edges = None if target_radii is None else np.concatenate(([np.nextafter(0.0, 1.0)], radii))
@@ -790,7 +551,7 @@ class _CascadeRun:
         k = (votes.shape[-1] if votes.ndim else 0) if self.counts is None else self.counts.shape[2]  # first draw: K
         if votes.shape != (idx.size, k) or k < 2 or votes.dtype.kind not in "iu" or np.any(votes < 0) \
                 or np.any(votes.sum(axis=1) != num):  # one vote per sample
-            raise ValueError(f"draw: expected integer vote counts [{idx.size}, K] summing to {num} per image, got "
+            raise checks.ArgumentValueError(f"draw: expected integer vote counts [{idx.size}, K] summing to {num} per image, got "
                              f"{votes.dtype} shape {votes.shape}")
         if self.counts is None:
             shape = self.drawn.shape + (votes.shape[1],)
@@ -799,11 +560,11 @@ class _CascadeRun:
         return votes.astype(np.int64)
 
     def select(self, idx, s) -> None:
-        """Enter stage s: its n0 selection samples (stream 2s) fix the stage's class, before any estimation."""
+        """Enter stage s: its n0 selection samples (streams.selection(s)) fix the stage's class, before any estimation."""
         if idx.size:
-            votes = self._draw(idx, 2 * s, self.n0, 0)
+            votes = self._draw(idx, streams.selection(s), self.n0, 0)
             self.counts0[idx, s] = votes
-            self.selected[idx, s] = votes.argmax(axis=1)  # ties: the smallest class, as msrs.cascade
+            self.selected[idx, s] = votes.argmax(axis=1)  # ties: the smallest class, as msrs.decisions
             self.stage[idx] = s
 
     def requests(self) -> np.ndarray:
@@ -820,7 +581,7 @@ class _CascadeRun:
             for done in np.unique(self.drawn[want[:, s], s]):
                 idx = np.flatnonzero(want[:, s] & (self.drawn[:, s] == done))
                 nxt = int(self.looks[np.searchsorted(self.looks, done, side="right")])
-                self.counts[idx, s] += self._draw(idx, 2 * s + 1, nxt - int(done), int(done))
+                self.counts[idx, s] += self._draw(idx, streams.estimation(s), nxt - int(done), int(done))
                 self.drawn[idx, s] = nxt
                 self._update_bounds(idx[self.stage[idx] == s], s)
 
@@ -841,7 +602,8 @@ class _CascadeRun:
                 continue
             c = self.selected[idx, s]
             code = route_stage_many(self.counts[idx, s, c], self.drawn[idx, s], self.n_max, self.cert[s], self.p0,
-                                    lower=self.lower[idx, s], upper=self.upper[idx, s], bound=self.bound)
+                                    lower=self.lower[idx, s], upper=self.upper[idx, s], bound=self.bound,
+                                    futility=self.futility[0], futility_ramp=self.futility[1])
             self._certify(idx[code == ROUTE_CERTIFY], s)
             self.phase[idx[code == ROUTE_UNDECIDED]] = _DONE  # abstain, as the fixed-n cascade
             fell = idx[code == ROUTE_FALL_THROUGH]
@@ -852,11 +614,11 @@ class _CascadeRun:
 
     def _certify(self, idx, s) -> None:
         """Stage s certifies its class cA: the earlier stages' off-class groups are pooled on their own selection
-        counts without cA (msrs.cascade.pool_groups), fixed from now on."""
+        counts without cA (msrs.decisions.pool_groups), fixed from now on."""
         self.phase[idx] = _CERTIFIED
         for b in idx:
             for j in range(s):
-                groups = cascade.pool_groups(self.counts0[b, j], int(self.selected[b, s]))
+                groups = decisions.pool_groups(self.counts0[b, j], int(self.selected[b, s]))
                 for g, classes in enumerate(groups):
                     self.gid[b, j, classes] = g
                 self.ngroups[b, j] = len(groups)
@@ -890,11 +652,13 @@ class _CascadeRun:
         return r, np.maximum(reach, r), end
 
     def _own_radius(self, b, s):
-        """sigma_s (PhiInv(lower) - PhiInv(p0)), and its best case: every remaining sample a vote for cA (read at
-        the final look), but no more than the running upper bound allows."""
+        """sigma_s (PhiInv(lower) - PhiInv(p0)), and its best case: the remaining samples reach the most votes for
+        cA still reachable (reachable_successes; read at the final look), but no more than the running upper
+        bound allows."""
         c, t = self.selected[b, s], self.drawn[b, s]
         hits = self.counts[b, s, c]
-        best = self.bound(hits + (self.n_max - t), np.full_like(t, self.n_max), self.cert[s])[0]
+        more = reachable_successes(hits, t, self.n_max, *self.futility)
+        best = self.bound(hits + more, np.full_like(t, self.n_max), self.cert[s])[0]
         reach = np.maximum(np.minimum(best, self.upper[b, s]), self.lower[b, s])
         end = t >= self.n_max
         r = _radius(self.sigmas[s], self.lower[b, s], self.p0)
@@ -902,11 +666,15 @@ class _CascadeRun:
 
     def _off_radius(self, b, j, s):
         """-r_j = sigma_j (PhiInv(p0) - PhiInv(pB_upper_j)) at level off[j, s] on stage j's counts so far, and its
-        best case: no more votes outside cA up to n_max (final look), but pB_upper no lower than the largest
-        group's current lower end."""
+        best case: up to n_max (final look) each group gains only the fewest votes still reachable (the remaining
+        samples minus the most votes for the group's complement that reachable_successes allows; none at all
+        without futility), but pB_upper no lower than the largest group's current lower end."""
         counts, gid, ng, level = self.counts[b, j], self.gid[b, j], self.ngroups[b, j], self.off[j, s]
         floor, upper = _group_bounds(counts, gid, ng, level, self.bound)
-        best = _group_bounds(counts, gid, ng, level, self.bound, trials=self.n_max)[1]
+        t = self.drawn[b, j]
+        best = _group_bounds(counts, gid, ng, level, self.bound, trials=self.n_max,
+                             fewest=lambda votes, rows: (self.n_max - t[rows]) - reachable_successes(
+                                 t[rows] - votes, t[rows], self.n_max, *self.futility))[1]
         end = self.drawn[b, j] >= self.n_max
         r = -_radius(self.sigmas[j], upper, self.p0)
         return r, np.where(end, r, -_radius(self.sigmas[j], np.maximum(best, floor), self.p0)), end

@@ -1,4 +1,4 @@
-"""Certification decisions on vote counts (no sampling): Cohen's CERTIFY and PREDICT, and the multi-scale cascade.
+"""Certification decisions on vote counts (no sampling, no early stopping: msrs.stopping has those): Cohen's CERTIFY and PREDICT, and the multi-scale cascade.
 
 Cascaded smoothed classifier (Jeong & Shin 2023). Stages s = 0 .. L-1 use sigma_0 > sigma_1 > ... ; with
 p^s_c(z) = P[f(z + sigma_s delta) = c], stage s is *confident* at z in class c when p^s_c(z) > p0 (p0 >= 1/2,
@@ -47,7 +47,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import stats
+from . import bounds, checks
 
 SCHEDULES = ("union", "paper")
 POOL_MIN = 5  # the public code's pooling threshold (votes)
@@ -69,7 +69,7 @@ def _abstain(last: int, p_lower: float = math.nan) -> Decision:
 def _vector(name: str, counts) -> np.ndarray:
     counts = np.asarray(counts)
     if counts.ndim != 1 or counts.size < 2 or not np.issubdtype(counts.dtype, np.integer) or counts.min() < 0:
-        raise ValueError(f"{name}: expected non-negative integer counts [K], K >= 2, got {counts!r}")
+        raise checks.ArgumentValueError(f"{name}: expected non-negative integer counts [K], K >= 2, got {counts!r}")
     return counts.astype(np.int64)
 
 
@@ -77,10 +77,10 @@ def cohen_certify_from_counts(counts0, counts, alpha: float, sigma: float, p0: f
     """Cohen et al.'s CERTIFY on selection counts0 [K] and estimation counts [K] (p0 = 0.5 is their case)."""
     counts0, counts = _vector("counts0", counts0), _vector("counts", counts)
     c_a = int(np.argmax(counts0))
-    p_lower = stats.clopper_pearson_lower(int(counts[c_a]), int(counts.sum()), alpha)
+    p_lower = bounds.clopper_pearson_lower(int(counts[c_a]), int(counts.sum()), alpha)
     if p_lower < p0:
         return _abstain(0, p_lower)
-    return Decision(c_a, float(stats.radius(sigma, p_lower, p0)), 0, 0, p_lower)
+    return Decision(c_a, float(bounds.radius(sigma, p_lower, p0)), 0, 0, p_lower)
 
 
 def cohen_predict_from_counts(counts, alpha: float) -> int:
@@ -88,7 +88,7 @@ def cohen_predict_from_counts(counts, alpha: float) -> int:
     counts = _vector("counts", counts)
     order = np.argsort(-counts, kind="stable")
     n_a, n_b = int(counts[order[0]]), int(counts[order[1]])
-    if n_a == 0 or stats.binomial_pvalue(n_a, n_a + n_b, 0.5) > alpha:
+    if n_a == 0 or bounds.binomial_pvalue(n_a, n_a + n_b, 0.5) > alpha:
         return -1
     return int(order[0])
 
@@ -103,7 +103,7 @@ def schedule_levels(alpha: float, num_stages: int, schedule: str = "union") -> t
     if schedule == "paper":
         cert = alpha / (levels + 1.0)
         return cert, np.tile(cert, (num_stages, 1))
-    raise ValueError(f"alpha_schedule: expected one of {', '.join(SCHEDULES)}, got {schedule!r}")
+    raise checks.ArgumentValueError(f"alpha_schedule: expected one of {', '.join(SCHEDULES)}, got {schedule!r}")
 
 
 def pool_groups(basis, exclude: int, min_count: int = POOL_MIN) -> list[list[int]]:
@@ -138,7 +138,7 @@ def stage_outcome(counts0, counts, level: float, p0: float = 0.5) -> tuple[str, 
     """One cascade stage: ("certify" | "undecided" | "fall", selected class, p_lower) from the two-sided
     Clopper-Pearson interval at 2 * level (each side `level`) of the selected class's estimation count."""
     c_a = int(np.argmax(counts0))
-    p_lower, p_upper = stats.clopper_pearson_interval(int(counts[c_a]), int(counts.sum()), 2 * level)
+    p_lower, p_upper = bounds.clopper_pearson_interval(int(counts[c_a]), int(counts.sum()), 2 * level)
     if p_lower >= p0:
         return "certify", c_a, p_lower
     return ("undecided" if p_upper >= p0 else "fall"), c_a, p_lower
@@ -150,9 +150,9 @@ def paper_off_class_upper(counts, c_a: int, level: float) -> float:
     group remains."""
     groups = pool_groups(counts, c_a)
     if len(groups) <= 1:
-        return 1.0 - stats.clopper_pearson_lower(int(counts[c_a]), int(counts.sum()), level)
+        return 1.0 - bounds.clopper_pearson_lower(int(counts[c_a]), int(counts.sum()), level)
     totals = [int(counts[c_a])] + [int(counts[g].sum()) for g in groups]
-    return float(stats.goodman_bounds(totals, 2 * level)[1:, 1].max())
+    return float(bounds.goodman_bounds(totals, 2 * level)[1:, 1].max())
 
 
 def exact_off_class_upper(counts0, counts, c_a: int, level: float) -> float:
@@ -160,7 +160,7 @@ def exact_off_class_upper(counts0, counts, c_a: int, level: float) -> float:
     counts0 (independent of counts), one-sided Clopper-Pearson upper bounds at level / (number of groups)."""
     groups = pool_groups(counts0, c_a)
     totals = np.array([int(counts[g].sum()) for g in groups], dtype=np.int64)
-    return float(np.max(stats.clopper_pearson_upper(totals, int(counts.sum()), level / len(groups))))
+    return float(np.max(bounds.clopper_pearson_upper(totals, int(counts.sum()), level / len(groups))))
 
 
 def off_class_upper(counts0, counts, c_a: int, level: float, schedule: str = "union") -> float:
@@ -177,10 +177,10 @@ def cascade_certify_from_counts(
     counts0, counts = np.asarray(counts0), np.asarray(counts)
     num_stages = len(sigmas)
     if num_stages < 1 or counts.ndim != 2 or counts0.shape != counts.shape or counts.shape[0] != num_stages:
-        raise ValueError(f"counts0, counts: expected two [L, K] arrays with L = len(sigmas) = {num_stages}, "
+        raise checks.ArgumentValueError(f"counts0, counts: expected two [L, K] arrays with L = len(sigmas) = {num_stages}, "
                          f"got shapes {counts0.shape} and {counts.shape}")
     if any(a <= b for a, b in zip(sigmas, sigmas[1:])):
-        raise ValueError(f"sigmas: expected strictly decreasing noise levels (stage 0 = largest), got {sigmas}")
+        raise checks.ArgumentValueError(f"sigmas: expected strictly decreasing noise levels (stage 0 = largest), got {sigmas}")
     cert, off = schedule_levels(alpha, num_stages, schedule)
     fell: list[int] = []
     for s in range(num_stages):
@@ -192,10 +192,10 @@ def cascade_certify_from_counts(
         fell.append(s)
     else:
         return _abstain(num_stages - 1, p_lower)
-    r = stats.radius(sigmas[s], p_lower, p0)
+    r = bounds.radius(sigmas[s], p_lower, p0)
     for j in fell:
         p_b = off_class_upper(counts0[j], counts[j], c_a, off[j, s], schedule)
-        r = min(r, -sigmas[j] * (stats.phi_inv(p_b) - stats.phi_inv(p0)))  # -r_j; +inf when p_b = 0, -inf at 1
+        r = min(r, -sigmas[j] * (bounds.phi_inv(p_b) - bounds.phi_inv(p0)))  # -r_j; +inf when p_b = 0, -inf at 1
     if not r > 0:
         return _abstain(s, p_lower)
     return Decision(c_a, float(r), s, s, float(p_lower))

@@ -1,0 +1,456 @@
+"""Confidence bounds for randomized smoothing: every bound msrs certifies with, in one place (numpy / scipy).
+
+Fixed n (Cohen et al.'s CERTIFY and the multi-scale cascade; Clopper & Pearson, Biometrika 1934; Goodman,
+Technometrics 1965):
+
+  clopper_pearson_lower(n_a, n, alpha)     one-sided (1 - alpha) lower bound, exact
+  clopper_pearson_upper(n_a, n, alpha)     one-sided (1 - alpha) upper bound, exact
+  clopper_pearson_interval(n_a, n, alpha)  two-sided (1 - alpha) interval: alpha / 2 on each side
+  binomial_pvalue(n_a, n, p)               two-sided exact binomial test (Cohen's PREDICT)
+  goodman_bounds(counts, alpha)            Goodman's simultaneous (1 - alpha) intervals, k categories
+  radius(sigma, p_lower, p0)               sigma * (PhiInv(p_lower) - PhiInv(p0))
+
+Valid under early stopping (msrs.stopping's sequential certification): bound objects called as
+bound(successes, trials, level) -> (lower, upper) arrays:
+
+  AlphaSpending(looks)      exact Clopper-Pearson at pre-set looks, the error level spent over them
+  ConfidenceSequence(prior) the Beta-binomial confidence sequence, valid at every sample count
+  other_classes_upper(...)  the cascade's bound on the largest probability of the classes other than cA, built
+                            on either (one bound per group of classes, Bonferroni over the groups)
+
+The functions take numbers or numpy arrays (broadcast) and return floats for scalar input.
+
+Why the two sequential bounds stay valid whatever the stopping rule:
+
+Alpha spending ("spending", the default; the Bonferroni form of alpha spending over interim looks, Lan & DeMets,
+Biometrika 1983). Look k uses the exact one-sided Clopper-Pearson bounds (Clopper & Pearson, Biometrika 1934;
+above) on the t_k samples drawn so far, each side at level alpha * w_k, with w_1 + ... + w_K = 1
+(spending_weights: by default w_K = 0.9 at the final look and 0.1 / (K - 1) at each earlier one; AlphaSpending).
+Why the stopped certificate is valid, whatever the stopping rule:
+  * t_k is fixed before sampling and w_k does not depend on the data, so the bound at look k is an ordinary fixed-n
+    Clopper-Pearson bound: P(E_k) <= alpha w_k for E_k = {the look-k bound is wrong} (lower end: p < lower_k).
+  * An image stopped at look tau (any random look: a function of its data, of other images' or stages' data, of
+    anything) has a wrong certificate only on E_tau, a subset of E_1 u ... u E_K, so P(wrong) <= sum_k alpha w_k
+    = alpha (union bound; conservative: it ignores the correlation between looks that Lan-DeMets boundaries use).
+  * The running intersection (max of the lower ends, min of the upper ends over the looks so far) is wrong only
+    on the same union: also valid, and used.
+  * The look index k of an evaluation is well defined: an image is evaluated only when its sample count is one of
+    the looks (AlphaSpending refuses any other count), and every image draws look by look.
+With the default shares, the final-look certificate is Clopper-Pearson at 0.9 alpha, within about 1% of the
+fixed-n radius at n = n_max; the early looks, at about alpha / (10 K), stop the images that are clearly settled.
+
+Confidence sequence ("cs"). For the Bernoulli probability p = pA of the selected class cA, with S_t successes in t
+trials, the Beta(a, b)-binomial mixture (Robbins 1970; Howard, Ramdas, McAuliffe & Sekhon, Ann. Statist. 2021)
+
+    M_t(p) = integral of prod_i q^X_i (1-q)^(1-X_i) / (p^X_i (1-p)^(1-X_i)) dBeta(q; a, b)
+           = B(a + S_t, b + t - S_t) / B(a, b) / (p^S_t (1 - p)^(t - S_t))
+
+is, for the true p, a non-negative martingale with M_0 = 1 (a mixture of likelihood ratios, each a martingale under
+p). Ville's inequality gives P(exists t: M_t(p) >= 1/alpha) <= alpha, so
+
+    CS_t = {p : M_t(p) < 1/alpha} = (lower_t, upper_t)
+
+covers p at every t simultaneously with probability >= 1 - alpha. log M_t(p) is convex in p with minimum <= 0 at
+p = S_t/t (the mixture never beats the maximum likelihood), so CS_t is an interval containing S_t/t; cs_bounds
+finds its ends by bisection on log M_t (betaln, xlogy: no overflow at n = 10^6 or more), returning the bracket end
+*outside* the CS, i.e. rounded conservatively (up to the rounding of log M_t itself, a relative 1e-14 on the bound
+at t = 10^6). On the event {p in CS_t for all t} (probability >= 1 - alpha), p >= lower_tau whatever the stopping
+time tau is, so the stopped certificate and the running intersections over time are valid (ConfidenceSequence).
+
+Which to pick. "spending": the looks must be fixed before sampling and n_max is a hard cap, but the final look is
+nearly Clopper-Pearson at n_max, so a sequential run with n_max = n gives (nearly) the fixed-n table of certified
+accuracy: the default. "cs": valid at every sample count at once, so the looks may be anything (more of them,
+chosen on the fly, a run extended past its n_max later), at the price of a wider interval at the same n (radius
+about 1-3% smaller than Clopper-Pearson at n = 10^5, 3-7% at n = 10^3, with the Jeffreys prior (0.5, 0.5) and
+alpha = 0.001), which drops images from the table at equal n.
+
+"""
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import stats
+from scipy.special import betaln, xlog1py, xlogy
+
+from . import checks
+
+__all__ = [
+    "BOUNDS",
+    "DEFAULT_FINAL_SHARE",
+    "DEFAULT_PRIOR",
+    "AlphaSpending",
+    "ConfidenceSequence",
+    "binomial_pvalue",
+    "clopper_pearson_interval",
+    "clopper_pearson_lower",
+    "clopper_pearson_upper",
+    "cs_bounds",
+    "goodman_bounds",
+    "log_martingale",
+    "make_bound",
+    "other_classes_upper",
+    "phi_inv",
+    "radius",
+    "spending_weights",
+]
+
+DEFAULT_PRIOR = (0.5, 0.5)  # Jeffreys: tight at the extremes, where certification lives (pA near 1)
+DEFAULT_FINAL_SHARE = 0.9  # alpha spent at the final look: its certificate is Clopper-Pearson at 0.9 alpha
+BOUNDS = ("spending", "cs")
+_BISECT_STEPS = 80  # enough to reach adjacent doubles on [0, 1]
+
+
+# ------------------------------------------------------------------------------------------------------- fixed n
+def _counts(n_a, n) -> tuple[np.ndarray, np.ndarray]:
+    """Successes n_a and draws n (numbers or arrays) as float64 arrays; n >= 1."""
+    return _successes_trials(n_a, n, names=("n_a", "n"), min_trials=1)
+
+
+def _out(value):
+    return float(value) if np.ndim(value) == 0 else value
+
+
+def clopper_pearson_lower(n_a, n, alpha):
+    """One-sided (1 - alpha) Clopper-Pearson lower bound on p from n_a successes in n draws.
+
+    Beta.ppf(alpha, n_a, n - n_a + 1); 0 when n_a = 0; alpha ** (1 / n) when n_a = n, so it stays < 1 for every
+    finite n (a radius computed from it is finite).
+    """
+    checks.level("alpha", alpha)
+    n_a, n = _counts(n_a, n)
+    lower = stats.beta.ppf(alpha, np.maximum(n_a, 1), n - n_a + 1)
+    return _out(np.where(n_a > 0, lower, 0.0))
+
+
+def clopper_pearson_upper(n_a, n, alpha):
+    """One-sided (1 - alpha) Clopper-Pearson upper bound: Beta.isf(alpha, n_a + 1, n - n_a); 1 when n_a = n."""
+    checks.level("alpha", alpha)
+    n_a, n = _counts(n_a, n)
+    upper = stats.beta.isf(alpha, n_a + 1, np.maximum(n - n_a, 1))
+    return _out(np.where(n_a < n, upper, 1.0))
+
+
+def clopper_pearson_interval(n_a, n, alpha):
+    """Two-sided (1 - alpha) Clopper-Pearson interval (lower, upper): each side at level alpha / 2.
+
+    Equals statsmodels' proportion_confint(n_a, n, alpha, method="beta").
+    """
+    checks.level("alpha", alpha)
+    return clopper_pearson_lower(n_a, n, np.asarray(alpha) / 2), clopper_pearson_upper(n_a, n, np.asarray(alpha) / 2)
+
+
+def binomial_pvalue(n_a: int, n: int, p: float = 0.5) -> float:
+    """Two-sided exact binomial test p-value of n_a successes in n draws under success probability p."""
+    n_a, n = int(n_a), int(n)
+    _counts(n_a, n)
+    return float(stats.binomtest(n_a, n, p).pvalue)
+
+
+def goodman_bounds(counts, alpha) -> np.ndarray:
+    """Goodman (1965) simultaneous (1 - alpha) intervals for the k category probabilities, as an array [k, 2].
+
+    A = chi2.ppf(1 - alpha / k, 1); bounds = (A + 2 n_i -+ sqrt(A (A + 4 n_i (N - n_i) / N))) / (2 (N + A)).
+    Each interval is a Wilson score interval with a Bonferroni-corrected quantile, so each side of each category
+    has level about alpha / (2k); the intervals are asymptotic (not exact for small counts).
+    Equals statsmodels' multinomial_proportions_confint(counts, alpha, method="goodman").
+    """
+    checks.level("alpha", alpha)
+    counts = np.asarray(counts, dtype=np.float64)
+    if counts.ndim != 1 or counts.size < 2 or np.any(counts < 0) or counts.sum() <= 0:
+        raise checks.ArgumentValueError(f"counts: expected k >= 2 non-negative counts with a positive total, got {counts}")
+    k, total = counts.size, counts.sum()
+    a = stats.chi2.ppf(1 - alpha / k, 1)
+    half = np.sqrt(a * (a + 4 * counts * (total - counts) / total))
+    bounds = np.stack(((a + 2 * counts - half), (a + 2 * counts + half)), axis=1) / (2 * (total + a))
+    return np.clip(bounds, 0.0, 1.0)
+
+
+def radius(sigma, p_lower, p0=0.5):
+    """Certified L2 radius sigma * (PhiInv(p_lower) - PhiInv(p0)); negative when p_lower < p0.
+
+    p_lower must be < 1 (a lower bound of 1 would certify an infinite radius; Clopper-Pearson never reaches it).
+    """
+    p_lower = np.asarray(p_lower, dtype=np.float64)
+    if np.any(~np.isfinite(p_lower)) or np.any(p_lower < 0) or np.any(p_lower >= 1):
+        raise checks.ArgumentValueError(f"p_lower: expected a probability bound in [0, 1), got {p_lower}")
+    if not np.all((np.asarray(p0) >= 0.5) & (np.asarray(p0) < 1)):
+        raise checks.ArgumentValueError(f"p0: expected a threshold in [0.5, 1), got {p0}")
+    return _out(np.asarray(sigma, dtype=np.float64) * (stats.norm.ppf(p_lower) - stats.norm.ppf(p0)))
+
+
+def phi_inv(p):
+    """PhiInv, the standard normal quantile (-inf at 0, +inf at 1)."""
+    return _out(stats.norm.ppf(np.asarray(p, dtype=np.float64)))
+
+
+
+# ------------------------------------------------------------------------------------------- the confidence sequence
+def _check_prior(prior) -> tuple[float, float]:
+    a, b = (float(v) for v in prior)
+    if not (a > 0 and b > 0 and math.isfinite(a) and math.isfinite(b)):
+        raise checks.ArgumentValueError(f"prior: expected two positive numbers (a, b), got {prior}")
+    return a, b
+
+
+def _successes_trials(successes, trials, *, names=("successes", "trials"), min_trials: int = 0):
+    """Integer counts (any int or integral float dtype) with 0 <= successes <= trials and trials >= min_trials,
+    broadcast together, as float64 arrays."""
+    s, t = np.asarray(successes), np.asarray(trials)
+    for name, v in zip(names, (s, t)):
+        if v.dtype.kind not in "iuf" or (v.dtype.kind == "f" and not np.all(v == np.floor(v))):
+            raise checks.ArgumentTypeError(f"{name}: expected integer counts, got {v.dtype} values {v}")
+    s, t = np.broadcast_arrays(s.astype(np.float64), t.astype(np.float64))
+    if np.any(t < min_trials) or np.any(s < 0) or np.any(s > t):
+        raise checks.ArgumentValueError(f"{', '.join(names)}: expected 0 <= {names[0]} <= {names[1]} and "
+                                        f"{names[1]} >= {min_trials}, got {names[0]}={successes}, {names[1]}={trials}")
+    return s, t
+
+
+def log_martingale(successes, trials, p, prior=DEFAULT_PRIOR) -> np.ndarray:
+    """log M_t(p) of the Beta(a, b)-binomial mixture (see the module docstring); broadcasts its arguments."""
+    a, b = _check_prior(prior)
+    s, t = _successes_trials(successes, trials)
+    p = np.asarray(p, dtype=np.float64)
+    f = t - s
+    return betaln(a + s, b + f) - betaln(a, b) - xlogy(s, p) - xlog1py(f, -p)
+
+
+def cs_bounds(successes, trials, alpha, prior=DEFAULT_PRIOR, *, method: str = "bisect"):
+    """(lower, upper) of the (1 - alpha) confidence sequence {p : M_t(p) < 1/alpha} after `successes` in `trials`.
+
+    Vectorised over broadcastable arrays, alpha included (returns float64 arrays, or floats for scalar input).
+    lower = 0 when successes = 0, upper = 1 when successes = trials, (0, 1) when trials = 0. Both ends are rounded
+    outwards (conservative). method="brentq" solves each entry with scipy.optimize.brentq instead (a loop; for
+    checks).
+    """
+    alpha = checks.level("alpha", alpha)
+    a, b = _check_prior(prior)
+    s, t = _successes_trials(successes, trials)
+    s, t, alpha = np.broadcast_arrays(s, t, np.asarray(alpha, dtype=np.float64))
+    scalar = s.ndim == 0
+    s, t, alpha = (np.atleast_1d(v) for v in (s, t, alpha))
+    f = t - s
+    const = betaln(a + s, b + f) - betaln(a, b) - np.log(1.0 / alpha)  # outside where const - xlogy - xlog1py >= 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        phat = np.where(t > 0, s / np.where(t > 0, t, 1.0), 0.5)
+
+    def outside(p, sel=slice(None)):
+        return const[sel] - xlogy(s[sel], p) - xlog1py(f[sel], -p) >= 0
+
+    if method == "brentq":
+        lower, upper = _bounds_brentq(s, f, const, phat)
+    elif method == "bisect":
+        # lower end: bracket with 0 (outside) and phat (inside); upper end: phat (inside) and 1 (outside)
+        lower = _bisect_boundary(outside, outside_end=np.zeros_like(phat), inside_end=phat.copy())
+        upper = _bisect_boundary(outside, outside_end=np.ones_like(phat), inside_end=phat.copy())
+    else:
+        raise checks.ArgumentValueError(f"method: expected 'bisect' or 'brentq', got {method!r}")
+    lower = np.where(s == 0, 0.0, lower)
+    upper = np.where(f == 0, 1.0, upper)
+    empty = t == 0
+    lower, upper = np.where(empty, 0.0, lower), np.where(empty, 1.0, upper)
+    if scalar:
+        return float(lower[0]), float(upper[0])
+    return lower, upper
+
+
+def _bisect_boundary(outside, outside_end: np.ndarray, inside_end: np.ndarray) -> np.ndarray:
+    """The CS boundary between a bracket end outside the set and one inside it, elementwise, after _BISECT_STEPS
+    halvings; returns the end that stayed outside, so the bound is conservative (never inside the set)."""
+    for _ in range(_BISECT_STEPS):
+        mid = 0.5 * (outside_end + inside_end)
+        out = outside(mid)
+        outside_end = np.where(out, mid, outside_end)
+        inside_end = np.where(out, inside_end, mid)
+    return outside_end
+
+
+def _bounds_brentq(s, f, const, phat):
+    from scipy.optimize import brentq
+
+    lower, upper = np.zeros_like(phat), np.ones_like(phat)
+    for i in range(phat.size):
+        si, fi, ci = s.flat[i], f.flat[i], const.flat[i]
+
+        def g(p, ci=ci, si=si, fi=fi):
+            return ci - xlogy(si, p) - xlog1py(fi, -p)
+
+        if si > 0:
+            lower.flat[i] = brentq(g, 1e-300, phat.flat[i], xtol=1e-300, rtol=8.9e-16, maxiter=500)
+        if fi > 0:
+            top = np.nextafter(1.0, 0.0)
+            upper.flat[i] = brentq(g, phat.flat[i], top, xtol=1e-300, rtol=8.9e-16, maxiter=500) if g(top) > 0 else 1.0
+    return lower, upper
+
+
+# ----------------------------------------------------------------------------------------- bounds under early stopping
+class ConfidenceSequence:
+    """Bound object for the stopping rules: bound(successes, trials, level) -> (lower, upper) float64 arrays, the
+    Beta-binomial confidence sequence at error level `level` (cs_bounds). Valid at every trials at once."""
+
+    name = "cs"
+
+    def __init__(self, prior=DEFAULT_PRIOR):
+        self.prior = _check_prior(prior)
+
+    def __call__(self, successes, trials, level):
+        lower, upper = cs_bounds(successes, trials, level, self.prior)
+        return np.atleast_1d(lower), np.atleast_1d(upper)
+
+    def __repr__(self) -> str:
+        return f"ConfidenceSequence(prior={self.prior})"
+
+
+def spending_weights(num_looks: int, final_share: float | None = None, weights=None) -> np.ndarray:
+    """The shares w_1 .. w_K (sum 1) of the error level spent at each look: `weights` as given, or `final_share`
+    (default DEFAULT_FINAL_SHARE) at the final look and the rest split equally over the earlier ones (all of it
+    at the only look when K = 1). The final share must be the largest, so that the final look's bound is the
+    tightest any later look can give (the reachability checks of the stopping rules read it)."""
+    num_looks = operator.index(num_looks)
+    if weights is not None:
+        if final_share is not None:
+            raise checks.ArgumentValueError("final_share: give final_share or weights, not both")
+        w = np.asarray(weights, dtype=np.float64).reshape(-1)
+        if w.size != num_looks:
+            raise checks.ArgumentValueError(f"weights: expected {num_looks} shares (one per look), got {w.size}")
+        if not np.all(np.isfinite(w)) or np.any(w <= 0) or abs(w.sum() - 1.0) > 1e-9:
+            raise checks.ArgumentValueError(f"weights: expected positive shares summing to 1, got {w.tolist()}")
+        if w[-1] < w.max():
+            raise checks.ArgumentValueError(f"weights: expected the final look's share to be the largest, got {w.tolist()}")
+        return w / w.sum()
+    share = DEFAULT_FINAL_SHARE if final_share is None else float(final_share)
+    if num_looks == 1:
+        if not 0.0 < share <= 1.0:
+            raise checks.ArgumentValueError(f"final_share: expected a value in (0, 1], got {final_share}")
+        return np.ones(1)
+    if not 1.0 / num_looks <= share < 1.0:
+        raise checks.ArgumentValueError(f"final_share: expected a value in [1/{num_looks}, 1) with {num_looks} looks (the final "
+                         f"look's share the largest, something left for the earlier ones), got {final_share}")
+    return np.append(np.full(num_looks - 1, (1.0 - share) / (num_looks - 1)), share)
+
+
+class AlphaSpending:
+    """Bound object for the stopping rules: at look k (trials = looks[k], fixed before sampling) the exact
+    one-sided Clopper-Pearson bounds at level * w_k on each side (above); weights w from spending_weights.
+    Evaluating it at a trials count that is not a look is an error: the spent levels are defined per look."""
+
+    name = "spending"
+
+    def __init__(self, looks: Sequence[int], final_share: float | None = None, weights=None):
+        looks = [operator.index(p) for p in looks]
+        if not looks or looks[0] < 1 or any(b <= a for a, b in zip(looks, looks[1:])):
+            raise checks.ArgumentValueError(f"looks: expected increasing sample counts >= 1, got {looks}")
+        self.looks = np.asarray(looks, dtype=np.int64)
+        self.weights = spending_weights(len(looks), final_share, weights)
+
+    def shares(self, trials) -> np.ndarray:
+        """w_k of the look each trials count is (any share for trials = 0, where the bounds are (0, 1))."""
+        t = np.asarray(trials)
+        k = np.minimum(np.searchsorted(self.looks, t), self.looks.size - 1)
+        ok = (self.looks[k] == t) | (t == 0)
+        if not np.all(ok):
+            bad = np.unique(np.asarray(t)[~ok]).astype(np.int64)[:5].tolist()
+            raise checks.ArgumentValueError(f"trials: the alpha-spending bound is defined only at its looks "
+                             f"{self.looks.tolist()} (fixed before sampling), got {bad}")
+        return self.weights[k]
+
+    def __call__(self, successes, trials, level):
+        s, t = _successes_trials(successes, trials)
+        s, t = np.atleast_1d(s), np.atleast_1d(t)
+        spent = checks.level("level", level) * self.shares(t)
+        n = np.maximum(t, 1.0)  # trials = 0: any n, the result is replaced by (0, 1)
+        lower = np.where(t > 0, clopper_pearson_lower(s, n, spent), 0.0)
+        upper = np.where(t > 0, clopper_pearson_upper(s, n, spent), 1.0)
+        return np.atleast_1d(lower), np.atleast_1d(upper)
+
+    def __repr__(self) -> str:
+        return f"AlphaSpending(looks={self.looks.tolist()}, weights={np.round(self.weights, 6).tolist()})"
+
+
+def make_bound(bound, looks: Sequence[int], *, final_share: float | None = None, weights=None,
+               prior=DEFAULT_PRIOR):
+    """The bound object for `bound`: "spending" (AlphaSpending over `looks`), "cs" (ConfidenceSequence(prior)),
+    or an object bound(successes, trials, level) -> (lower, upper) used as it is."""
+    if not isinstance(bound, str):
+        if not callable(bound):
+            raise checks.ArgumentTypeError(f"bound: expected one of {BOUNDS} or a callable bound object, got {bound!r}")
+        return bound
+    if bound == "spending":
+        return AlphaSpending(looks, final_share, weights)
+    if bound == "cs":
+        if final_share is not None or weights is not None:
+            raise checks.ArgumentValueError("final_share, weights: only for bound='spending'")
+        return ConfidenceSequence(prior)
+    raise checks.ArgumentValueError(f"bound: expected one of {BOUNDS}, got {bound!r}")
+
+
+# --------------------------------------------------------------------------- the cascade's off-class bound, any look
+def _group_ids(k: int, exclude: np.ndarray, groups) -> tuple[np.ndarray, np.ndarray]:
+    """(group id per class [..., K], -1 for classes in no group; number of groups [...]) for other_classes_upper."""
+    if groups is None:  # every class but `exclude` its own group
+        classes = np.arange(k)
+        gid = classes - (classes > exclude[..., None])
+        return np.where(classes == exclude[..., None], -1, gid), np.full(exclude.shape, k - 1)
+    groups = [list(map(int, g)) for g in groups]
+    if not groups or any(not g for g in groups):
+        raise checks.ArgumentValueError("groups: expected a non-empty list of non-empty class lists")
+    members = sorted(c for g in groups for c in g)
+    if len(set(members)) != len(members) or any(not 0 <= c < k for c in members) or np.any(np.isin(exclude, members)):
+        raise checks.ArgumentValueError("groups: expected disjoint groups of classes in [0, K) without the excluded class")
+    gid = np.full(k, -1)
+    for g, classes in enumerate(groups):
+        gid[classes] = g
+    return np.broadcast_to(gid, exclude.shape + (k,)), np.full(exclude.shape, len(groups))
+
+
+def _group_bounds(counts, gid, ngroups, level, bound, trials=None, fewest=None) -> tuple[np.ndarray, np.ndarray]:
+    """(largest lower end, largest upper end) over the groups of each row of counts [..., K]: one bound per group
+    on its summed votes at level / ngroups (Bonferroni over the groups). gid [..., K]: a class's group (-1: none);
+    trials: default the row's total. fewest(votes, rows): votes to add to each group's total (the stopping rules'
+    best case of a later look, msrs.stopping), given the totals and their rows (flat indices into counts[..., 0])."""
+    counts = np.asarray(counts, dtype=np.int64)
+    lead, k = counts.shape[:-1], counts.shape[-1]
+    flat = counts.reshape(-1, k)
+    gid = np.broadcast_to(gid, counts.shape).reshape(-1, k)
+    rows = flat.shape[0]
+    slot = np.arange(rows)[:, None] * k + np.maximum(gid, 0)  # bincount, not a [rows, K, K] one-hot: K may be 1000
+    totals = np.bincount(slot.ravel(), np.where(gid >= 0, flat, 0).ravel(), minlength=rows * k)
+    totals = np.rint(totals).astype(np.int64).reshape(rows, k)
+    ngroups = np.broadcast_to(np.asarray(ngroups), lead).reshape(-1)
+    n = flat.sum(axis=1) if trials is None else np.broadcast_to(np.asarray(trials), lead).reshape(-1)
+    used = np.arange(k) < ngroups[:, None]
+    r, g = np.nonzero(used)
+    levels = np.broadcast_to(np.asarray(level, dtype=np.float64), lead).reshape(-1) / ngroups
+    lo, hi = (np.full((rows, k), -np.inf) for _ in range(2))
+    votes = totals[r, g]
+    if fewest is not None:
+        votes = votes + np.asarray(fewest(votes, r), dtype=np.int64)
+    lo[r, g], hi[r, g] = bound(votes, n[r], levels[r])
+    return lo.max(axis=1).reshape(lead), hi.max(axis=1).reshape(lead)
+
+
+def other_classes_upper(counts, exclude, level: float, prior=DEFAULT_PRIOR, *, groups=None,
+                        bound=None) -> np.ndarray:
+    """Upper bound on max_{c != exclude} p_c from one stage's full vote counts [..., K] (trials = their sum),
+    holding with probability >= 1 - level at any stopping time of the bound's kind (ConfidenceSequence(prior) by
+    default: any time; AlphaSpending: any of its looks).
+
+    groups: a partition of the classes other than `exclude` (e.g. msrs.decisions.pool_groups(counts0, exclude), pooled
+    on the independent selection counts); default: every class its own group. One bound per group at
+    level / len(groups) (Bonferroni) on the group's summed votes; the result is the largest upper end. `exclude`
+    (the class a later stage certifies) depends only on the later stages' samples, so a union over the groups
+    of the *other* classes suffices (msrs.decisions' argument, unchanged by stopping: each bound is valid at the
+    stopping look). This replaces Goodman's / fixed-n Clopper-Pearson's bounds, not valid on a stopped sample."""
+    counts = np.asarray(counts, dtype=np.int64)
+    if counts.ndim < 1 or counts.shape[-1] < 2:
+        raise checks.ArgumentValueError("counts: expected [..., K] with K >= 2")
+    level = checks.level("level", level)
+    k = counts.shape[-1]
+    exclude = np.broadcast_to(np.asarray(exclude, dtype=np.int64), counts.shape[:-1])
+    if np.any((exclude < 0) | (exclude >= k)):
+        raise checks.ArgumentValueError(f"exclude: expected classes in [0, {k})")
+    gid, ngroups = _group_ids(k, exclude, groups)
+    return _group_bounds(counts, gid, ngroups, level, ConfidenceSequence(prior) if bound is None else bound)[1]

@@ -1,10 +1,10 @@
 """`msrs demo`: the whole method on the shipped demo models, on a fixed set of test digits, in minutes on a CPU.
 
 It certifies, with the same images, seed and sample budget:
-  smooth-sigma      the classifier smoothed directly (Cohen et al.) at each sigma
   denoised-sigma    diffusion denoised smoothing (Carlini et al.) at each sigma, off-the-shelf DDPM
   cascade           the multi-scale cascade over all sigmas (Jeong & Shin), off-the-shelf DDPM
   cascade-finetuned the cascade with the diffusion-calibrated DDPM (msrs finetune)
+  smooth-sigma      with --plain only: the classifier smoothed directly (Cohen et al.) at each sigma
 then prints one table of certified accuracy at the table's radii with exact 95% intervals over the test images,
 checks the paper's claim on it (the fine-tuned cascade keeps the smallest sigma's accuracy at r = 0 and reaches
 the largest sigma's certified accuracy at the largest radius), and writes a TSV per run, a PNG plot and
@@ -57,6 +57,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sigmas", type=float, nargs="+", default=list(SIGMAS), help="noise levels (default: %(default)s)")
     p.add_argument("--radii", type=float, nargs="+", default=list(RADII),
                    help="radii of the table, also the sequential runs' target radii (default: %(default)s)")
+    p.add_argument("--plain", action="store_true",
+                   help="also certify the classifier smoothed without a denoiser (smooth-SIGMA runs)")
     p.add_argument("--fixed-n", action="store_true",
                    help="Cohen's fixed-n CERTIFY (n samples for every image and stage) instead of sequential runs")
     p.add_argument("--alpha-schedule", choices=("union", "paper"), default="union",
@@ -74,10 +76,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ what is certified
-def runs(sigmas) -> list[tuple[str, tuple, str]]:
+def runs(sigmas, plain: bool = False) -> list[tuple[str, tuple, str]]:
     """(name, sigmas, denoiser: "none" | "ddpm" | "finetuned") of every configuration the demo certifies."""
     ordered = tuple(sorted(sigmas, reverse=True))
-    plain = [(f"smooth-{s:g}", (s,), "none") for s in sorted(sigmas)]
+    plain = [(f"smooth-{s:g}", (s,), "none") for s in sorted(sigmas)] if plain else []
     denoised = [(f"denoised-{s:g}", (s,), "ddpm") for s in sorted(sigmas)]
     return plain + denoised + [("cascade", ordered, "ddpm"), ("cascade-finetuned", ordered, "finetuned")]
 
@@ -99,9 +101,19 @@ def check_arguments(args: argparse.Namespace) -> None:
     if not args.fixed_n and args.alpha_schedule != "union":
         raise ValueError("alpha_schedule: the sequential runs need 'union' (a valid union bound); pass --fixed-n "
                          "to use 'paper'")
-    runner.validate_arguments(sigmas=args.sigmas, n0=args.n0, n=args.n, alpha=args.alpha, seed=args.seed,
-                              batch_size=args.batch_size, group_size=args.group_size, skip=1,
-                              max_images=args.images, p0=0.5, alpha_schedule=args.alpha_schedule)
+    certify_config(args)  # the runner's own checks (msrs.config), before anything is loaded
+
+
+def certify_config(args: argparse.Namespace, sigmas=None):
+    """The msrs.config.CertifyConfig of a run of the demo (all its sigmas by default): sequential with the table's
+    positive radii as target radii unless --fixed-n."""
+    from .config import from_options
+
+    targets = [r for r in args.radii if r > 0] or None
+    return from_options(sigmas=list(args.sigmas if sigmas is None else sigmas), n0=args.n0, n=args.n,
+                        alpha=args.alpha, seed=args.seed, batch_size=args.batch_size,
+                        alpha_schedule=args.alpha_schedule, sequential=not args.fixed_n,
+                        target_radii=None if args.fixed_n else targets)
 
 
 def settings(args: argparse.Namespace) -> dict:
@@ -195,10 +207,9 @@ def _minutes(seconds: float) -> str:
 
 # ------------------------------------------------------------------------------------------------ table and claim
 def confidence_interval(certified: int, images: int, level: float = CI_LEVEL) -> tuple:
-    """Exact two-sided binomial (Clopper-Pearson) interval for a certified fraction of `images` test images."""
-    from .stats import clopper_pearson_interval
-
-    lo, hi = clopper_pearson_interval(certified, images, 1 - level)
+    """Exact two-sided binomial (Clopper-Pearson) interval for a certified fraction of `images` test images
+    (msrs.report.accuracy_interval, as `msrs report --ci` prints it)."""
+    lo, hi = report.accuracy_interval(certified, images, level)
     return float(lo), float(hi)
 
 
@@ -285,13 +296,15 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     dataset = digits("test")
-    plan = runs(args.sigmas)
+    plan = runs(args.sigmas, args.plain)
     cache: dict = {}
     started = time.perf_counter()
-    engines = {kind: _engine(kind, device, args.backend, cache) for kind in ("none", "ddpm")}
+    kinds = ("none", "ddpm") if args.plain else ("ddpm",)
+    engines = {kind: _engine(kind, device, args.backend, cache) for kind in kinds}
     rates = calibrate(engines, dataset.images[:1], args.batch_size, max(args.sigmas))
     guess = estimate(plan, args, rates, load_expected(), out)
-    speed = f"{rates['ddpm']:,.0f} denoised / {rates['none']:,.0f} plain samples/s measured now"
+    plain_speed = f" / {rates['none']:,.0f} plain" if "none" in rates else ""
+    speed = f"{rates['ddpm']:,.0f} denoised{plain_speed} samples/s measured now"
     if guess["seconds"] is not None:
         print(f"msrs demo: expected time on this machine: about {_minutes(guess['seconds'])} ({speed}; the recorded "
               f"run scaled to this speed; at most {_minutes(guess['worst_seconds'])} if every image used its whole "
@@ -309,12 +322,9 @@ def run(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         reused = False
         try:
-            runner.certify_dataset(smoothed, dataset, path, sigmas=list(sigmas), n0=args.n0, n=args.n,
-                                   alpha=args.alpha, seed=args.seed, batch_size=args.batch_size,
+            runner.certify_dataset(smoothed, dataset, path, certify_config(args, sigmas),
                                    group_size=args.group_size, max_images=args.images,
-                                   alpha_schedule=args.alpha_schedule, progress=not args.no_progress,
-                                   overwrite=args.overwrite, sequential=not args.fixed_n,
-                                   target_radii=None if args.fixed_n else [r for r in args.radii if r > 0] or None)
+                                   progress=not args.no_progress, overwrite=args.overwrite)
             print(f"msrs demo: {name} done in {time.perf_counter() - t0:.1f} s", flush=True)
         except logs.FinishedLog:
             reused = True

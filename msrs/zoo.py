@@ -163,4 +163,4 @@ def digits_dataset(split: str):
 
     images, labels = digits_split(split)
     return ImageDataset(images=images, labels=labels, num_classes=10, name=f"digits:{split}",
-                        classes=[str(c) for c in range(10)])
+                        class_names=[str(c) for c in range(10)])

@@ -110,9 +110,9 @@ def cascade_proxy(counts_by_sigma: dict, labels: np.ndarray, sigmas) -> dict:
 
 def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple:
     """Exact two-sided binomial (Clopper-Pearson) interval for k successes in n, each side at (1 - level) / 2."""
-    from msrs.stats import clopper_pearson_interval
+    from msrs.report import accuracy_interval
 
-    lo, hi = clopper_pearson_interval(k, n, 1 - level)
+    lo, hi = accuracy_interval(k, n, level)
     return float(lo), float(hi)
 
 

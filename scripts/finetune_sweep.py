@@ -67,7 +67,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "msrs" / "assets" / "digits_ddpm_finetuned")
     p.add_argument("--only", nargs="+", default=None, help="candidates to run (default: all)")
     p.add_argument("--draws", type=int, default=32)
-    p.add_argument("--finalists", type=int, default=2)
+    p.add_argument("--finalists", type=int, default=2,
+                   help="candidates certified in round 2 (0: no round 2, the best of round 1 is shipped)")
     p.add_argument("--cert-images", type=int, default=100)
     p.add_argument("--round1-only", action="store_true", help="train and score round 1, export nothing")
     p.add_argument("--json", type=Path, default=None)
@@ -86,7 +87,8 @@ def main(argv=None) -> int:
                             *CANDIDATES[name], *common])
         return json.loads((work / "finetune_info.json").read_text())
 
-    record = {"rule": __doc__.split("\n\n")[1].strip(), "candidates": {}}
+    record = {"rule": __doc__.split("\n\n")[1].strip(), "finalists": args.finalists, "common_options": common,
+              "candidates": {}}
     for name in names:
         print(f"=== round 1: {name} {CANDIDATES[name]}", flush=True)
         info = run(name, 0)
@@ -97,9 +99,12 @@ def main(argv=None) -> int:
         record["round1_before"] = info["evaluation"]["before"]["votes"]
     ranked = sorted(names, key=lambda n: record["candidates"][n]["round1_score"], reverse=True)
     print("round 1 ranking:", [(n, record["candidates"][n]["round1_score"]) for n in ranked], flush=True)
+    record["round1_ranking"] = ranked
     if args.round1_only:
         _write(args.json, record)
         return 0
+    if args.finalists == 0:  # round 1 decides: its best candidate is shipped
+        return _ship(args, ranked[0], record, finetune_demo)
     finalists = ranked[: args.finalists]
     for name in finalists:
         print(f"=== round 2: {name}", flush=True)
@@ -112,8 +117,12 @@ def main(argv=None) -> int:
     winner = max(finalists, key=lambda n: (record["candidates"][n]["claim"]["margin"],
                                            record["candidates"][n]["round2"]["cascade-finetuned"]["acr"],
                                            -record["candidates"][n]["round2"]["cascade-finetuned"]["samples"]["total"]))
+    return _ship(args, winner, record, finetune_demo)
+
+
+def _ship(args, winner: str, record: dict, finetune_demo) -> int:
     record["winner"] = winner
-    print(f"winner: {winner} {CANDIDATES[winner]} {record['candidates'][winner]['claim']}", flush=True)
+    print(f"winner: {winner} {CANDIDATES[winner]} {record['candidates'][winner].get('claim', '')}", flush=True)
     info = json.loads((args.root / winner / "finetune_info.json").read_text())
     info["selection"] = record
     finetune_demo.export(args.root / winner, args.out, info)

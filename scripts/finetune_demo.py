@@ -136,7 +136,7 @@ def main(argv=None) -> int:
     base = DiffusionDenoiser.from_pretrained(args.denoiser).eval()
     fit, validation = digits_dataset("fit"), digits_dataset("validation")
     command = "python3 " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, ROOT)]
-                                      + list(sys.argv[1:] if argv is None else argv))
+                                      + list(sys.argv[1:] if argv is None else argv)).replace(f"{ROOT}{os.sep}", "")
     eval_settings = {k: getattr(args, k) for k in ("draws", "cert_images", "n0", "n", "alpha", "eval_seed")}
     eval_settings.update(sigmas=sigmas, radii=sorted(args.radii), base_digest=weights_digest(args.denoiser),
                          classifier=hashlib.sha256((ROOT / "msrs" / "assets" / "digits_classifier.safetensors")

@@ -87,7 +87,8 @@ def main(argv=None) -> int:
                             *CANDIDATES[name], *common])
         return json.loads((work / "finetune_info.json").read_text())
 
-    record = {"rule": __doc__.split("\n\n")[1].strip(), "finalists": args.finalists, "common_options": common,
+    record = {"command": "python3 scripts/finetune_sweep.py " + " ".join(sys.argv[1:] if argv is None else argv),
+              "rule": __doc__.split("\n\n")[1].strip(), "finalists": args.finalists, "common_options": common,
               "candidates": {}}
     for name in names:
         print(f"=== round 1: {name} {CANDIDATES[name]}", flush=True)

@@ -32,7 +32,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 CLAIM_TOLERANCE = 0.03
 
-# name -> finetune_demo.py options (the rest at its defaults: 1000 steps, batch 32, M = 4, lr 1e-3, Brier 2,
+# name -> finetune_demo.py options (the rest at its defaults or the sweep's common options, e.g. --steps 400 for the shipped
+# model (docs/DEMO.md section 4); defaults: 1000 steps, batch 32, M = 4, lr 1e-3, Brier 2,
 # anti-consistency 1 ("all"), MSE 1, EMA 0.99, 20 warm-up steps, fp32, seed 0)
 CANDIDATES = {
     "base": [],

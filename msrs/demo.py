@@ -221,20 +221,6 @@ def certified_counts(path: Path, radii) -> np.ndarray:
     return np.array([int((radius >= r).sum()) for r in radii])
 
 
-def format_ci_table(names: list, counts: dict, images: int, radii) -> str:
-    header = ["file"] + [f"r={r:g}" for r in radii]
-    rows = []
-    for name in names:
-        cells = []
-        for k in counts[name]:
-            lo, hi = confidence_interval(int(k), images)
-            cells.append(f"{lo:.2f}-{hi:.2f}")
-        rows.append([name] + cells)
-    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
-                     for line in [header] + rows)
-
-
 def claim(counts: dict, images: int, sigmas, radii) -> dict:
     """The paper's claim on this table: at r = 0 the fine-tuned cascade certifies at least the smallest sigma's
     denoised accuracy minus CLAIM_TOLERANCE, and at the table's largest radius at least the largest sigma's."""
@@ -345,14 +331,15 @@ def run(args: argparse.Namespace) -> int:
     print()
     print(f"Certified accuracy on {args.images} test digits (n0 = {args.n0}, n = {args.n} ({mode}), "
           f"alpha = {args.alpha:g}, seed = {args.seed}, cascade schedule = {args.alpha_schedule}):")
-    print(report.format_table(summaries))
-    print(f"\n{CI_LEVEL:.0%} confidence intervals over the {args.images} test images (exact binomial, "
-          f"Clopper-Pearson; the test set is a sample too):")
-    print(format_ci_table(names, counts, args.images, radii))
+    print(f"(under each row: its {CI_LEVEL:.0%} confidence intervals over the {args.images} test images, exact "
+          f"binomial (Clopper-Pearson), as `msrs report --ci` prints them: the test set is a sample too)")
+    print(report.format_table(summaries, ci=True))
+    print("\nAbstentions (no certificate: a stage undecided at the budget, or a cascade with no stage that "
+          "certifies): " + ", ".join(f"{s.name} {s.abstentions}" for s in summaries))
     if any(r["samples"] for r in record.values()):
-        print("\nMonte Carlo samples per image (sequential runs): " + "; ".join(
-            f"{name} median {r['samples']['median']:,.0f}, max {r['samples']['max']:,}"
-            for name, r in record.items() if r["samples"]))
+        print("Monte Carlo samples per image (sequential runs): " + "; ".join(
+            f"{name} total {r['samples']['total']:,}, median {r['samples']['median']:,.0f}, max "
+            f"{r['samples']['max']:,}" for name, r in record.items() if r["samples"]))
     print("\nThe paper's claim on this table (the fine-tuned cascade keeps the smallest sigma's accuracy and "
           "certifies the largest sigma's radii):")
     print(format_claim(claimed, args.images))

@@ -586,6 +586,8 @@ class _CascadeRun:
 
     def _update_bounds(self, idx, s) -> None:
         """Running bounds of stage s's selected class, at the stage's level cert[s] (route and radius)."""
+        if idx.size == 0:  # every image that drew at this look is at another stage (the bounds refuse no trials)
+            return
         c = self.selected[idx, s]
         lo, hi = self.bound(self.counts[idx, s, c], self.drawn[idx, s], self.cert[s])
         if self.intersect:

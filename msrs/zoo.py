@@ -24,9 +24,12 @@ __all__ = [
     "asset_path",
     "assets_dir",
     "digits_classifier",
+    "digits_dataset",
+    "digits_split",
     "load_demo_classifier",
     "load_demo_classifier_config",
     "load_demo_denoiser",
+    "train_positions",
 ]
 
 from .assets import CLASSIFIER_NAME, DDPM_FINETUNED_NAME, DDPM_NAME  # re-exported: the demo models' names
@@ -104,11 +107,23 @@ def load_demo_denoiser(finetuned: bool = False, device: torch.device | str = "cp
     return load_denoiser("demo-finetuned" if finetuned else "demo", device=device)
 
 
-def digits_split(split: str):
-    """(images float32 [N, 1, 8, 8] in [0, 1], labels int64 [N]) of scikit-learn's digits, split as in DESIGN.md
-    (test = indices i with i % 5 == 0). Uses msrs.data.digits when it exists, else loads scikit-learn's copy."""
-    if split not in ("train", "test"):
-        raise ValueError(f"split: expected 'train' or 'test', got {split!r}")
+# The validation split: held out of the training digits for every choice made on the demo models (the fine-tuning
+# recipe, the sigmas, the demo's defaults), so that the test digits the demo reports are never used to choose.
+VALIDATION_EVERY = 5
+SPLITS = ("train", "fit", "validation", "test")
+
+
+def train_positions(part: str) -> torch.Tensor:
+    """Positions j (0-based) inside the digits train split of its "fit" part (j % 5 != 0, 1149 images) or its
+    "validation" part (j % 5 == 0, 288 images): a fixed 20% of the train split by index, no randomness."""
+    if part not in ("fit", "validation"):
+        raise ValueError(f"part: expected 'fit' or 'validation', got {part!r}")
+    positions = torch.arange(1437)
+    keep = positions % VALIDATION_EVERY == 0
+    return positions[keep if part == "validation" else ~keep]
+
+
+def _full_split(split: str):
     try:
         from .data import digits  # noqa: WPS433
 
@@ -124,3 +139,28 @@ def digits_split(split: str):
     test = torch.arange(images.shape[0]) % 5 == 0
     keep = test if split == "test" else ~test
     return images[keep].contiguous(), labels[keep].contiguous()
+
+
+def digits_split(split: str):
+    """(images float32 [N, 1, 8, 8] in [0, 1], labels int64 [N]) of scikit-learn's digits, split as in DESIGN.md
+    (test = indices i with i % 5 == 0, train = the rest), the train split further cut by position j inside it into
+    "fit" (j % 5 != 0, 1149 images: what the shipped classifier and DDPMs are trained on) and "validation"
+    (j % 5 == 0, 288 images: what choices are made on). Uses msrs.data.digits when it exists, else scikit-learn."""
+    if split not in SPLITS:
+        raise ValueError(f"split: expected one of {SPLITS}, got {split!r}")
+    images, labels = _full_split("test" if split == "test" else "train")
+    if split in ("fit", "validation"):
+        keep = train_positions(split)
+        if images.shape[0] != 1437:
+            raise RuntimeError(f"the digits train split has {images.shape[0]} images, expected 1437")
+        images, labels = images[keep].contiguous(), labels[keep].contiguous()
+    return images, labels
+
+
+def digits_dataset(split: str):
+    """digits_split(split) as an msrs.data.ImageDataset (for msrs.finetune.finetune and msrs.runner)."""
+    from .data import ImageDataset
+
+    images, labels = digits_split(split)
+    return ImageDataset(images=images, labels=labels, num_classes=10, name=f"digits:{split}",
+                        class_names=[str(c) for c in range(10)])

@@ -6,6 +6,9 @@ off-the-shelf classifier trained on clean data. Its normalisation (x - mean) / s
 applied outside the network and recorded in the JSON config, so the certification engine can fuse it into
 msrs.ops.finalize_denoised.
 
+Trained on --data (default "fit": the train split without its validation part, msrs.zoo.digits_split), so that
+the validation part stays unseen by every shipped model and can be used to choose the demo's settings.
+
 Writes <out>/digits_classifier.safetensors and <out>/digits_classifier.json (architecture, mean, std,
 num_classes, clean test accuracy, command, seed). Deterministic for a seed on CPU with the same torch version.
 
@@ -28,6 +31,13 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from msrs.zoo import CLASSIFIER_NAME, digits_classifier, digits_split  # noqa: E402
+
+
+DATA_DESCRIPTION = {
+    "train": "scikit-learn load_digits, images / 16; train split = indices i with i % 5 != 0 (1437 images)",
+    "fit": "scikit-learn load_digits, images / 16; fit split = the train split (indices i % 5 != 0) without its "
+           "validation part (positions j % 5 == 0 inside it): 1149 images (msrs.zoo.digits_split('fit'))",
+}
 
 
 def shift(images: torch.Tensor, generator: torch.Generator, max_shift: int) -> torch.Tensor:
@@ -62,6 +72,8 @@ def main(argv=None) -> int:
     p.add_argument("--width", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--data", choices=("fit", "train"), default="fit",
+                   help="training digits: fit (train split minus the validation part, default) or the whole train split")
     p.add_argument("--out", type=Path, default=ROOT / "msrs" / "assets")
     args = p.parse_args(argv)
 
@@ -70,7 +82,8 @@ def main(argv=None) -> int:
     torch.use_deterministic_algorithms(True)
     gen = torch.Generator().manual_seed(args.seed)
 
-    x_train, y_train = digits_split("train")
+    x_train, y_train = digits_split(args.data)
+    x_val, y_val = digits_split("validation")
     x_test, y_test = digits_split("test")
     mean = float(x_train.mean())
     std = float(x_train.std())
@@ -105,6 +118,8 @@ def main(argv=None) -> int:
     wall = time.time() - start
 
     test_acc = accuracy(model, x_test, y_test, mean, std)
+    val_acc = accuracy(model, x_val, y_val, mean, std)
+    print(f"clean validation accuracy {val_acc:.6f} ({round(val_acc * y_val.shape[0])}/{y_val.shape[0]})")
     print(f"clean test accuracy {test_acc:.6f} ({round(test_acc * y_test.shape[0])}/{y_test.shape[0]}), wall {wall:.1f}s")
 
     from safetensors.torch import save_file
@@ -120,9 +135,11 @@ def main(argv=None) -> int:
         "mean": [mean],
         "std": [std],
         "input": "images in [0, 1], [N, 1, 8, 8]; apply (x - mean) / std before the network",
-        "data": "scikit-learn load_digits, images / 16; train split = indices i with i % 5 != 0 (1437 images)",
+        "data": DATA_DESCRIPTION[args.data],
         "test_split": "indices i with i % 5 == 0 (360 images)",
         "test_accuracy": test_acc,
+        "validation_split": "positions j % 5 == 0 inside the train split (288 images; msrs.zoo.digits_split)",
+        "validation_accuracy": val_acc,
         "seed": args.seed,
         "epochs": args.epochs,
         "batch_size": args.batch_size,

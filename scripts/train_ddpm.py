@@ -6,6 +6,9 @@ Standard DDPM (Ho et al. 2020): DDPMScheduler(num_train_timesteps=1000, linear b
 weights are saved). Nothing in it knows about smoothing, the sigmas or the classifier. A fixed number of steps,
 deterministic for a seed on CPU with the same torch version.
 
+Trained on --data (default "fit": the train split without its validation part, msrs.zoo.digits_split), so that
+the validation part stays unseen by every shipped model and can be used to choose the demo's settings.
+
 Saves with DiffusionDenoiser.save_pretrained to <out> (unet/ + scheduler/) plus <out>/train_info.json (config,
 loss curve, command, wall time, evaluation). The evaluation at the end measures, on the DESIGN.md test split, the
 demo classifier's accuracy on clean digits, on noisy digits x + sigma eps and after one-shot denoising, and the
@@ -118,6 +121,8 @@ def main(argv=None) -> int:
     p.add_argument("--attention", action="store_true", help="self-attention at 4x4")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--data", choices=("fit", "train"), default="fit",
+                   help="training digits: fit (train split minus the validation part, default) or the whole train split")
     p.add_argument("--log-every", type=int, default=100)
     p.add_argument("--out", type=Path, default=ROOT / "msrs" / "assets" / "digits_ddpm")
     p.add_argument("--eval-only", action="store_true", help="evaluate the saved model at --out, train nothing")
@@ -132,7 +137,7 @@ def main(argv=None) -> int:
 
     from msrs.denoiser import DiffusionDenoiser
 
-    x_train, _ = digits_split("train")
+    x_train, _ = digits_split(args.data)
     x_test, y_test = digits_split("test")
 
     if args.eval_only:
@@ -195,7 +200,9 @@ def main(argv=None) -> int:
         "unet": {"width": args.width, "layers_per_block": args.layers_per_block, "attention": args.attention},
         "scheduler": "DDPMScheduler(num_train_timesteps=1000, linear beta 1e-4..0.02), epsilon prediction",
         "objective": "epsilon MSE, t ~ U{0..999}, images 2x-1, no augmentation",
-        "data": "scikit-learn load_digits / 16, train split (i % 5 != 0, 1437 images)",
+        "data": {"train": "scikit-learn load_digits / 16, train split (i % 5 != 0, 1437 images)",
+                 "fit": "scikit-learn load_digits / 16, fit split: the train split (i % 5 != 0) without its "
+                        "validation part (positions j % 5 == 0 inside it), 1149 images"}[args.data],
         "steps": args.steps,
         "batch_size": args.batch_size,
         "lr": args.lr,

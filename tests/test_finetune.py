@@ -12,6 +12,7 @@ from torch import nn
 
 from msrs import finetune as ft
 from msrs.denoiser import DiffusionDenoiser
+from msrs.finetune import objective
 
 SIGMAS = (0.25, 0.5, 1.0)
 FAST = dict(sigmas=SIGMAS, batch_size=4, samples_per_image=2, lr=1e-3, dtype="float32", backend="torch",
@@ -170,13 +171,13 @@ def test_brier_and_anti_consistency_gradients_reach_the_unet(weights, monkeypatc
     kw = dict(sigmas=SIGMAS, samples_per_image=m, seed=5, step=7, backend="torch", mse_weight=0.0)
     recording = Recording(clf)
     seen = []
-    original = ft._predict_eps
+    original = objective._predict_eps
 
     def record(denoiser, x_t, timesteps, autocast):
         seen.append((x_t.detach().clone(), timesteps.clone()))
         return original(denoiser, x_t, timesteps, autocast)
 
-    monkeypatch.setattr(ft, "_predict_eps", record)
+    monkeypatch.setattr(objective, "_predict_eps", record)
     ft.calibration_loss(den, recording, images, torch.zeros(6, dtype=torch.int64), ids, **kw)
     answers = recording.answers.reshape(len(SIGMAS), 6, m)[0, :, 0]
     labels = torch.where(ids < 3, answers, (answers + 1) % 10)  # some pairs recoverable (Brier), some not (AC)

@@ -103,6 +103,7 @@ ALLOWED = [
     Rule(r"the import-order pitfall is the interpreter's|on a GPU the tests above run the compiled kernels",
          lambda m: cuda_available(), "a GPU: the kernels run compiled"),
     Rule(r"demo DDPM not trained yet", lambda m: demo_ddpm_missing(), "the demo DDPM is not shipped here"),
+    Rule(r"CUDA graphs need a GPU", lambda m: not cuda_available(), "no GPU"),
 ]
 
 

@@ -30,6 +30,8 @@ Implementations, IMPL[:DTYPE] (same models, same images, same n0 / n / sigma / a
                 device, inference_mode, autocast in DTYPE; --channels-last runs the UNet in channels_last.
   msrs+compile  msrs with compile=True: classifier and UNet through torch.compile at one static batch shape
                 (msrs.compiled: CPU freezing, CUDA graphs on a GPU); compile time reported apart (compile_s).
+  msrs+channels_last  msrs with the UNet in channels_last (as --channels-last, for this impl only, so that one
+                run can hold it beside msrs+compile, which refuses channels_last).
   msrs+sequential, msrs+compile+sequential  (not in the default list) with sequential early stopping
                 (certify_sequential) for target radii 0.25, 0.5, 0.75, 1.0 and n as the budget: different
                 certificates (bounds valid under early stopping), so samples_per_s is an *equivalent* rate,
@@ -63,12 +65,34 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from msrs.autobatch import _reset_peak, peak_memory_bytes  # noqa: E402
 
-IMPLS = ("reference", "msrs", "msrs+compile", "msrs+sequential", "msrs+compile+sequential")
+IMPLS = ("reference", "msrs", "msrs+compile", "msrs+channels_last", "msrs+sequential", "msrs+compile+sequential")
 DTYPES = ("float32", "bfloat16", "float16")
+# The default rows follow the hardware (msrs.hardware): bf16 rows only where bf16 is native. Where it is emulated
+# (CPUs without AVX512-BF16 / AMX, GPUs before compute capability 8.0) a bf16 row is 10-60x slower than fp32 and
+# the default run would not finish its warm-up in 10 minutes on a 2-core AVX2 CPU.
 DEFAULT_IMPLS = {
     "cpu": "reference,reference:bfloat16,msrs:float32,msrs:bfloat16,msrs+compile:bfloat16",
     "cuda": "reference,reference:bfloat16,msrs:bfloat16,msrs+compile:bfloat16",
+    "emulated-bf16": "reference,msrs:float32,msrs+compile:float32",
 }
+
+
+def default_impls(device: str) -> str:
+    """The default --impls for ``device``: DEFAULT_IMPLS["cpu"] / ["cuda"] where bf16 is native there,
+    DEFAULT_IMPLS["emulated-bf16"] (float32 rows only) where it is not."""
+    from msrs import hardware
+
+    native, _ = hardware.native_support(torch.bfloat16, device)
+    if not native:
+        return DEFAULT_IMPLS["emulated-bf16"]
+    return DEFAULT_IMPLS["cuda" if torch.device(device).type == "cuda" else "cpu"]
+
+
+def default_dtype(device: str) -> str:
+    """The dtype of msrs impls given without :DTYPE: msrs.hardware.resolve_dtype("auto", device)."""
+    from msrs import hardware
+
+    return str(hardware.resolve_dtype("auto", device)[0]).replace("torch.", "")
 TARGET_RADII = (0.25, 0.5, 0.75, 1.0)
 DEFAULTS = {
     # workload: images, n0, n, batch size, sigma
@@ -277,7 +301,8 @@ def make_runner(impl: str, dtype: torch.dtype, w: dict, args, batch_size: int) -
     from msrs.denoiser import DiffusionDenoiser
     from msrs.smoothing import SmoothedClassifier
 
-    den = DiffusionDenoiser(unet, w["scheduler"], channels_last=args.channels_last).to(images.device).eval()
+    channels_last = args.channels_last or impl == "msrs+channels_last"
+    den = DiffusionDenoiser(unet, w["scheduler"], channels_last=channels_last).to(images.device).eval()
     compiled = impl.startswith("msrs+compile")
     classifier = copy.deepcopy(w["classifier"]) if compiled else w["classifier"]
     sm = SmoothedClassifier(classifier, w["num_classes"], denoiser=den, mean=w["mean"], std=w["std"],
@@ -290,7 +315,7 @@ def make_runner(impl: str, dtype: torch.dtype, w: dict, args, batch_size: int) -
         return predict_eps(x_t, timesteps, **kwargs)
 
     den.predict_eps = recording_predict_eps
-    extra = {"channels_last": args.channels_last, "compiled": compiled}
+    extra = {"channels_last": channels_last, "compiled": compiled}
 
     def run():
         certs = sm.certify(images, sigma, args.n0, args.n, ALPHA, seed=SEED, batch_size=batch_size)
@@ -350,9 +375,9 @@ def unet_flops_per_sample(unet, w: dict, device) -> float:
     return counter.get_total_flops() / 4
 
 
-def matmul_peak_flops(device, dtype: torch.dtype) -> float:
+def matmul_peak_flops(device, dtype: torch.dtype, size: int | None = None) -> float:
     """Measured FLOP/s of a large square matmul in `dtype` on this device: the roofline the UNet's convs face."""
-    size = 2048 if device.type == "cpu" else 8192
+    size = size or (2048 if device.type == "cpu" else 8192)
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
     a @ b
@@ -407,7 +432,7 @@ def bench_workload(name: str, args) -> list[dict]:
         print(f"# {name} round {round_index + 1}/{args.repeat}: "
               + ", ".join(f"{k[0]}:{k[1]}@{k[2]} {v[-1]:.2f}s" for k, v in times.items()), file=sys.stderr, flush=True)
     flops = unet_flops_per_sample(w["unet"], w, device)
-    peak_flops = {dt: matmul_peak_flops(device, getattr(torch, dt)) for dt in {k[1] for k in runners}}
+    peak_flops = {dt: matmul_peak_flops(device, getattr(torch, dt), args.matmul_size) for dt in {k[1] for k in runners}}
     ref_key = next((k for k in times if k[0] == "reference" and k[1] == "float32"), None) or \
         next((k for k in times if k[0] == "reference"), None)
     ref = statistics.median(times[ref_key]) if ref_key else None
@@ -464,7 +489,9 @@ def main(argv=None) -> int:
     p.add_argument("--workloads", default="demo,cifar10-ddpm", help="comma-separated: " + ", ".join(DEFAULTS))
     p.add_argument("--impls", default=None,
                    help="comma-separated IMPL[:DTYPE], IMPL one of " + ", ".join(IMPLS) + "; default on a CPU: "
-                        + DEFAULT_IMPLS["cpu"] + "; on a GPU: " + DEFAULT_IMPLS["cuda"])
+                        + DEFAULT_IMPLS["cpu"] + "; on a GPU: " + DEFAULT_IMPLS["cuda"] + "; where bf16 is "
+                        "emulated (msrs.hardware; AVX2-only CPUs, GPUs before sm_80): "
+                        + DEFAULT_IMPLS["emulated-bf16"])
     p.add_argument("--n", type=int, default=None, help="estimation samples per image (default: per workload)")
     p.add_argument("--n0", type=int, default=None, help="selection samples per image (default: per workload)")
     p.add_argument("--images", type=int, default=None)
@@ -475,17 +502,21 @@ def main(argv=None) -> int:
     p.add_argument("--sigma", type=float, default=None)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default=None, choices=DTYPES,
-                   help="autocast dtype of the msrs impls given without :DTYPE (default: bfloat16 on a GPU, float32 on "
-                        "a CPU); the reference without :DTYPE runs in float32, as the field's code does")
+                   help="autocast dtype of the msrs impls given without :DTYPE (default: bfloat16 where it is native, "
+                        "float32 elsewhere: msrs.hardware.resolve_dtype('auto')); the reference without :DTYPE runs "
+                        "in float32, as the field's code does")
     p.add_argument("--channels-last", action="store_true", help="msrs impls: UNet in channels_last")
     p.add_argument("--repeat", type=int, default=3, help="timed rounds (median reported)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    p.add_argument("--matmul-size", type=int, default=None,
+                   help="side of the square matmul that measures the peak FLOP/s (default 2048 on a CPU, 8192 on a "
+                        "GPU; smaller for smoke runs: bf16 is emulated, and slow, on CPUs without AVX512-BF16)")
     p.add_argument("--json", type=Path, default=None, help="write the records to this file")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
-    spec = args.impls or DEFAULT_IMPLS["cuda" if args.device.startswith("cuda") else "cpu"]
+    args.dtype = args.dtype or default_dtype(args.device)
+    spec = args.impls or default_impls(args.device)
     try:
         impls = [parse_impl(i, args.dtype) for i in spec.split(",") if i.strip()]
     except ValueError as err:

@@ -4,6 +4,7 @@ On a machine with a GPU
 -----------------------
     python -m pytest -q tests/test_ops_triton.py     # kernels compiled for the GPU, on CUDA tensors, vs the reference
     python benchmarks/ops.py                         # op throughput per backend; includes "triton" on CUDA
+    bash benchmarks/device_check.sh OUT              # everything above and more, in one run (docs/GPU.md)
 Leave TRITON_INTERPRET unset there: the test module sets TRITON_INTERPRET=1 only when torch sees no GPU, and then
 runs the same tests in the interpreter on CPU tensors (about 5 ms per program instance, so the tests use few
 programs), plus a compile-only check of every kernel for sm_90. tests/test_ops.py also runs the triton backend on
@@ -19,24 +20,32 @@ Modules
   philox.py   Philox4x32-10 + Box-Muller device functions (the scheme of msrs.ops.philox), test hook philox_words
   noise.py    sample_noisy       clean images -> noisy samples, optionally scaled to a diffusion timestep
   denoise.py  finalize_denoised  x_t and the UNet's eps -> clamped, classifier-normalised denoised images
-  votes.py    count_votes_       logits or class ids -> atomic int64 vote counts, no host sync
+  votes.py    count_votes_       logits or class ids -> int64 vote counts, summed per program before one atomic
+                                 per (row, class), no host sync
+
+Triton versions: tested with 3.6 and 3.9 (pyproject's test extra). Public Triton API only in compiled code; in the
+interpreter Triton's private reduction combines are used when present, for speed (msrs.kernels.votes).
 
 Each launcher takes the reference's arguments (msrs/ops/reference.py is the contract) on contiguous tensors of one
 device; argument checks are done once by msrs.ops.
 """
 import os
 
+import torch
 import triton
 import triton.language as tl
 
-try:  # Triton >= 3.4 reads its settings through triton.knobs
-    from triton import knobs as _knobs
 
-    INTERPRET: bool = bool(_knobs.runtime.interpret)
-except ImportError:  # older Triton reads the variable directly
-    INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+@triton.jit
+def _decoration_probe():
+    pass
+
+
+INTERPRET: bool = not isinstance(_decoration_probe, triton.JITFunction)
 """True when the kernels below were decorated under TRITON_INTERPRET=1 (they then run on CPU tensors, and on CUDA
-tensors through host copies). Decided once, when msrs.kernels is imported."""
+tensors through host copies). Read off what triton.jit returned (a JITFunction when kernels are compiled, an
+interpreted function otherwise), so it states what Triton decided, through public names only (triton.knobs exists
+only from Triton 3.4). Decided once, when msrs.kernels is imported."""
 
 AUTOTUNE_ENV = "MSRS_TRITON_AUTOTUNE"
 
@@ -67,25 +76,35 @@ class launch_config:  # noqa: N801 - a namespace of the launch heuristics shared
 
     @staticmethod
     def votes_tile() -> int:
-        """Logits per count_votes_ program (never autotuned: the op adds in place)."""
+        """Logits per count_votes_ program and class chunk (never autotuned: the op adds in place)."""
         return 16384 if INTERPRET else 4096
 
     @classmethod
     def run_tuned(cls, key, configs, launch) -> None:
         """launch(*config) with the default config, or, with MSRS_TRITON_AUTOTUNE=1 on a GPU, the fastest of
         `configs` for `key` (timed once, then cached). Only for ops whose output does not depend on how often
-        they run (the timing runs them several times)."""
+        they run (the timing runs them several times). Never times inside a CUDA graph capture: do_bench
+        synchronises and launches each config many times, which a capture refuses or records into the graph;
+        there the cached config runs, or the default one (and the timing waits for a call outside a capture)."""
         configs = list(dict.fromkeys(configs))
         if INTERPRET or len(configs) == 1 or os.environ.get(AUTOTUNE_ENV) != "1":
             launch(*configs[0])
             return
         best = cls._best.get(key)
         if best is None:
+            if stream_capturing():
+                launch(*configs[0])
+                return
             from triton.testing import do_bench
 
             timings = [(do_bench(lambda c=c: launch(*c), warmup=5, rep=20), i) for i, c in enumerate(configs)]
             best = cls._best[key] = configs[min(timings)[1]]
         launch(*best)
+
+
+def stream_capturing() -> bool:
+    """True while the current CUDA stream is capturing a CUDA graph (False without CUDA)."""
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
 @triton.jit

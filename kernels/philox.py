@@ -10,7 +10,7 @@ together):
                        z0 = r01 cos t01, z1 = r01 sin t01; z2, z3 likewise from (u2, u3)
   element e gets z_(e mod 4) of group g = e // 4.
 
-This is our own Philox (tl.umulhi and wrapping uint32 arithmetic), not tl.randn: tl.randn keys its counter
+This is our own Philox (widening multiplies, uint32 arithmetic modulo 2^32), not tl.randn: tl.randn keys its counter
 differently and uses int32 offsets, and its words would not match the torch and C++ backends. The uint32 words
 here match msrs.ops.philox.philox4x32 bit for bit (tests/test_ops_triton.py checks it through
 `philox_words`); the normals agree up to the rounding of log, sin and cos (a few fp32 ulps). The square root is
@@ -28,6 +28,23 @@ TWO_PI_F32 = tl.constexpr(6.2831854820251465)  # float32(2 pi): exactly represen
 UNIFORM_SCALE = tl.constexpr(5.9604644775390625e-08)  # 2^-24
 
 
+# Philox needs uint32 arithmetic modulo 2^32. It is done in uint64 and truncated: with Triton's overflow sanitizer
+# on (debug builds), a plain uint32 `*` or `+` that wraps would trip an assertion, and the per-op opt-out
+# (sanitize_overflow=False) is not in every Triton version; 64-bit arithmetic is never sanitised, a 32 x 32 -> 64-bit
+# product cannot overflow, and compilers emit one widening multiply (mul.wide.u32) for it.
+@triton.jit
+def _wide_mul(a, m):
+    """(high word, low word) of the 64-bit product of uint32 `a` and the 32-bit constant `m`, as uint32."""
+    product = a.to(tl.uint64) * m
+    return (product >> 32).to(tl.uint32), product.to(tl.uint32)
+
+
+@triton.jit
+def _wrapping_add(a, b):
+    """uint32 a + b modulo 2^32."""
+    return (a.to(tl.uint64) + b).to(tl.uint32)
+
+
 @triton.jit
 def philox4x32_10(c0, c1, c2, c3, k0, k1):
     """Philox4x32-10 of counter (c0, c1, c2, c3) under key (k0, k1), all uint32 (same shapes for c*; k* scalars).
@@ -36,12 +53,10 @@ def philox4x32_10(c0, c1, c2, c3, k0, k1):
     """
     for round_index in tl.static_range(PHILOX_ROUNDS):
         if round_index > 0:
-            k0 = tl.add(k0, PHILOX_W0, sanitize_overflow=False)
-            k1 = tl.add(k1, PHILOX_W1, sanitize_overflow=False)
-        hi0 = tl.umulhi(c0, PHILOX_M0)
-        hi1 = tl.umulhi(c2, PHILOX_M1)
-        lo0 = tl.mul(c0, PHILOX_M0, sanitize_overflow=False)
-        lo1 = tl.mul(c2, PHILOX_M1, sanitize_overflow=False)
+            k0 = _wrapping_add(k0, PHILOX_W0)
+            k1 = _wrapping_add(k1, PHILOX_W1)
+        hi0, lo0 = _wide_mul(c0, PHILOX_M0)
+        hi1, lo1 = _wide_mul(c2, PHILOX_M1)
         c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
     return c0, c1, c2, c3
 

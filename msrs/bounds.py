@@ -24,7 +24,7 @@ Why the two sequential bounds stay valid whatever the stopping rule:
 
 Alpha spending ("spending", the default; the Bonferroni form of alpha spending over interim looks, Lan & DeMets,
 Biometrika 1983). Look k uses the exact one-sided Clopper-Pearson bounds (Clopper & Pearson, Biometrika 1934;
-msrs.stats) on the t_k samples drawn so far, each side at level alpha * w_k, with w_1 + ... + w_K = 1
+above) on the t_k samples drawn so far, each side at level alpha * w_k, with w_1 + ... + w_K = 1
 (spending_weights: by default w_K = 0.9 at the final look and 0.1 / (K - 1) at each earlier one; AlphaSpending).
 Why the stopped certificate is valid, whatever the stopping rule:
   * t_k is fixed before sampling and w_k does not depend on the data, so the bound at look k is an ordinary fixed-n
@@ -83,6 +83,7 @@ __all__ = [
     "DEFAULT_PRIOR",
     "AlphaSpending",
     "ConfidenceSequence",
+    "RADIUS_MARGIN",
     "binomial_pvalue",
     "clopper_pearson_interval",
     "clopper_pearson_lower",
@@ -94,7 +95,9 @@ __all__ = [
     "other_classes_upper",
     "phi_inv",
     "radius",
+    "signed_radius",
     "spending_weights",
+    "toward_zero",
 ]
 
 DEFAULT_PRIOR = (0.5, 0.5)  # Jeffreys: tight at the extremes, where certification lives (pA near 1)
@@ -178,7 +181,34 @@ def radius(sigma, p_lower, p0=0.5):
         raise checks.ArgumentValueError(f"p_lower: expected a probability bound in [0, 1), got {p_lower}")
     if not np.all((np.asarray(p0) >= 0.5) & (np.asarray(p0) < 1)):
         raise checks.ArgumentValueError(f"p0: expected a threshold in [0.5, 1), got {p0}")
-    return _out(np.asarray(sigma, dtype=np.float64) * (stats.norm.ppf(p_lower) - stats.norm.ppf(p0)))
+    return signed_radius(sigma, p_lower, p0)
+
+
+# The certified radius is rounded toward zero by this relative margin (and one more ulp), so that the floating-point
+# error of the Clopper-Pearson quantile, of PhiInv and of the products cannot enlarge a certificate. An engineering
+# margin, not a proof: an error of e in p moves PhiInv(p) by e / phi(z), which near p = 1 is about
+# (e / (1 - p)) / z^2 relative; with p within a few ulps that stays far below 1e-9 for budgets up to ~10^8 samples,
+# and tests/test_stats.py checks the whole chain against 40-digit arithmetic. docs/CERTIFICATES.md says what else
+# the certificate assumes about floating point.
+RADIUS_MARGIN = 1e-9
+
+
+def toward_zero(value):
+    """value shrunk toward zero by RADIUS_MARGIN and one ulp; 0 and infinities unchanged (a radius that may only
+    get smaller when floating point errs)."""
+    value = np.asarray(value, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        shrunk = np.nextafter(value - value * RADIUS_MARGIN, 0.0)
+    return _out(np.where(np.isfinite(value), shrunk, value))
+
+
+def signed_radius(sigma, p, p0=0.5):
+    """sigma * (PhiInv(p) - PhiInv(p0)) rounded toward zero (toward_zero): the one place a radius is computed
+    from a probability bound. -inf at p = 0 and +inf at p = 1 (no checks: the callers check their bounds)."""
+    with np.errstate(divide="ignore"):
+        exact = np.asarray(sigma, dtype=np.float64) * (stats.norm.ppf(np.asarray(p, dtype=np.float64))
+                                                      - stats.norm.ppf(p0))
+    return toward_zero(exact)
 
 
 def phi_inv(p):
@@ -334,7 +364,7 @@ def spending_weights(num_looks: int, final_share: float | None = None, weights=N
 
 class AlphaSpending:
     """Bound object for the stopping rules: at look k (trials = looks[k], fixed before sampling) the exact
-    one-sided Clopper-Pearson bounds at level * w_k on each side (msrs.stats); weights w from spending_weights.
+    one-sided Clopper-Pearson bounds at level * w_k on each side (above); weights w from spending_weights.
     Evaluating it at a trials count that is not a look is an error: the spent levels are defined per look."""
 
     name = "spending"
@@ -406,10 +436,11 @@ def _group_ids(k: int, exclude: np.ndarray, groups) -> tuple[np.ndarray, np.ndar
     return np.broadcast_to(gid, exclude.shape + (k,)), np.full(exclude.shape, len(groups))
 
 
-def _group_bounds(counts, gid, ngroups, level, bound, trials=None) -> tuple[np.ndarray, np.ndarray]:
+def _group_bounds(counts, gid, ngroups, level, bound, trials=None, fewest=None) -> tuple[np.ndarray, np.ndarray]:
     """(largest lower end, largest upper end) over the groups of each row of counts [..., K]: one bound per group
     on its summed votes at level / ngroups (Bonferroni over the groups). gid [..., K]: a class's group (-1: none);
-    trials: default the row's total."""
+    trials: default the row's total. fewest(votes, rows): votes to add to each group's total (the stopping rules'
+    best case of a later look, msrs.stopping), given the totals and their rows (flat indices into counts[..., 0])."""
     counts = np.asarray(counts, dtype=np.int64)
     lead, k = counts.shape[:-1], counts.shape[-1]
     flat = counts.reshape(-1, k)
@@ -424,7 +455,10 @@ def _group_bounds(counts, gid, ngroups, level, bound, trials=None) -> tuple[np.n
     r, g = np.nonzero(used)
     levels = np.broadcast_to(np.asarray(level, dtype=np.float64), lead).reshape(-1) / ngroups
     lo, hi = (np.full((rows, k), -np.inf) for _ in range(2))
-    lo[r, g], hi[r, g] = bound(totals[r, g], n[r], levels[r])
+    votes = totals[r, g]
+    if fewest is not None:
+        votes = votes + np.asarray(fewest(votes, r), dtype=np.int64)
+    lo[r, g], hi[r, g] = bound(votes, n[r], levels[r])
     return lo.max(axis=1).reshape(lead), hi.max(axis=1).reshape(lead)
 
 

@@ -73,9 +73,12 @@ def number(name: str, value, low: float = -math.inf, high: float = math.inf, *, 
     return value
 
 
-def level(name: str, value):
-    """An error level in (0, 1): a float, or a float64 array of them (vectorised bounds)."""
+def level(name: str, value, *, array_ok: bool = True):
+    """An error level in (0, 1): a float, or (array_ok: vectorised bounds) a float64 array of them (empty when no
+    rows are left)."""
     if isinstance(value, (np.ndarray, list, tuple)) and np.ndim(value) > 0:
+        if not array_ok:
+            raise ArgumentTypeError(f"{name}: expected one number in (0, 1), got {type(value).__name__} {value!r}")
         array = np.asarray(value, dtype=np.float64)
         if not np.all((array > 0.0) & (array < 1.0)):
             raise ArgumentValueError(f"{name}: must lie in (0, 1), got {value}")

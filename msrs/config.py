@@ -38,10 +38,12 @@ class SequentialSettings:
     prior: tuple = DEFAULT_PRIOR
     schedule: str = "geometric"
     first: Optional[int] = None
-    growth: float = 2.0
+    growth: float = stopping.DEFAULT_GROWTH
     chunk: Optional[int] = None
     points: Optional[tuple] = None
     intersect: bool = True
+    futility: Optional[float] = stopping.DEFAULT_FUTILITY
+    futility_ramp: float = stopping.DEFAULT_FUTILITY_RAMP
 
     def __post_init__(self):
         """Each option on its own, by type and range; validate() checks how they fit together."""
@@ -81,15 +83,19 @@ class SequentialSettings:
         looks = stopping.looks(n, options.pop("points"), options.pop("schedule"), options.pop("first"),
                                options.pop("growth"), options.pop("chunk"))
         make_bound(bound, looks, final_share=self.final_share, weights=self.weights, prior=self.prior)
+        stopping.check_futility(self.futility, self.futility_ramp)
         stopping.thresholds(self.target_radii, sigma, p0)
 
     def record(self, n: int) -> dict:
-        """What the sidecar stores: the radii, the bound, and for alpha spending its looks and final share."""
+        """What the sidecar stores: the radii, the bound, for alpha spending its looks and final share, and the
+        futility rule (which buckets an image may end in)."""
         out = {"target_radii": None if self.target_radii is None else list(self.target_radii),
                "bound": self.bound if isinstance(self.bound, str) else type(self.bound).__name__}
         if self.bound == "spending":
             out["looks"] = stopping.looks(n, self.points, self.schedule, self.first, self.growth, self.chunk)
             out["final_share"] = DEFAULT_FINAL_SHARE if self.final_share is None else self.final_share
+        out["futility"] = self.futility
+        out["futility_ramp"] = self.futility_ramp
         return out
 
 
@@ -118,7 +124,7 @@ class CertifyConfig:
         if self.n0 > self.n:
             raise checks.ArgumentValueError(f"n0: must be <= n (selection samples at most the estimation samples), "
                                             f"got n0={self.n0} > n={self.n}")
-        _set(self, "alpha", checks.level("alpha", self.alpha))
+        _set(self, "alpha", checks.level("alpha", self.alpha, array_ok=False))
         _set(self, "p0", checks.probability_threshold("p0", self.p0))
         _set(self, "seed", checks.integer("seed", self.seed, 0, MAX_SEED))
         _set(self, "batch_size", checks.integer("batch_size", self.batch_size, 1))

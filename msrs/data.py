@@ -10,9 +10,12 @@ Loaders
   ``cifar10(root, split)``     a local copy of the python version of CIFAR-10 (``cifar-10-batches-py``: pickled
                                ``data_batch_1..5`` and ``test_batch``, each a dict with b"data" uint8 [10000, 3072]
                                and b"labels").  Nothing is downloaded.
-  ``image_folder(root, ...)``  one sub-folder per class (``root/<class>/<image>``), classes in sorted order.
+  ``image_folder(root, ...)``  one sub-folder per class (``root/<class>/<image>``); see FOLDER_LABELS for labels.
   ``load_dataset(spec, ...)``  the command line's spelling: ``digits``, ``digits:train``, ``cifar10:/path``,
                                ``cifar10:train:/path``, ``folder:/path``.
+
+Every data set carries ``class_names`` (label i is ``class_names[i]``; None where a data set has none), so that a
+run can record its class-to-index map (``ImageDataset.class_index()``).
 """
 from __future__ import annotations
 
@@ -21,18 +24,25 @@ import os
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
 
-__all__ = ["ImageDataset", "cifar10", "digits", "image_folder", "load_dataset", "DATASET_SPECS"]
+__all__ = ["ImageDataset", "cifar10", "digits", "image_folder", "load_dataset", "DATASET_SPECS", "FOLDER_LABELS"]
 
 PathLike = Union[str, os.PathLike]
 
 DATASET_SPECS = (
     "digits | digits:train | digits:test | cifar10:DIR | cifar10:train:DIR | folder:DIR "
     "(DIR of cifar10 is a cifar-10-batches-py folder or its parent; folder:DIR holds one sub-folder per class)"
+)
+# How folder:DIR numbers its classes (for --help and the README).  Python's sorted() compares code points: "B"
+# sorts before "a" and "10" before "2", which is why an explicit list exists.
+FOLDER_LABELS = (
+    "folder:DIR labels its images by class sub-folder: without class names, the sub-folders sorted by name "
+    "(code-point order: 'B' before 'a', '10' before '2') get labels 0, 1, 2, ...; with class names (--class-names), "
+    "label i is the i-th name, every name must be a sub-folder and every sub-folder must be named"
 )
 
 SPLITS = ("train", "test")
@@ -48,7 +58,7 @@ class ImageDataset:
     labels: torch.Tensor
     num_classes: int
     name: str
-    classes: Optional[list] = field(default=None)
+    class_names: Optional[list] = field(default=None)  # label i is class_names[i]; None when unknown
 
     def __post_init__(self):
         if not isinstance(self.images, torch.Tensor) or self.images.dim() != 4:
@@ -67,9 +77,11 @@ class ImageDataset:
         if self.labels.numel() and (int(self.labels.min()) < 0 or int(self.labels.max()) >= self.num_classes):
             raise ValueError(f"ImageDataset {self.name!r}: labels must lie in [0, {self.num_classes}), got "
                              f"[{int(self.labels.min())}, {int(self.labels.max())}]")
-        if self.classes is not None and len(self.classes) != self.num_classes:
-            raise ValueError(f"ImageDataset {self.name!r}: {len(self.classes)} class names for "
-                             f"{self.num_classes} classes")
+        if self.class_names is not None:
+            self.class_names = _check_class_names(self.class_names, f"ImageDataset {self.name!r}: class_names")
+            if len(self.class_names) != self.num_classes:
+                raise ValueError(f"ImageDataset {self.name!r}: {len(self.class_names)} class names for "
+                                 f"{self.num_classes} classes")
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -81,9 +93,34 @@ class ImageDataset:
     def image_shape(self) -> tuple:
         return tuple(self.images.shape[1:])
 
+    @property
+    def classes(self) -> Optional[list]:
+        """The former name of class_names."""
+        return self.class_names
+
+    def class_index(self) -> Optional[dict]:
+        """{class name: label} (what a run's configuration records), or None when the names are unknown."""
+        if self.class_names is None:
+            return None
+        return {name: label for label, name in enumerate(self.class_names)}
+
     def __repr__(self) -> str:
         return (f"ImageDataset(name={self.name!r}, images={len(self)}x{list(self.image_shape)}, "
                 f"num_classes={self.num_classes})")
+
+
+def _check_class_names(names, what: str) -> list:
+    """names as a list of distinct, non-empty strings; ValueError naming ``what`` otherwise."""
+    if isinstance(names, (str, bytes)) or not hasattr(names, "__iter__"):
+        raise ValueError(f"{what}: expected a list of class names, got {names!r}")
+    names = list(names)
+    bad = [n for n in names if not isinstance(n, str) or not n]
+    if bad:
+        raise ValueError(f"{what}: class names must be non-empty strings, got {bad[:5]}")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"{what}: class names must be distinct, {repeated[:5]} repeat")
+    return names
 
 
 def _check_split(split: str) -> str:
@@ -108,7 +145,7 @@ def digits(split: str = "test") -> ImageDataset:
         labels=torch.from_numpy(target[keep]),
         num_classes=10,
         name=f"digits:{split}",
-        classes=[str(c) for c in range(10)],
+        class_names=[str(c) for c in range(10)],
     )
 
 
@@ -205,7 +242,7 @@ def cifar10(root: PathLike, split: str = "test") -> ImageDataset:
         labels=torch.from_numpy(np.concatenate(labels)),
         num_classes=10,
         name=f"cifar10:{split}",
-        classes=classes,
+        class_names=classes,
     )
 
 
@@ -221,9 +258,31 @@ def _parse_size(size) -> Optional[tuple]:
     return size
 
 
-def image_folder(root: PathLike, *, size=None, mode: str = "RGB") -> ImageDataset:
-    """Images from ``root/<class>/<file>``: classes are the sub-folder names in sorted order (label = position),
-    files in sorted order within each class.
+def _folder_classes(root: Path, class_names: Optional[Sequence[str]]) -> list:
+    """The class sub-folders of ``root`` in label order: sorted by name, or the order of ``class_names`` (which
+    must name every sub-folder, and only sub-folders)."""
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if class_names is None:
+        if not folders:
+            raise ValueError(f"root: {str(root)!r} has no class sub-folders (expected root/<class>/<image files>)")
+        return folders
+    names = _check_class_names(class_names, "class_names")
+    missing = [n for n in names if n not in folders]
+    if missing:
+        raise ValueError(f"class_names: {missing[:10]} {'has' if len(missing) == 1 else 'have'} no sub-folder in "
+                         f"{str(root)!r} (its class folders: {folders[:20]}{' ...' if len(folders) > 20 else ''})")
+    unnamed = [f for f in folders if f not in names]
+    if unnamed:
+        raise ValueError(f"class_names: the sub-folders {unnamed[:10]} of {str(root)!r} are not named; list every "
+                         "class folder (label = position in the list), or move the others out")
+    return names
+
+
+def image_folder(root: PathLike, *, size=None, mode: str = "RGB",
+                 class_names: Optional[Sequence[str]] = None) -> ImageDataset:
+    """Images from ``root/<class>/<file>``, files in sorted order within each class.  Labels (FOLDER_LABELS): the
+    position of the class folder among the sub-folders sorted by name, or in ``class_names`` when given (every name
+    must be a sub-folder and every sub-folder named; a name without a folder is a ValueError).
 
     size: None (all images must then have the same size), an int or (height, width) to resize to (bilinear).
     mode: "RGB" (3 channels) or "L" (grayscale, 1 channel).
@@ -238,9 +297,7 @@ def image_folder(root: PathLike, *, size=None, mode: str = "RGB") -> ImageDatase
         raise FileNotFoundError(f"root: image folder {str(root)!r} does not exist")
     if not root.is_dir():
         raise NotADirectoryError(f"root: {str(root)!r} is not a folder")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not classes:
-        raise ValueError(f"root: {str(root)!r} has no class sub-folders (expected root/<class>/<image files>)")
+    classes = _folder_classes(root, class_names)
     images, labels = [], []
     for label, cls in enumerate(classes):
         files = sorted(p for p in (root / cls).iterdir()
@@ -270,16 +327,17 @@ def image_folder(root: PathLike, *, size=None, mode: str = "RGB") -> ImageDatase
         labels=torch.tensor(labels, dtype=torch.int64),
         num_classes=len(classes),
         name=f"folder:{root.name}",
-        classes=classes,
+        class_names=classes,
     )
 
 
 # ---------------------------------------------------------------------------------------------------------- by spec
-def load_dataset(spec: str, *, split: Optional[str] = None, size=None, mode: Optional[str] = None) -> ImageDataset:
+def load_dataset(spec: str, *, split: Optional[str] = None, size=None, mode: Optional[str] = None,
+                 class_names: Optional[Sequence[str]] = None) -> ImageDataset:
     """A data set from its command-line spelling (see DATASET_SPECS).
 
-    split: for digits / cifar10 when the spec names none (default "test"); size, mode: for folder: (see
-    image_folder; mode defaults to "RGB")."""
+    split: for digits / cifar10 when the spec names none (default "test"); size, mode, class_names: for folder:
+    (see image_folder; mode defaults to "RGB")."""
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"dataset: expected one of {DATASET_SPECS}; got {spec!r}")
     if split is not None:
@@ -288,6 +346,8 @@ def load_dataset(spec: str, *, split: Optional[str] = None, size=None, mode: Opt
     kind = kind.strip().lower()
     if kind in ("digits", "cifar10") and (size is not None or mode is not None):
         raise ValueError(f"dataset: {spec!r}: image size / grayscale options apply to folder: data sets only")
+    if kind in ("digits", "cifar10") and class_names is not None:
+        raise ValueError(f"class_names: {spec!r} names its own classes; class names apply to folder: data sets only")
     if kind == "digits":
         if rest and rest not in SPLITS:
             raise ValueError(f"dataset: {spec!r}: digits takes ':train' or ':test', got {rest!r}")
@@ -314,7 +374,7 @@ def load_dataset(spec: str, *, split: Optional[str] = None, size=None, mode: Opt
         if split:
             raise ValueError(f"dataset: {spec!r}: an image folder has no splits (point it at the split's folder)")
         try:
-            return image_folder(rest, size=size, mode=mode or "RGB")
+            return image_folder(rest, size=size, mode=mode or "RGB", class_names=class_names)
         except (FileNotFoundError, NotADirectoryError, ValueError) as e:
             raise type(e)(f"dataset {spec!r}: {e}") from None
     raise ValueError(f"dataset: unknown data set {spec!r}; expected {DATASET_SPECS}")

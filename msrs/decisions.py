@@ -195,7 +195,7 @@ def cascade_certify_from_counts(
     r = bounds.radius(sigmas[s], p_lower, p0)
     for j in fell:
         p_b = off_class_upper(counts0[j], counts[j], c_a, off[j, s], schedule)
-        r = min(r, -sigmas[j] * (bounds.phi_inv(p_b) - bounds.phi_inv(p0)))  # -r_j; +inf when p_b = 0, -inf at 1
+        r = min(r, -bounds.signed_radius(sigmas[j], p_b, p0))  # -r_j; +inf when p_b = 0, -inf at 1
     if not r > 0:
         return _abstain(s, p_lower)
     return Decision(c_a, float(r), s, s, float(p_lower))

@@ -643,7 +643,7 @@ def _check_keys(state: dict, expected: dict, path: Path, config_source: str) -> 
 
 
 # -- the one place resolving a denoiser spec ---------------------------------------------------------------------------
-def load_denoiser(spec, *, device="cpu", config=None) -> DiffusionDenoiser:
+def load_denoiser(spec, *, device="cpu", config=None, frame_padding="auto") -> DiffusionDenoiser:
     """The denoiser a user names, in eval mode on `device`:
 
       demo / demo-finetuned     the shipped digits DDPM (msrs/assets; a local path of that name wins)
@@ -652,7 +652,9 @@ def load_denoiser(spec, *, device="cpu", config=None) -> DiffusionDenoiser:
       a local folder            DiffusionDenoiser.from_pretrained (diffusers folders, msrs saves)
       a hub id                  DiffusionDenoiser.from_pretrained (diffusers; needs the network or the cache)
 
-    The loaded model's `source` attribute holds the resolved path or id. Errors name the `denoiser` argument
+    frame_padding: "auto" (the model's default: "reflect" for OpenAI networks, none for diffusers ones), "reflect",
+    "zeros" or None (DiffusionDenoiser). The loaded model's `source` attribute holds the resolved path or id. Errors
+    name the `denoiser` argument
     (ValueError, or FileNotFoundError for a path that is not there); they come before any weights are read."""
     if isinstance(spec, Path):
         spec = str(spec)
@@ -683,6 +685,8 @@ def load_denoiser(spec, *, device="cpu", config=None) -> DiffusionDenoiser:
             raise FileNotFoundError(f"denoiser: cannot load {spec!r} ({e})") from None
         except (OSError, ValueError, TypeError) as e:  # diffusers: missing files, no network, bad configs
             raise ValueError(f"denoiser: cannot load {spec!r} ({type(e).__name__}: {e})") from None
+    if frame_padding != "auto":
+        model.frame_padding = _check_frame_padding(frame_padding)
     model.source = source
     return model.to(device).eval()
 

@@ -21,7 +21,7 @@ import contextlib
 import numpy as np
 import torch
 
-from . import checks, distributed, ops
+from . import checks, distributed, hardware, ops
 from .autobatch import AutoBatcher, is_out_of_memory
 from .ops import validation as v
 from .ops.philox import MASK32
@@ -59,8 +59,10 @@ class Engine:
     [N, num_classes]), optionally behind a one-step diffusion `denoiser` (docs/DESIGN.md interface).
 
     mean/std: the classifier's input normalisation (one value per channel or one for all), applied to the noisy
-    (plain) or denoised (denoiser) image in [0, 1]. dtype: torch.float32, or torch.bfloat16 / torch.float16 to run
-    the denoiser and classifier under torch.autocast. backend: the msrs.ops backend (None: automatic). device: where
+    (plain) or denoised (denoiser) image in [0, 1]. dtype: "auto" (bfloat16 where the device has it natively, float32
+    elsewhere: msrs.hardware.resolve_dtype; the reason is in .dtype_reason), torch.float32, or torch.bfloat16 /
+    torch.float16 to run the denoiser and classifier under torch.autocast. backend: the msrs.ops backend (None:
+    automatic). device: where
     images, noise and counts live (default: the classifier module's device, else CPU).
     Modules are put in eval mode during sampling and restored afterwards.
     compile: run the classifier and the denoiser's UNet through torch.compile at one static batch shape, the
@@ -73,7 +75,7 @@ class Engine:
     """
 
     def __init__(self, classifier, num_classes, *, denoiser=None, mean=None, std=None, device=None, backend=None,
-                 dtype=torch.float32, compile=False, input_size=None, resize_mode=("bilinear", True)):
+                 dtype="auto", compile=False, input_size=None, resize_mode=("bilinear", True)):
         if not callable(classifier):
             raise checks.ArgumentTypeError(f"classifier: expected an nn.Module or a callable [N, C, H, W] -> logits "
                                            f"[N, K], got {type(classifier).__name__}")
@@ -81,12 +83,13 @@ class Engine:
         if denoiser is not None and not all(callable(getattr(denoiser, m, None)) for m in methods):
             raise checks.ArgumentTypeError(f"denoiser: expected an object with timestep_for(sigma) and "
                                            f"predict_eps(x_t, t), got {type(denoiser).__name__}")
-        if dtype not in DTYPES:
-            raise checks.ArgumentTypeError(f"dtype: expected torch.float32, torch.bfloat16 or torch.float16, got "
-                                           f"{dtype}")
-        self.classifier, self.denoiser, self.dtype = classifier, denoiser, dtype
+        if not isinstance(dtype, str) and dtype not in DTYPES:
+            raise checks.ArgumentTypeError(f"dtype: expected 'auto', torch.float32, torch.bfloat16 or torch.float16, "
+                                           f"got {dtype}")
         self.num_classes = checks.integer("num_classes", num_classes, 2)
         self.device = torch.device(device) if device is not None else _module_device(classifier)
+        self.dtype, self.dtype_reason = hardware.resolve_dtype(dtype, self.device)
+        self.classifier, self.denoiser = classifier, denoiser
         self.mean, self.std = (None if t is None else torch.tensor(t, dtype=torch.float32, device=self.device)
                                for t in (checks.channel_stats("mean", mean),
                                          checks.channel_stats("std", std, positive=True)))
@@ -210,7 +213,7 @@ class Engine:
         batcher = AutoBatcher(min(batch_size, cap) if cap else batch_size, device=self.device)
         for static in self._static:  # one static shape for the whole run: the first call's batch size
             if static.size is None:
-                static.size = batcher.batch_size
+                static.reserve(batcher.batch_size)
         with self._modes(), torch.inference_mode(), self._autocast():
             step = self._prepare(sigma)
             lo = first
@@ -276,8 +279,12 @@ class Engine:
         if not isinstance(logits, torch.Tensor) or logits.shape != (inp.shape[0], self.num_classes) \
                 or not logits.dtype.is_floating_point:
             got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+            hint = ""
+            if isinstance(logits, torch.Tensor) and logits.dim() == 2 and logits.shape[0] == inp.shape[0]:
+                hint = f"; if the classifier has {logits.shape[1]} outputs, pass --num-classes {logits.shape[1]}"
             raise ValueError(f"classifier: expected float logits of shape [{inp.shape[0]}, {self.num_classes}] "
-                             f"(num_classes = {self.num_classes}) for an input of shape {tuple(inp.shape)}, got {got}")
+                             f"(num_classes = {self.num_classes}) for an input of shape {tuple(inp.shape)}, got {got}"
+                             f"{hint}")
         return logits
 
     def _scalar_stats(self) -> bool:

@@ -17,7 +17,12 @@ first row, the run's configuration is written next to the log as ``<out>.json`` 
 ``os.replace``).  :func:`open_run` resumes a log: it drops a trailing partial line, returns the image ids already
 done, and refuses to resume under a different configuration or to overwrite a finished log unless
 ``overwrite=True``.  The open log holds an exclusive ``flock``, so a second run started on the same file is
-refused instead of interleaving its rows (the lock dies with the process).
+refused instead of interleaving its rows (the lock dies with the process).  The sidecar gets the log's
+permissions (0o644 less the umask for a new log), not mkstemp's private 0o600.
+
+Before any model or data is loaded, :func:`check_out` finds an ``--out`` that this run could not use (a folder, a
+folder that cannot be created or written, a log being written by another run, a log without its configuration, a
+finished log) and says why; :func:`resume_message` is what a resumed run prints.
 """
 from __future__ import annotations
 
@@ -33,7 +38,9 @@ __all__ = [
     "COLUMNS",
     "CASCADE_COLUMNS",
     "SIDECAR_FORMAT",
+    "FinishedLog",
     "TSVWriter",
+    "check_out",
     "config_differences",
     "format_radius",
     "format_row",
@@ -42,6 +49,7 @@ __all__ = [
     "read_log",
     "read_sidecar",
     "recover_partial_line",
+    "resume_message",
     "sidecar_path",
     "write_json_atomic",
 ]
@@ -179,11 +187,33 @@ def sidecar_path(out: PathLike) -> Path:
     return Path(str(out) + ".json")
 
 
-def write_json_atomic(path: PathLike, payload) -> None:
-    """Writes JSON to ``path`` through a temp file in the same folder, fsync and os.replace."""
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux allows (/proc/self/status), else by setting and
+    restoring it."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def new_file_mode() -> int:
+    """What ``os.open(path, O_CREAT, 0o644)`` gives a new file (the log's mode): 0o644 less the umask."""
+    return 0o644 & ~current_umask()
+
+
+def write_json_atomic(path: PathLike, payload, *, mode: Optional[int] = None) -> None:
+    """Writes JSON to ``path`` through a temp file in the same folder, fsync and os.replace.  The file gets
+    ``mode`` (default new_file_mode(): a log's permissions, where mkstemp alone would give 0o600)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
     try:
+        os.fchmod(fd, new_file_mode() if mode is None else mode)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(payload, f, indent=2, sort_keys=True)
             f.write("\n")
@@ -209,7 +239,10 @@ def read_sidecar(out: PathLike) -> Optional[dict]:
     except (OSError, ValueError) as e:
         raise ValueError(f"out: the run configuration {str(path)!r} is unreadable ({e}); pass --overwrite to start "
                          "afresh") from None
-    if not isinstance(payload, dict) or payload.get("format") != SIDECAR_FORMAT or "run" not in payload:
+    columns = payload.get("columns", []) if isinstance(payload, dict) else None
+    if not isinstance(payload, dict) or payload.get("format") != SIDECAR_FORMAT \
+            or not isinstance(payload.get("run"), dict) \
+            or not (isinstance(columns, list) and all(isinstance(c, str) for c in columns)):
         raise ValueError(f"out: {str(path)!r} is not an msrs run configuration; pass --overwrite to start afresh")
     return payload
 
@@ -255,12 +288,17 @@ def read_log(path: PathLike, *, required: Sequence[str] = COLUMNS, skip_partial:
     being written or killed) is skipped when ``skip_partial``; any other malformed line is an error."""
     path = Path(path)
     try:
-        text = path.read_bytes().decode("utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise FileNotFoundError(f"{str(path)!r} does not exist") from None
-    except (OSError, UnicodeDecodeError) as e:
+    except OSError as e:
         raise ValueError(f"{str(path)!r} is unreadable ({e})") from None
-    lines = text.split("\n")
+    lines = []
+    for number, raw in enumerate(data.split(b"\n"), start=1):  # decoded line by line, to name the damaged one
+        try:
+            lines.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{str(path)!r} line {number}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     partial = lines.pop()  # "" when the file ends with a newline
     if partial and not skip_partial:
         lines.append(partial)
@@ -353,7 +391,7 @@ def open_run(
         # a new log, an empty one (killed before its header), or --overwrite: drop old rows first, so that a new
         # configuration is never paired with them, then the configuration, then the header
         os.ftruncate(fd, 0)
-        write_json_atomic(sidecar, payload)
+        write_json_atomic(sidecar, payload, mode=os.fstat(fd).st_mode & 0o777)  # the log's permissions
         return TSVWriter(out, columns, fresh=True, fd=fd), set()
     except BaseException:
         os.close(fd)
@@ -390,3 +428,111 @@ def _check_resume(out: Path, columns: tuple, config: dict, wanted: set) -> set:
         raise FinishedLog(f"out: {str(out)!r} is already complete ({len(done)} images); pass --overwrite to "
                          "recompute it, or choose another --out")
     return done
+
+
+# ---------------------------------------------------------------------------------------------- before a run starts
+def _nearest_existing(path: Path) -> Path:
+    for candidate in (path, *path.parents):
+        if os.path.lexists(candidate):
+            return candidate
+    return Path(path.anchor or ".")
+
+
+def _check_folder(out: Path) -> None:
+    """The log's folder exists and takes new files, or can be created (its nearest existing ancestor takes them)."""
+    folder = out.parent
+    existing = _nearest_existing(folder)
+    if not existing.is_dir():
+        raise NotADirectoryError(f"out: cannot create the folder {str(folder)!r} for {str(out)!r}: "
+                                 f"{str(existing)!r} is a file, not a folder")
+    try:  # a real write: os.access is wrong for root and for read-only file systems
+        fd, probe = tempfile.mkstemp(prefix=".msrs-probe-", dir=str(existing))
+    except OSError as e:
+        how = "write in" if existing == folder else f"create the folder {str(folder)!r} in"
+        raise PermissionError(f"out: cannot {how} {str(existing)!r} for {str(out)!r} "
+                              f"({e.strerror or e})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _check_writable_log(out: Path) -> None:
+    """An existing log can be opened for appending and is not locked by a running msrs certify."""
+    try:
+        fd = os.open(str(out), os.O_WRONLY | os.O_APPEND)
+    except OSError as e:
+        raise PermissionError(f"out: cannot write {str(out)!r} ({e.strerror or e})") from None
+    try:
+        _lock(fd, out)  # released by os.close below
+    finally:
+        os.close(fd)
+
+
+def _logged_ids(out: Path) -> set:
+    try:
+        return {row["idx"] for row in read_log(out, required=("idx",))["rows"]}
+    except ValueError as e:
+        raise ValueError(f"out: {str(out)!r} cannot be resumed ({e}); pass --overwrite to start afresh, or choose "
+                         "another --out") from None
+
+
+def _partial_differences(recorded: Mapping, config: Mapping) -> list:
+    """config_differences limited to the (dotted) keys that ``config`` gives: what is known before loading."""
+    old, new = _flatten(_normalise(dict(recorded))), _flatten(_normalise(dict(config)))
+    return config_differences({k: old[k] for k in new if k in old}, new)
+
+
+def check_out(out: PathLike, *, overwrite: bool, columns: Optional[Sequence[str]] = None,
+              config: Optional[Mapping] = None) -> Path:
+    """Finds, before any model or data is loaded, why ``out`` could not take this run's log; returns it expanded.
+
+    Raises (each naming the path and the reason): ValueError for an empty path; IsADirectoryError when ``out`` or its
+    ``.json`` is a folder; NotADirectoryError / PermissionError when its folder cannot be created or written, or the
+    log cannot be appended to; ValueError when another msrs certify is writing it.  Without ``overwrite``, for an
+    existing non-empty log: ValueError when it has no readable run configuration, or when ``columns`` or the keys
+    of ``config`` that are given (nested keys compared where present, e.g. {"sigmas": [0.5], "n": 1000}) differ
+    from the recorded ones; FinishedLog when it already holds every image its recorded run selected (any run
+    would then be refused: the same configuration is finished, another one differs).  open_run repeats the full
+    checks once the data set and models are known."""
+    if out is None or str(out) == "":
+        raise ValueError("out: give a path for the log")
+    out = Path(out).expanduser()
+    if out.is_dir():
+        raise IsADirectoryError(f"out: {str(out)!r} is a folder; give a file name for the log")
+    sidecar = sidecar_path(out)
+    if sidecar.is_dir():
+        raise IsADirectoryError(f"out: the run configuration {str(sidecar)!r} is a folder; remove it or choose "
+                                "another --out")
+    _check_folder(out)
+    if not out.exists():
+        return out
+    _check_writable_log(out)
+    if overwrite or out.stat().st_size == 0:
+        return out
+    recorded = read_sidecar(out)
+    if recorded is None:
+        raise ValueError(f"out: {str(out)!r} exists but has no run configuration ({sidecar.name}), so it cannot "
+                         "be resumed safely; choose another --out or pass --overwrite to replace it")
+    diffs = []
+    if columns is not None and list(recorded.get("columns", [])) != list(columns):
+        diffs.append(f"columns: was {recorded.get('columns')}, now {list(columns)}")
+    if config is not None:
+        diffs += _partial_differences(recorded["run"], config)
+    if diffs:
+        raise ValueError(f"out: {str(out)!r} was started with a different configuration ({'; '.join(diffs)}); "
+                         "rerun with the original arguments to resume it, choose another --out, or pass "
+                         "--overwrite to start afresh")
+    wanted = (recorded["run"].get("selection") or {}).get("count")
+    done = _logged_ids(out)
+    if isinstance(wanted, int) and wanted > 0 and len(done) >= wanted:
+        raise FinishedLog(f"out: {str(out)!r} is already complete ({len(done)} of {wanted} images); pass "
+                          "--overwrite to recompute it, or choose another --out")
+    return out
+
+
+def resume_message(out: PathLike, done: int, total: int) -> Optional[str]:
+    """What a resumed run says before it goes on, e.g. "resuming logs/k.tsv: 2 of 12 images done"; None for a run
+    that starts from scratch (nothing done yet)."""
+    done, total = int(done), int(total)
+    if done <= 0:
+        return None
+    return f"resuming {out}: {done} of {total} image{'s' if total != 1 else ''} done"

@@ -117,7 +117,9 @@ def certify_dataset(
     columns = logs.CASCADE_COLUMNS if config.cascade else logs.COLUMNS
     if config.sequential is not None:  # Cohen's columns first, so tools reading those still read the log
         columns = columns + ("samples",)
-    writer, todo = _open_log(out_path, columns, record, ids, overwrite, info)
+    writer, todo, resuming = _open_log(out_path, columns, record, ids, overwrite, info)
+    if resuming and progress:
+        print(resuming, file=sys.stderr)
     with writer if writer is not None else contextlib.nullcontext():
         _certify_groups(smoothed, dataset, config, todo, group, writer, _progress_bar(progress, out_path, ids, todo))
     distributed.barrier()
@@ -186,7 +188,7 @@ def _info(config, group, extra_info) -> dict:
 
 
 def _open_log(out_path, columns, record, ids, overwrite, info):
-    """(writer, ids still to do). Rank 0 alone opens (or resumes) the log and decides what is left to do; the other
+    """(writer, ids still to do, "resuming ..." message or None). Rank 0 alone opens (or resumes) the log and decides what is left to do; the other
     ranks get its decision, or its error, so that a refusal stops every rank instead of leaving them waiting."""
     if distributed.is_main():
         try:
@@ -196,11 +198,11 @@ def _open_log(out_path, columns, record, ids, overwrite, info):
             raise
         todo = [i for i in ids if i not in done]
         distributed.broadcast_object(("todo", todo))
-        return writer, todo
+        return writer, todo, logs.resume_message(out_path, len(ids) - len(todo), len(ids))
     outcome = distributed.broadcast_object(None)
     if outcome[0] == "error":
         raise getattr(builtins, outcome[1])(outcome[2])
-    return None, outcome[1]
+    return None, outcome[1], None
 
 
 def _progress_bar(progress, out_path, ids, todo):

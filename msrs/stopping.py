@@ -26,11 +26,32 @@ certified yet). Stop when
   * upper < p0: ABSTAIN (the smoothed classifier cannot be certified at this sigma);
   * bucket k is the highest: certify;
   * upper < next threshold (p is below it, so more samples will not reach it), or the next threshold is out of
-    reach even if every remaining sample up to n_max were a success (read at the final look, whose bound is the
-    tightest: spending_weights makes the final share the largest): certify (k > 0) or ABSTAIN (k = 0);
+    reach (below): certify (k > 0) or ABSTAIN (k = 0);
   * t = n_max: certify if lower >= p0, else ABSTAIN.
 The reported radius is sigma * (PhiInv(lower) - PhiInv(p0)) at the stopping look (it is >= r_k). Without target
 radii, only the abstain rules stop early (the radius is then the largest the n_max budget allows).
+
+Out of reach (reachable_successes). A threshold is out of reach when the final look's lower bound (the tightest any
+later look gives: spending_weights makes the final share the largest) stays below it even if the remaining
+samples bring the most successes still "reachable": with futility=None every one of them (curtailment: out of
+reach for certain), with futility = gamma (the default, DEFAULT_FUTILITY) the upper (1 - gamma_t) quantile of the
+remaining successes under the posterior predictive of the counts so far (Jeffreys prior), gamma_t ramping up
+linearly from 0 to gamma over the first futility_ramp (DEFAULT_FUTILITY_RAMP) of the budget. Giving up on a
+threshold that the fixed-n run would have reached costs a bucket at that image (a certified fraction below fixed
+n's), never validity: the stopping rule needs no error budget, as long as the certificate is the bound at the
+stopping look. The prediction never enters a bound (tests/test_validity.py's PredictedFinal shows what happens
+when it does). Why it pays: the images whose fixed-n radius lies just below a target radius cannot show
+upper < threshold before n_max (their pA is above the threshold, only the final bound's margin keeps them below),
+so with curtailment alone they draw the whole budget; the hindsight oracle (benchmarks/sequential_savings.py)
+spends almost nothing on them. Measured on recorded votes (benchmarks/results/sequential_*.json): about 3x fewer
+samples than curtailment alone at N = 100,000 on the digits, at the price of about one image per 100 in a lower
+bucket (simulations: docs/notes-sequential.md).
+
+Looks. The default schedule is geometric from DEFAULT_FIRST = 64 samples with growth DEFAULT_GROWTH = 1.1 (77
+looks up to n_max = 100,000): an image stops at most 10% after the sample count its bound needed. More looks
+spread the early share of alpha thinner (0.1 alpha / 76 per look by default), but Clopper-Pearson's sample count
+grows only with log(1 / level): measured on the digits, looks 10% apart need about 10% fewer samples than
+doubling looks (and 4% fewer than 25% apart).
 
 The sequential cascade (run_cascade_sequential; the multi-scale cascade of msrs.decisions, Jeong & Shin 2023).
 Stages s = 0 .. L-1, largest sigma first, all with the same looks; cert, off = msrs.decisions.schedule_levels(alpha,
@@ -39,7 +60,8 @@ then the estimation samples of streams.estimation(s) look by look, with the boun
   * lower >= p0                                  -> "certify" at this stage (final: the running lower only grows);
   * upper < p0                                   -> "fall_through": enter stage s + 1 (after the last: ABSTAIN);
   * t = n_max, or neither can happen any more     -> "undecided": ABSTAIN, as the fixed-n cascade
-    (best-case lower at n_max < p0 and worst-case upper at n_max >= p0, both read at the final look);
+    (best-case lower at n_max < p0 and worst-case upper at n_max >= p0, both read at the final look; best and
+    worst case: the most and the fewest successes still reachable, reachable_successes);
   * otherwise                                    -> "continue" (route_stage).
 Certified at stage s with class cA, the radius is msrs.decisions's R = min(R_s, min_{j<s} -r_j) with components
     R_s  = sigma_s (PhiInv(lower_s) - PhiInv(p0))       (running lower bound of c_s = cA, level cert[s]),
@@ -47,9 +69,11 @@ Certified at stage s with class cA, the radius is msrs.decisions's R = min(R_s, 
 pB_upper_j the largest upper end over groups of the classes other than cA, pooled on stage j's *selection* counts
 (msrs.decisions.pool_groups), one bound per group at off[j, s] / (number of groups) on stage j's estimation counts at
 its latest look (other_classes_upper's rule). R <= 0: ABSTAIN (as the fixed-n cascade).
-Stopping a certified image. Each component has a best reachable value: R_s if every remaining stage-s sample were
-a vote for cA (read at the final look), but not above the running upper bound; -r_j if no further stage-j sample
-voted outside cA (final look), but with pB_upper_j not below the largest group's current lower end. With target
+Stopping a certified image. Each component has a best reachable value: R_s if the remaining stage-s samples brought
+the most votes for cA still reachable (read at the final look), but not above the running upper bound; -r_j if
+they brought the fewest votes outside cA still reachable, group by group (final look), but with pB_upper_j not
+below the largest group's current lower end ("reachable": reachable_successes, as in the single-sigma rule; with
+futility=None every remaining sample for cA, and none outside it). With target
 radii, the image stops when the bucket of min(best reachable) equals the bucket of min(current): its bucket can
 no longer change, the earlier stages' caps included. Otherwise it draws the next look of every component in the
 minimum's bucket (the minimum rises only if all of them rise): its certifying stage, or an earlier stage.
@@ -86,7 +110,8 @@ import numpy as np
 from scipy.stats import norm
 
 from . import checks, decisions, streams
-from .bounds import DEFAULT_PRIOR, ConfidenceSequence, _group_bounds, _successes_trials, make_bound
+from .bounds import (DEFAULT_PRIOR, ConfidenceSequence, _group_bounds, _successes_trials, make_bound,
+                     signed_radius)
 
 __all__ = [
     "ABSTAIN",
@@ -107,6 +132,10 @@ __all__ = [
 ]
 
 CONTINUE, CERTIFY, ABSTAIN = 0, 1, 2
+DEFAULT_FIRST = 64  # the first look (samples): enough for an all-success image to pass the first thresholds
+DEFAULT_GROWTH = 1.1  # looks 10% apart: the overshoot of the ideal stopping time is at most 10%
+DEFAULT_FUTILITY = 0.02  # give up on a threshold when the predictive chance of reaching it is below 2%
+DEFAULT_FUTILITY_RAMP = 0.1  # ... growing to that level over the first 10% of the budget
 ROUTE_CONTINUE, ROUTE_CERTIFY, ROUTE_FALL_THROUGH, ROUTE_UNDECIDED = 0, 1, 2, 3
 ROUTE_NAMES = {ROUTE_CONTINUE: "continue", ROUTE_CERTIFY: "certify", ROUTE_FALL_THROUGH: "fall_through",
                ROUTE_UNDECIDED: "undecided"}
@@ -134,9 +163,7 @@ def _positive_radii(target_radii) -> np.ndarray:
 def radius_from_lower(lower, sigma: float, p0: float = 0.5) -> np.ndarray:
     """sigma * (PhiInv(lower) - PhiInv(p0)) where lower >= p0, else 0 (abstain)."""
     lower = np.asarray(lower, dtype=np.float64)
-    with np.errstate(divide="ignore"):
-        r = float(sigma) * (norm.ppf(lower) - norm.ppf(float(p0)))
-    return np.where(lower >= p0, r, 0.0)
+    return np.where(lower >= p0, signed_radius(float(sigma), lower, float(p0)), 0.0)
 
 
 def _trial_counts(successes, trials, n_max: int) -> tuple[np.ndarray, np.ndarray]:
@@ -158,16 +185,19 @@ def _current(bound, s, t, level, lower, upper) -> tuple[np.ndarray, np.ndarray]:
 
 
 def decide_many(successes, trials, n_max: int, sigma: float, alpha: float, target_radii=None, p0: float = 0.5, *,
-                prior=DEFAULT_PRIOR, lower=None, upper=None, bound=None):
+                prior=DEFAULT_PRIOR, lower=None, upper=None, bound=None, futility=None,
+                futility_ramp: float = DEFAULT_FUTILITY_RAMP):
     """Vectorised stopping rule. Returns (status, radius, lower, upper) arrays: status CONTINUE / CERTIFY / ABSTAIN,
     radius > 0 only where certified. bound: a bound object (default ConfidenceSequence(prior)); lower / upper:
-    bounds to use instead of bound(successes, trials) (e.g. the running intersection), valid at level alpha."""
+    bounds to use instead of bound(successes, trials) (e.g. the running intersection), valid at level alpha.
+    futility / futility_ramp: the reachability prediction (reachable_successes); None: curtailment only."""
     n_max = operator.index(n_max)
     bound = ConfidenceSequence(prior) if bound is None else bound
     ths = thresholds(target_radii, sigma, p0)
     s, t = _trial_counts(successes, trials, n_max)
     lo, hi = _current(bound, s, t, alpha, lower, upper)
-    best = bound(s + (n_max - t), np.full_like(t, n_max), alpha)[0]  # every remaining sample a success
+    reach = reachable_successes(s, t, n_max, futility, futility_ramp)
+    best = bound(s + reach, np.full_like(t, n_max), alpha)[0]  # read at the final look
     best = np.maximum(np.atleast_1d(best), lo)
     bucket = np.searchsorted(ths, lo, side="right")  # number of thresholds <= lower
     certified = bucket > 0
@@ -185,25 +215,62 @@ def decide_many(successes, trials, n_max: int, sigma: float, alpha: float, targe
     return status, radius, lo, hi
 
 
+def reachable_successes(successes, trials, n_max: int, futility=None,
+                        futility_ramp: float = DEFAULT_FUTILITY_RAMP) -> np.ndarray:
+    """The most successes the remaining n_max - trials samples are taken to reach when asking whether a threshold
+    is still within reach (a stopping decision only: it never enters a bound).
+
+    futility None: all of them (curtailment: a threshold not reached even then is out of reach for certain).
+    futility = gamma: the upper (1 - gamma_t) quantile of the remaining successes under the posterior predictive
+    of p given the counts so far (Jeffreys prior Beta(1/2, 1/2): beta-binomial with mean m (s + 1/2) / (t + 1)
+    and variance m q (1 - q) (t + 1 + m) / (t + 2), m = n_max - t, q that mean rate; normal approximation),
+    capped at m. gamma_t = gamma min(1, t / (futility_ramp n_max)) grows linearly over the first futility_ramp
+    of the budget (0: gamma from the first look), so that a threshold is given up on early only when it is
+    clearly out of reach: early counts are few, and giving up costs most when it is wrong and saves least."""
+    s, t = (np.asarray(v, dtype=np.float64) for v in (successes, trials))
+    left = n_max - t
+    if futility is None:
+        return left
+    ramp = float(futility_ramp) * n_max
+    gamma = float(futility) * (np.minimum(1.0, t / ramp) if ramp > 0 else np.ones_like(t))
+    rate = (s + 0.5) / (t + 1.0)
+    sd = np.sqrt(left * rate * (1.0 - rate) * (t + 1.0 + left) / (t + 2.0))
+    with np.errstate(divide="ignore"):
+        z = norm.isf(gamma)  # gamma = 0 (t = 0): +inf, all of them
+    return np.where(np.isfinite(z), np.minimum(left, np.ceil(left * rate + np.where(np.isfinite(z), z, 0.0) * sd)),
+                    left)
+
+
+def check_futility(futility, futility_ramp) -> None:
+    """futility: None or a level in (0, 1); futility_ramp: a fraction of the budget in [0, 1]."""
+    if futility is not None and not (isinstance(futility, (int, float)) and 0.0 < float(futility) < 1.0):
+        raise checks.ArgumentValueError(f"futility: expected None or a level in (0, 1), got {futility!r}")
+    if not (isinstance(futility_ramp, (int, float)) and 0.0 <= float(futility_ramp) <= 1.0):
+        raise checks.ArgumentValueError(f"futility_ramp: expected a fraction of the budget in [0, 1], got "
+                                        f"{futility_ramp!r}")
+
+
 def decide(successes: int, trials: int, n_max: int, sigma: float, alpha: float, target_radii=None,
-           p0: float = 0.5, *, prediction: int = 0, prior=DEFAULT_PRIOR, lower=None, upper=None, bound=None):
+           p0: float = 0.5, *, prediction: int = 0, prior=DEFAULT_PRIOR, lower=None, upper=None, bound=None,
+           futility=None, futility_ramp: float = DEFAULT_FUTILITY_RAMP):
     """'continue', or the final (prediction, radius) with prediction -1 and radius 0.0 for ABSTAIN.
 
     `prediction` is the class selected on the independent n0 sample (returned when certified)."""
     status, radius, _, _ = decide_many(successes, trials, n_max, sigma, alpha, target_radii, p0,
-                                       prior=prior, lower=lower, upper=upper, bound=bound)
+                                       prior=prior, lower=lower, upper=upper, bound=bound, futility=futility,
+                                       futility_ramp=futility_ramp)
     status, radius = int(status[0]), float(radius[0])
     if status == CONTINUE:
         return "continue"
     return (int(prediction), radius) if status == CERTIFY else (-1, 0.0)
 
 
-def checkpoints(n_max: int, schedule: str = "geometric", *, first: int | None = None, growth: float = 2.0,
-                chunk: int | None = None) -> list[int]:
+def checkpoints(n_max: int, schedule: str = "geometric", *, first: int | None = None,
+                growth: float = DEFAULT_GROWTH, chunk: int | None = None) -> list[int]:
     """Cumulative sample counts at which the bounds are evaluated (the looks), ending at n_max.
 
-    "geometric": first, first * growth, ... (rounded up), default first = max(64, n_max // 256) (at most log2
-    of n_max / first + 1 rounds, overshoot of the ideal stopping time below a factor `growth`);
+    "geometric": first, first * growth, ... (rounded up), default first = DEFAULT_FIRST (log(n_max / first) /
+    log(growth) + 1 looks, overshoot of the ideal stopping time below a factor `growth`);
     "fixed": chunk, 2 chunk, ... (default chunk = max(64, n_max // 32))."""
     n_max = operator.index(n_max)
     if n_max < 1:
@@ -212,7 +279,7 @@ def checkpoints(n_max: int, schedule: str = "geometric", *, first: int | None = 
     if schedule == "geometric":
         if not growth > 1:
             raise checks.ArgumentValueError(f"growth: expected > 1, got {growth}")
-        t = min(n_max, max(1, operator.index(first)) if first is not None else max(64, n_max // 256))
+        t = min(n_max, max(1, operator.index(first)) if first is not None else DEFAULT_FIRST)
         while t < n_max:
             points.append(t)
             step = max(t + 1, math.ceil(t * growth)) - t
@@ -271,10 +338,12 @@ def run_sequential(
     prior=DEFAULT_PRIOR,
     schedule: str = "geometric",
     first: int | None = None,
-    growth: float = 2.0,
+    growth: float = DEFAULT_GROWTH,
     chunk: int | None = None,
     points: Sequence[int] | None = None,
     intersect: bool = True,
+    futility: float | None = DEFAULT_FUTILITY,
+    futility_ramp: float = DEFAULT_FUTILITY_RAMP,
 ) -> SequentialResult:
     """Sequential CERTIFY of a group of images, given their selected classes.
 
@@ -287,11 +356,14 @@ def run_sequential(
     schedule, first=, growth=, chunk=)). bound: "spending" (Clopper-Pearson with alpha spent over the looks:
     final_share or weights, see spending_weights), "cs" (the confidence sequence with `prior`) or a bound object.
     intersect: use the running intersection of the bounds over the looks (valid, tighter).
+    futility / futility_ramp: when a target radius counts as out of reach (reachable_successes; None:
+    curtailment only). A stopping decision: it changes which bucket an image may end in, never a bound.
     Returns a SequentialResult; iterating over it gives (prediction, radius, samples_used) per image.
     """
     cls = np.asarray(predictions, dtype=np.int64).reshape(-1)
     n_max = operator.index(n_max)
     alpha = checks.level("alpha", alpha)
+    check_futility(futility, futility_ramp)
     thresholds(target_radii, sigma, p0)  # validates sigma, p0, radii up front
     points = looks(n_max, points, schedule, first, growth, chunk)
     bound = make_bound(bound, points, final_share=final_share, weights=weights, prior=prior)
@@ -319,7 +391,7 @@ def run_sequential(
             lo, hi = np.maximum(lo, lower[active]), np.minimum(hi, upper[active])
         lower[active], upper[active] = lo, hi
         st, rad, _, _ = decide_many(successes[active], samples[active], n_max, sigma, alpha, target_radii, p0,
-                                    lower=lo, upper=hi, bound=bound)
+                                    lower=lo, upper=hi, bound=bound, futility=futility, futility_ramp=futility_ramp)
         status[active], radius[active] = st, rad
     prediction = np.where(status == CERTIFY, cls, -1)
     return SequentialResult(prediction, np.where(status == CERTIFY, radius, 0.0), samples, successes, lower, upper)
@@ -327,17 +399,21 @@ def run_sequential(
 
 # ----------------------------------------------------------------------------------------------- cascade routing
 def route_stage_many(successes, trials, n_max: int, alpha_s: float, p0: float = 0.5, *, prior=DEFAULT_PRIOR,
-                     lower=None, upper=None, bound=None) -> np.ndarray:
+                     lower=None, upper=None, bound=None, futility=None,
+                     futility_ramp: float = DEFAULT_FUTILITY_RAMP) -> np.ndarray:
     """Vectorised three-way routing of one cascade stage (codes ROUTE_CONTINUE / ROUTE_CERTIFY /
     ROUTE_FALL_THROUGH / ROUTE_UNDECIDED), from the bounds of the selected class at the stage's level alpha_s
-    (bound: a bound object, default ConfidenceSequence(prior); lower / upper: running bounds to use instead)."""
+    (bound: a bound object, default ConfidenceSequence(prior); lower / upper: running bounds to use instead).
+    futility / futility_ramp: what counts as reachable (reachable_successes; None: curtailment only)."""
     n_max = operator.index(n_max)
     bound = ConfidenceSequence(prior) if bound is None else bound
     s, t = _trial_counts(successes, trials, n_max)
     lo, hi = _current(bound, s, t, alpha_s, lower, upper)
     n = np.full_like(t, n_max)
-    best_lower = np.atleast_1d(bound(s + (n_max - t), n, alpha_s)[0])  # every remaining sample a success
-    worst_upper = np.atleast_1d(bound(s, n, alpha_s)[1])  # every remaining sample a failure
+    most = reachable_successes(s, t, n_max, futility, futility_ramp)  # most successes still reachable
+    fewest = (n_max - t) - reachable_successes(t - s, t, n_max, futility, futility_ramp)  # fewest
+    best_lower = np.atleast_1d(bound(s + most, n, alpha_s)[0])
+    worst_upper = np.atleast_1d(bound(s + fewest, n, alpha_s)[1])
     route = np.full(lo.shape, ROUTE_CONTINUE)
     stuck = (t >= n_max) | ((np.maximum(best_lower, lo) < p0) & (np.minimum(worst_upper, hi) >= p0))
     route = np.where(stuck, ROUTE_UNDECIDED, route)
@@ -347,10 +423,12 @@ def route_stage_many(successes, trials, n_max: int, alpha_s: float, p0: float = 
 
 
 def route_stage(successes: int, trials: int, n_max: int, alpha_s: float, p0: float = 0.5, *,
-                prior=DEFAULT_PRIOR, lower=None, upper=None, bound=None) -> str:
+                prior=DEFAULT_PRIOR, lower=None, upper=None, bound=None, futility=None,
+                futility_ramp: float = DEFAULT_FUTILITY_RAMP) -> str:
     """'certify' | 'fall_through' | 'undecided' | 'continue' for one cascade stage (rule in the module docstring)."""
-    return ROUTE_NAMES[int(route_stage_many(successes, trials, n_max, alpha_s, p0, prior=prior,
-                                            lower=lower, upper=upper, bound=bound)[0])]
+    return ROUTE_NAMES[int(route_stage_many(successes, trials, n_max, alpha_s, p0, prior=prior, lower=lower,
+                                            upper=upper, bound=bound, futility=futility,
+                                            futility_ramp=futility_ramp)[0])]
 
 
 # ---------------------------------------------------------------------------------------------- sequential cascade
@@ -391,10 +469,12 @@ def run_cascade_sequential(
     alpha_schedule: str = "union",
     schedule: str = "geometric",
     first: int | None = None,
-    growth: float = 2.0,
+    growth: float = DEFAULT_GROWTH,
     chunk: int | None = None,
     points: Sequence[int] | None = None,
     intersect: bool = True,
+    futility: float | None = DEFAULT_FUTILITY,
+    futility_ramp: float = DEFAULT_FUTILITY_RAMP,
 ) -> CascadeResult:
     """Sequential multi-scale cascade of `num_images` images (rules and validity in the module docstring).
 
@@ -404,8 +484,8 @@ def run_cascade_sequential(
     streams.estimation(s) its estimation samples (msrs.procedures.certify_cascade_sequential builds it from the
     engine). sigmas: strictly decreasing (stage 0 = largest). The error budget is
     msrs.decisions.schedule_levels(alpha, L, "union") (the "paper" schedule is no union bound: refused).
-    bound / final_share / weights / prior / schedule / first / growth / chunk / points / intersect: as in
-    run_sequential (the looks are the same for every stage).
+    bound / final_share / weights / prior / schedule / first / growth / chunk / points / intersect / futility /
+    futility_ramp: as in run_sequential (the looks are the same for every stage).
     """
     sigmas = [float(s) for s in sigmas]
     if not sigmas or any(s <= 0 for s in sigmas) or any(a <= b for a, b in zip(sigmas, sigmas[1:])):
@@ -414,6 +494,7 @@ def run_cascade_sequential(
         raise checks.ArgumentValueError(f"alpha_schedule: the sequential cascade needs 'union' (a union bound over "
                                         f"its statements); {alpha_schedule!r} is not valid in sequential mode")
     alpha = checks.level("alpha", alpha)
+    check_futility(futility, futility_ramp)
     n0, n_max, num_images = (operator.index(v) for v in (n0, n_max, num_images))
     if n0 < 1 or num_images < 0:
         raise checks.ArgumentValueError(f"n0, num_images: expected n0 >= 1 and num_images >= 0, got {n0}, "
@@ -421,7 +502,8 @@ def run_cascade_sequential(
     thresholds(target_radii, sigmas[-1], p0)  # validates p0 and the radii up front
     points = looks(n_max, points, schedule, first, growth, chunk)
     bound = make_bound(bound, points, final_share=final_share, weights=weights, prior=prior)
-    run = _CascadeRun(draw, num_images, sigmas, n0, points, bound, alpha, p0, target_radii, intersect)
+    run = _CascadeRun(draw, num_images, sigmas, n0, points, bound, alpha, p0, target_radii, intersect,
+                      (futility, futility_ramp))
     run.select(np.arange(num_images), 0)
     while True:
         want = run.requests()
@@ -440,8 +522,9 @@ class _CascadeRun:
     """State of run_cascade_sequential, arrays over images b and stages s. An image is _ROUTING at its current
     stage, _CERTIFIED at its certifying stage (sampling whichever stage limits its radius bucket), or _DONE."""
 
-    def __init__(self, draw, count, sigmas, n0, looks, bound, alpha, p0, target_radii, intersect):
+    def __init__(self, draw, count, sigmas, n0, looks, bound, alpha, p0, target_radii, intersect, futility):
         self.draw, self.sigmas, self.n0, self.bound, self.p0, self.intersect = draw, sigmas, n0, bound, p0, intersect
+        self.futility = futility  # (level or None, ramp): reachable_successes' arguments
         self.looks = np.asarray(looks, dtype=np.int64)
         self.n_max = int(self.looks[-1])
         self.cert, self.off = decisions.schedule_levels(alpha, len(sigmas), "union")
@@ -518,7 +601,8 @@ class _CascadeRun:
                 continue
             c = self.selected[idx, s]
             code = route_stage_many(self.counts[idx, s, c], self.drawn[idx, s], self.n_max, self.cert[s], self.p0,
-                                    lower=self.lower[idx, s], upper=self.upper[idx, s], bound=self.bound)
+                                    lower=self.lower[idx, s], upper=self.upper[idx, s], bound=self.bound,
+                                    futility=self.futility[0], futility_ramp=self.futility[1])
             self._certify(idx[code == ROUTE_CERTIFY], s)
             self.phase[idx[code == ROUTE_UNDECIDED]] = _DONE  # abstain, as the fixed-n cascade
             fell = idx[code == ROUTE_FALL_THROUGH]
@@ -567,11 +651,13 @@ class _CascadeRun:
         return r, np.maximum(reach, r), end
 
     def _own_radius(self, b, s):
-        """sigma_s (PhiInv(lower) - PhiInv(p0)), and its best case: every remaining sample a vote for cA (read at
-        the final look), but no more than the running upper bound allows."""
+        """sigma_s (PhiInv(lower) - PhiInv(p0)), and its best case: the remaining samples reach the most votes for
+        cA still reachable (reachable_successes; read at the final look), but no more than the running upper
+        bound allows."""
         c, t = self.selected[b, s], self.drawn[b, s]
         hits = self.counts[b, s, c]
-        best = self.bound(hits + (self.n_max - t), np.full_like(t, self.n_max), self.cert[s])[0]
+        more = reachable_successes(hits, t, self.n_max, *self.futility)
+        best = self.bound(hits + more, np.full_like(t, self.n_max), self.cert[s])[0]
         reach = np.maximum(np.minimum(best, self.upper[b, s]), self.lower[b, s])
         end = t >= self.n_max
         r = _radius(self.sigmas[s], self.lower[b, s], self.p0)
@@ -579,11 +665,15 @@ class _CascadeRun:
 
     def _off_radius(self, b, j, s):
         """-r_j = sigma_j (PhiInv(p0) - PhiInv(pB_upper_j)) at level off[j, s] on stage j's counts so far, and its
-        best case: no more votes outside cA up to n_max (final look), but pB_upper no lower than the largest
-        group's current lower end."""
+        best case: up to n_max (final look) each group gains only the fewest votes still reachable (the remaining
+        samples minus the most votes for the group's complement that reachable_successes allows; none at all
+        without futility), but pB_upper no lower than the largest group's current lower end."""
         counts, gid, ng, level = self.counts[b, j], self.gid[b, j], self.ngroups[b, j], self.off[j, s]
         floor, upper = _group_bounds(counts, gid, ng, level, self.bound)
-        best = _group_bounds(counts, gid, ng, level, self.bound, trials=self.n_max)[1]
+        t = self.drawn[b, j]
+        best = _group_bounds(counts, gid, ng, level, self.bound, trials=self.n_max,
+                             fewest=lambda votes, rows: (self.n_max - t[rows]) - reachable_successes(
+                                 t[rows] - votes, t[rows], self.n_max, *self.futility))[1]
         end = self.drawn[b, j] >= self.n_max
         r = -_radius(self.sigmas[j], upper, self.p0)
         return r, np.where(end, r, -_radius(self.sigmas[j], np.maximum(best, floor), self.p0)), end
@@ -601,9 +691,8 @@ class _CascadeRun:
 
 
 def _radius(sigma: float, p, p0: float) -> np.ndarray:
-    """sigma * (PhiInv(p) - PhiInv(p0)), signed (-inf at p = 0, +inf at p = 1)."""
-    with np.errstate(divide="ignore"):
-        return float(sigma) * (norm.ppf(np.asarray(p, dtype=np.float64)) - norm.ppf(p0))
+    """sigma * (PhiInv(p) - PhiInv(p0)), signed (-inf at p = 0, +inf at p = 1), rounded toward zero."""
+    return np.asarray(signed_radius(float(sigma), p, p0))
 
 
 def _plan(r, reach, end, edges) -> tuple[np.ndarray, np.ndarray]:

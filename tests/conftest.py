@@ -21,6 +21,10 @@ import torch
 
 import msrs  # noqa: F401 - first: msrs.torchvision_compat must see torchvision's import (test modules import diffusers)
 
+# dtype "auto" (the default of the engine and of msrs certify) means bfloat16 on CPUs with native bf16: pin it to
+# float32 so that the exact comparisons of the suite do not depend on the machine (tests/test_hardware.py unpins it)
+os.environ["MSRS_AUTO_DTYPE"] = "float32"
+
 REQUIRE_ENV = "MSRS_REQUIRE_BACKENDS"
 NATIVE_DEVICE = {"cpp": "cpu", "triton": "cuda"}  # where a required backend must run
 

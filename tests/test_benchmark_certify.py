@@ -25,7 +25,7 @@ def test_demo_smoke(tmp_path, monkeypatch):
     out = tmp_path / "bench.json"
     assert bench.main(["--workloads", "demo", "--impls", "reference,msrs,msrs+sequential,msrs:bfloat16", "--images", "2",
                        "--n0", "4", "--n", "16", "--batch-size", "8", "--repeat", "1", "--threads", "1",
-                       "--device", "cpu", "--json", str(out)]) == 0
+                       "--device", "cpu", "--matmul-size", "256", "--json", str(out)]) == 0
     records = json.loads(out.read_text())
     assert [(r["impl"], r["dtype"]) for r in records] == [("reference", "float32"), ("msrs", "float32"),
                                                           ("msrs+sequential", "float32"), ("msrs", "bfloat16")]

@@ -131,8 +131,11 @@ def test_killed_run_resumes_to_the_uninterrupted_log(tmp_path, classifier, capsy
 
 
 def test_resume_refuses_a_changed_classifier(tmp_path, classifier, capsys):
+    """An unfinished log (its last row dropped, as by a kill) refuses a resume with another classifier, naming it."""
     out = tmp_path / "run.tsv"
-    assert main(certify_args(classifier, out, "--max", "2")) == 0
+    assert main(certify_args(classifier, out, "--max", "3")) == 0
+    lines = out.read_text().splitlines(keepends=True)
+    out.write_text("".join(lines[:-1]))
     other = tmp_path / "other.ts"
     torch.jit.save(torch.jit.script(NearestMean(width=16, repeat=1).eval()), str(other))
     assert main(certify_args(other, out, "--max", "3")) == 2
@@ -269,7 +272,9 @@ def test_compile_gives_the_eager_log_and_is_part_of_the_configuration(tmp_path, 
     assert main(args(compiled, "--compile")) == 0
     assert rows_without_time(compiled) == rows_without_time(eager)
     capsys.readouterr()
-    assert main(args(compiled, "--max", "4")) == 2  # extend by one image, without --compile
+    lines = compiled.read_text().splitlines(keepends=True)
+    compiled.write_text("".join(lines[:-1]))  # unfinished, as by a kill (a finished log is refused before loading)
+    assert main(args(compiled)) == 2  # resume it without --compile
     assert "run.compile: was true" in capsys.readouterr().err
     bad = tmp_path / "bad.tsv"
     assert main(certify_args(classifier, bad, "--compile")) == 2

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from msrs.compiled import StaticBatch, compile_model
+from msrs.compiled import GraphOutputs, StaticBatch, compile_model
 from msrs.denoiser import DiffusionDenoiser
 from msrs.smoothing import SmoothedClassifier
 
@@ -66,6 +66,113 @@ def test_static_batch_passes_other_errors():
 
     with pytest.raises(ValueError, match="bad input"):
         StaticBatch(fn, size=8)(torch.ones(3, 1))
+
+
+class GraphLike:
+    """CPU stand-in for a CUDA-graph replay: every call writes its result into the same buffer and returns (a view
+    of) that buffer, as a replayed graph returns its static outputs; marked the way compile_model marks its CUDA
+    callable."""
+
+    returns_graph_memory = True
+
+    def __init__(self):
+        self.buffer = None
+        self.calls = 0
+
+    def __call__(self, x):
+        out = rowwise(x)
+        if self.buffer is None or self.buffer.shape != out.shape:
+            self.buffer = torch.empty_like(out)
+        self.buffer.copy_(out)
+        self.calls += 1
+        return self.buffer
+
+
+def test_static_batch_copies_graph_owned_outputs():
+    """A result kept by the caller survives the next calls (which overwrite the graph's buffer), full or padded."""
+    graph = GraphLike()
+    wrapped = StaticBatch(graph)
+    assert wrapped.copies_outputs
+    x1, x2 = torch.randn(6, 2, 2), torch.randn(6, 2, 2) + 5.0
+    first = wrapped(x1)
+    second = wrapped(x2)
+    short = wrapped(x1[:2])  # padded to 6 rows, cut back to 2
+    wrapped(x2)
+    assert graph.calls == 4 and torch.equal(graph.buffer, rowwise(x2))
+    torch.testing.assert_close(first, rowwise(x1), rtol=0, atol=0)
+    torch.testing.assert_close(second, rowwise(x2), rtol=0, atol=0)
+    torch.testing.assert_close(short, rowwise(x1)[:2], rtol=0, atol=0)  # batch column 6: it ran padded
+    assert first.data_ptr() != graph.buffer.data_ptr()
+    # a function that returns fresh tensors is not copied (CPU freezing, eager)
+    assert not StaticBatch(rowwise).copies_outputs
+
+
+def test_compile_model_marks_cuda_graph_outputs():
+    """compile_model's CUDA mode (reduce-overhead: CUDA graphs) is marked as returning graph memory, so the engine's
+    StaticBatch copies its outputs; the CPU mode is not. torch.compile is lazy: nothing compiles or runs here."""
+    net = nn.Linear(2, 2)
+    cuda = compile_model(net, "cuda")
+    assert isinstance(cuda, GraphOutputs) and StaticBatch(cuda).copies_outputs
+    assert not StaticBatch(compile_model(net, "cpu")).copies_outputs
+
+
+def test_static_batch_reserve_pads_a_smaller_first_batch():
+    calls = []
+
+    def fn(x):
+        calls.append(x.shape[0])
+        return rowwise(x)
+
+    wrapped = StaticBatch(fn)
+    wrapped.reserve(8)
+    out = wrapped(torch.ones(1, 3))  # a one-sample probe runs at the reserved size: one shape, one graph
+    assert calls == [8] and out.shape == (1, 2) and float(out[0, 1]) == 8.0
+    wrapped.reserve(4)  # never lowers it
+    assert wrapped.size == 8
+    with pytest.raises(ValueError, match="^size:"):
+        wrapped.reserve(0)
+    with pytest.raises(ValueError, match="^size:"):
+        StaticBatch(fn, size=-1)
+
+
+cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+
+
+@cuda_only
+def test_cuda_graph_outputs_survive_the_next_replay():
+    """On a GPU: outputs of compile_model's CUDA-graph mode, held while the graph is replayed on other inputs, keep
+    their values (without the copy they would be overwritten, or torch would refuse to read them)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.GroupNorm(4, 8), nn.SiLU(), nn.Flatten(),
+                        nn.Linear(8 * 16, 10)).cuda().eval()
+    wrapped = StaticBatch(compile_model(net, "cuda"))
+    x1 = torch.randn(16, 3, 4, 4, device="cuda")
+    x2 = torch.randn(16, 3, 4, 4, device="cuda") * 3 + 1
+    with torch.inference_mode():
+        e1, e2 = net(x1), net(x2)
+        held = [wrapped(x1), wrapped(x2), wrapped(x1[:5]), wrapped(x2), wrapped(x1), wrapped(x2)]
+        torch.cuda.synchronize()
+    for got, expected in zip(held, (e1, e2, e1[:5], e2, e1, e2)):
+        torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-3)
+    assert wrapped.size == 16
+
+
+@cuda_only
+def test_engine_compiled_equals_eager_on_cuda():
+    """fp32 on a GPU: the CUDA-graph compiled classifier + UNet give the eager engine's votes, tails padded."""
+    x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+
+    def engine(compile_):
+        den = DiffusionDenoiser(tiny_unet(), linear_scheduler()).cuda().eval()
+        return SmoothedClassifier(TinyClassifier().cuda().eval(), 10, denoiser=den, mean=0.5, std=0.25,
+                                  device="cuda", compile=compile_)
+
+    eager, compiled = engine(False), engine(True)
+    expected = eager.sample_counts(x, None, 0.5, 200, stream=1, seed=7, batch_size=256)
+    for batch_size in (256, 100):  # 600 rows: 256, 256, 88 (padded); then batches of 100, padded to 256
+        got = compiled.sample_counts(x, None, 0.5, 200, stream=1, seed=7, batch_size=batch_size)
+        assert got.device.type == "cuda"
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
 def test_compile_model_rejects_torchscript():

@@ -23,6 +23,8 @@ def test_digits_split_matches_design():
     assert load_dataset("digits").name == "digits:test"
     assert len(load_dataset("digits:train")) == 1437
     assert len(load_dataset("digits", split="train")) == 1437
+    assert test.class_names == ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]
+    assert test.class_index()["7"] == 7
     with pytest.raises(ValueError, match="split"):
         digits("val")
     with pytest.raises(ValueError, match="dataset"):
@@ -57,7 +59,7 @@ def test_cifar10_standard_pickles(tmp_path, protocol):
     np.testing.assert_allclose(test.images[1, 2, 0, 5].item(), data[1, 2 * 1024 + 5] / 255.0, atol=1e-7)
     np.testing.assert_allclose(test.images[2, 0, 3, 4].item(), data[2, 3 * 32 + 4] / 255.0, atol=1e-7)
     assert test.labels.tolist() == labels
-    assert test.classes == [f"c{i}" for i in range(10)]
+    assert test.class_names == [f"c{i}" for i in range(10)] and test.classes == test.class_names
     train = cifar10(tmp_path, "train")
     assert len(train) == 15
     assert train.labels.tolist() == sum((written[f"data_batch_{i}"][1] for i in range(1, 6)), [])
@@ -118,7 +120,7 @@ def test_image_folder(tmp_path):
             arrays[(cls, i)] = a
     (tmp_path / "cat" / "notes.txt").write_text("ignored")
     ds = image_folder(tmp_path)
-    assert ds.classes == ["cat", "dog"] and ds.num_classes == 2
+    assert ds.class_names == ["cat", "dog"] and ds.num_classes == 2
     assert ds.labels.tolist() == [0, 0, 0, 1, 1]
     assert ds.images.shape == (5, 3, 6, 5)
     np.testing.assert_allclose(ds.images[3].permute(1, 2, 0).numpy(), arrays[("dog", 0)] / 255.0, atol=1e-7)
@@ -168,3 +170,63 @@ def test_image_dataset_validation():
     ds = ImageDataset(torch.zeros(2, 1, 2, 2), torch.tensor([0, 2]), 3, "x")
     image, label = ds[1]
     assert image.shape == (1, 2, 2) and label == 2 and len(ds) == 2
+
+
+def test_cifar10_default_class_names(tmp_path):
+    _write_cifar(tmp_path, {"test_batch": 2})
+    (tmp_path / "batches.meta").unlink()  # without the meta file, CIFAR-10's published names
+    names = cifar10(tmp_path).class_names
+    assert names == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def _class_folders(root, names, per_class=1):
+    """One tiny PNG per class whose pixel value encodes the folder (folder k of ``names`` -> value 10 * k + 5)."""
+    for k, name in enumerate(names):
+        (root / name).mkdir()
+        for i in range(per_class):
+            _png(root / name / f"{i}.png", np.full((2, 2), 10 * k + 5, dtype=np.uint8))
+
+
+def test_image_folder_labels_in_code_point_order(tmp_path):
+    # "10" sorts before "2" and "B" before "a": the documented, code-point order
+    folders = ["2", "10", "a", "B"]
+    _class_folders(tmp_path, folders)
+    ds = image_folder(tmp_path, mode="L")
+    assert ds.class_names == ["10", "2", "B", "a"]
+    # each image's label must be the position of its own folder in that order (pixel value -> folder)
+    for image, label in zip(ds.images, ds.labels.tolist()):
+        folder = folders[(round(float(image[0, 0, 0]) * 255) - 5) // 10]
+        assert ds.class_names[label] == folder
+    assert ds.class_index() == {"10": 0, "2": 1, "B": 2, "a": 3}
+
+
+def test_image_folder_explicit_class_names(tmp_path):
+    folders = ["cat", "dog", "ant"]
+    _class_folders(tmp_path, folders, per_class=2)
+    order = ["dog", "ant", "cat"]
+    ds = load_dataset(f"folder:{tmp_path}", mode="L", class_names=order)
+    assert ds.class_names == order and ds.num_classes == 3
+    for image, label in zip(ds.images, ds.labels.tolist()):
+        folder = folders[(round(float(image[0, 0, 0]) * 255) - 5) // 10]
+        assert order[label] == folder
+    assert ds.labels.tolist() == [0, 0, 1, 1, 2, 2]  # files are read class by class, in the given order
+    with pytest.raises(ValueError, match=r"class_names: \['bird'\] has no sub-folder.*'ant', 'cat', 'dog'"):
+        image_folder(tmp_path, class_names=["dog", "ant", "cat", "bird"])
+    with pytest.raises(ValueError, match=r"sub-folders \['cat'\] .* not named"):
+        image_folder(tmp_path, class_names=["dog", "ant"])
+    with pytest.raises(ValueError, match="distinct"):
+        image_folder(tmp_path, class_names=["dog", "ant", "cat", "dog"])
+    with pytest.raises(ValueError, match="expected a list"):
+        image_folder(tmp_path, class_names="dog,ant,cat")
+    with pytest.raises(ValueError, match="class_names: 'digits'.*folder: data sets only"):
+        load_dataset("digits", class_names=order)
+
+
+def test_image_dataset_class_names_validation():
+    images, labels = torch.zeros(2, 1, 2, 2), torch.tensor([0, 1])
+    assert ImageDataset(images, labels, 2, "x").class_names is None
+    assert ImageDataset(images, labels, 2, "x").class_index() is None
+    with pytest.raises(ValueError, match="3 class names for 2 classes"):
+        ImageDataset(images, labels, 2, "x", class_names=["a", "b", "c"])
+    with pytest.raises(ValueError, match="distinct"):
+        ImageDataset(images, labels, 2, "x", class_names=["a", "a"])

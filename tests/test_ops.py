@@ -22,15 +22,15 @@ def _gen(seed: int) -> torch.Generator:
 
 def _images(shape, dtype=torch.float32, device="cpu", layout="contiguous", seed=0):
     """Images in [0, 1], possibly non-contiguous (channels_last or a strided slice)."""
-    if layout == "sliced":  # every other column of a wider tensor
+    if layout == "sliced":  # every other column of a wider tensor, sliced on the device (a copy would be contiguous)
         b, c, h, w = shape
-        x = torch.rand(b, c, h, 2 * w, generator=_gen(seed)).to(dtype)[..., ::2]
+        x = torch.rand(b, c, h, 2 * w, generator=_gen(seed)).to(dtype).to(device)[..., ::2]
     else:
-        x = torch.rand(shape, generator=_gen(seed)).to(dtype)
+        x = torch.rand(shape, generator=_gen(seed)).to(dtype).to(device)
     if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
     assert (layout == "contiguous") == x.is_contiguous() or shape[1] == 1
-    return x.to(device)
+    return x
 
 
 def _rows_coeffs(batch: int, samples: int, device="cpu", seed=0):

@@ -341,10 +341,124 @@ def test_count_votes_class_ids_and_many_programs():
     assert torch.equal(out.cpu(), expected)
 
 
+def _engine_like_votes(samples: int, rows: int, classes: int, pattern: str, g: torch.Generator):
+    """(logits, index): each row has a class most of its samples vote for (as an image under noise does), a few
+    votes elsewhere; index image-major (the engine's batches), shuffled, descending, or all in one row."""
+    index = torch.randint(0, rows, (samples,), generator=g)
+    if pattern == "sorted":
+        index = index.sort().values
+    elif pattern == "descending":
+        index = index.sort(descending=True).values
+    elif pattern == "one_row":
+        index = torch.full((samples,), rows - 1, dtype=torch.int64)
+    label = torch.randint(0, classes, (rows,), generator=g)
+    scores = torch.randn(samples, classes, generator=g)
+    scores[torch.arange(samples), label[index]] += 2.5
+    return scores, index
+
+
+@pytest.mark.parametrize("pattern", ("sorted", "shuffled", "descending", "one_row"))
+@pytest.mark.parametrize("kind", ("logits", "class_ids"))
+def test_count_votes_aggregated_exact_with_one_atomic_per_row_and_class(pattern, kind):
+    """Per-program aggregation: counts identical to one atomic per sample (and to the reference), and the kernel
+    issues exactly one atomic per distinct (program, row, class), counted by the kernel itself, against the count
+    taken from the launch grid in plain torch."""
+    g = _generator(11)
+    samples, rows, classes = (4096, 9, 10) if DEVICE == "cuda" else (600, 5, 10)
+    block = 128 if DEVICE == "cuda" else 64
+    scores, index = _engine_like_votes(samples, rows, classes, pattern, g)
+    votes = scores.argmax(dim=1)
+    counts = torch.randint(0, 2**40, (rows, classes), generator=g)
+    expected = _bincount(counts, votes, index)
+    inputs = _to(scores) if kind == "logits" else _to(votes)
+    issued = {}
+    for aggregate in (True, False):
+        out, atomics = _to(counts.clone()), _to(torch.zeros(1, dtype=torch.int64))
+        kernels.votes.count_votes_(out, inputs, _to(index), block_samples=block, aggregate=aggregate,
+                                   atomics=atomics)
+        assert torch.equal(out.cpu(), expected), aggregate
+        issued[aggregate] = int(atomics)
+        assert issued[aggregate] == kernels.votes.atomic_count(votes, index, block, aggregate)
+    programs = -(-samples // block)
+    assert issued[False] == samples
+    # the engine's case: each program holds one or two rows, so a few atomics per program instead of `block`
+    if pattern != "shuffled":
+        assert programs <= issued[True] < samples // 4
+    if pattern == "one_row":
+        one_class = _to(torch.full((samples,), 3, dtype=torch.int64))
+        out, atomics = _to(counts.clone()), _to(torch.zeros(1, dtype=torch.int64))
+        kernels.votes.count_votes_(out, one_class, _to(index), block_samples=block, atomics=atomics)
+        assert int(atomics) == programs and int(out[rows - 1, 3] - counts[rows - 1, 3]) == samples
+
+
+def test_count_votes_default_tiles_aggregate():
+    """The launch the engine gets (no forced tile): wide rows (1,000 classes) and CIFAR-like rows (10)."""
+    g = _generator(12)
+    for samples, classes in ((2000, 10), (64, 1000)) if DEVICE == "cpu" else ((100_000, 10), (20_000, 1000)):
+        scores, index = _engine_like_votes(samples, 4, classes, "sorted", g)
+        counts = torch.zeros(4, classes, dtype=torch.int64)
+        out, atomics = _to(counts.clone()), _to(torch.zeros(1, dtype=torch.int64))
+        kernels.votes.count_votes_(out, _to(scores), _to(index), atomics=atomics)
+        assert torch.equal(out.cpu(), _bincount(counts, scores.argmax(dim=1), index))
+        block = kernels.votes.launch_shape(samples, classes, False)[0]
+        assert int(atomics) == kernels.votes.atomic_count(scores.argmax(dim=1), index, block) < samples
+
+
+def test_count_votes_atomics_argument_is_checked():
+    counts = _to(torch.zeros(2, 3, dtype=torch.int64))
+    with pytest.raises(ValueError, match="^atomics:"):
+        kernels.votes.count_votes_(counts, _to(torch.zeros(4, 3)), _to(torch.zeros(4, dtype=torch.int64)),
+                                   atomics=_to(torch.zeros(1, dtype=torch.int32)))
+
+
 def test_count_votes_empty():
     counts = _to(torch.arange(6, dtype=torch.int64).reshape(2, 3))
     triton_backend.count_votes_(counts, _to(torch.zeros(0, 3)), _to(torch.zeros(0, dtype=torch.int64)))
     assert torch.equal(counts.cpu(), torch.arange(6).reshape(2, 3))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# autotuning and CUDA graphs
+
+
+def test_autotuning_never_runs_inside_a_cuda_graph_capture(monkeypatch):
+    """With MSRS_TRITON_AUTOTUNE=1, run_tuned times the configs once per key; inside a CUDA graph capture it must
+    not (do_bench synchronises and launches every config many times): it runs the cached config, or the default
+    one without caching it. The capture is a stand-in (torch.cuda.is_current_stream_capturing patched)."""
+    import triton.testing
+
+    capturing = [True]
+    monkeypatch.setattr(kernels, "INTERPRET", False)
+    monkeypatch.setenv(kernels.AUTOTUNE_ENV, "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: capturing[0])
+    monkeypatch.setattr(kernels.launch_config, "_best", {})
+    speed = {(1, 4): 3.0, (2, 4): 2.0, (3, 8): 1.0}  # ms per config: the last one is the fastest
+    timed = []
+
+    def fake_do_bench(fn, warmup, rep):
+        fn()
+        timed.append(launches[-1])
+        return speed[launches[-1]]
+
+    monkeypatch.setattr(triton.testing, "do_bench", fake_do_bench)
+    launches = []
+    configs = list(speed)
+
+    def run():
+        kernels.launch_config.run_tuned(("op", 1), configs, lambda *config: launches.append(config))
+
+    run()  # first call inside a capture: the default config, nothing timed, nothing cached
+    assert launches == [(1, 4)] and timed == [] and kernels.launch_config._best == {}
+    capturing[0] = False
+    run()  # outside a capture: every config timed once, then the fastest runs
+    assert timed == configs and launches[-1] == (3, 8) and kernels.launch_config._best == {("op", 1): (3, 8)}
+    capturing[0] = True
+    del launches[:], timed[:]
+    run()  # inside a capture again: the cached config, no timing
+    assert launches == [(3, 8)] and timed == []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert not kernels.stream_capturing()  # no CUDA: never capturing (and the query is not made)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -384,6 +498,31 @@ def test_public_api_backend_triton():
     expected_counts = _to(torch.zeros(2, 10, dtype=torch.int64))
     ops.count_votes_(expected_counts, logits, index, backend="torch")
     assert torch.equal(counts, expected_counts)
+
+
+def test_public_api_strided_inputs_made_on_the_device():
+    """Non-contiguous inputs created on the device itself (a CPU tensor sliced and then moved to CUDA arrives
+    contiguous): every other column, channels_last, and logits that are a strided view."""
+    g = _generator(13)
+    wide = _to(torch.rand(2, 3, 5, 8, generator=g))
+    x = wide[..., ::2]  # [2, 3, 5, 4], strides of the wide tensor
+    assert not x.is_contiguous()
+    kwargs = dict(seed=SEEDS[2], image_ids=_to(torch.tensor([4, 9])), diffusion_scale=0.7)
+    torch.testing.assert_close(ops.add_noise(x, 0.5, 3, backend="triton", **kwargs),
+                               ops.add_noise(x.contiguous(), 0.5, 3, backend="torch", **kwargs), rtol=1e-5, atol=1e-5)
+    x_t = _to(torch.randn(4, 3, 5, 4, generator=g)).contiguous(memory_format=torch.channels_last)
+    eps = _to(torch.randn(4, 3, 5, 8, generator=g))[..., 1::2]
+    assert not x_t.is_contiguous() and not eps.is_contiguous()
+    fin = dict(mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3), out_dtype=torch.float32)
+    torch.testing.assert_close(ops.finalize_denoised(x_t, eps, 0.6, backend="triton", **fin),
+                               ops.finalize_denoised(x_t.contiguous(), eps.contiguous(), 0.6, backend="torch", **fin),
+                               rtol=1e-6, atol=1e-6)
+    scores = _to(torch.randn(40, 20, generator=g))[:, ::2]  # rows of 10 logits, class stride 2
+    index = _to(torch.randint(0, 3, (40,), generator=g))
+    counts, expected = (_to(torch.zeros(3, 10, dtype=torch.int64)) for _ in range(2))
+    ops.count_votes_(counts, scores, index, backend="triton")
+    ops.count_votes_(expected, scores.contiguous(), index, backend="torch")
+    assert torch.equal(counts, expected)
 
 
 def test_unavailable_reasons(monkeypatch):
@@ -471,7 +610,7 @@ def test_kernels_compile_for_a_gpu():
         for x, out in (("fp32", "fp32"), ("fp16", "bf16"), ("bf16", "fp16")):
             ptx = build(noise._sample_noisy_kernel, dict(x_ptr="*" + x, out_ptr="*" + out, **rows),
                         {"BLOCK_R": 4, "BLOCK_G": 128}, aligned)
-            assert "mul.hi.u32" in ptx
+            assert re.search(r"mul\\.(wide|hi)\\.u32", ptx), "Philox: no 32-bit widening multiply"
         build(noise._sample_noisy_kernel, dict(x_ptr="*fp32", out_ptr="*fp32", **rows), {"BLOCK_R": 1, "BLOCK_G": 512})
         plane = {"coeffs_ptr": "*fp32", "mean_ptr": "*fp32", "std_ptr": "*fp32", "num_planes": "i32",
                  "channels": "i32", "plane_size": "i32"}
@@ -479,15 +618,18 @@ def test_kernels_compile_for_a_gpu():
             signature = dict(xt_ptr="*" + x, eps_ptr="*" + x, out_ptr="*" + out, **plane)
             ptx = build(denoise._finalize_denoised_kernel, signature, {"BLOCK_P": 4, "BLOCK_E": 1024})
             assert "div.rn.f32" in ptx
-        counts = {"counts_ptr": "*i64", "index_ptr": "*i64", "num_samples": "i32", "num_classes": "i32",
-                  "score_stride": "i32"}
-        cases = (("*fp16", False, tl.float32), ("*fp64", False, tl.float64), ("*i64", True, tl.int64))
-        for scores, ids, dtype in cases:
+        counts = {"counts_ptr": "*i64", "index_ptr": "*i64", "stats_ptr": "*i64", "num_samples": "i32",
+                  "num_classes": "i32", "score_stride": "i32"}
+        cases = (("*fp16", False, tl.float32, True), ("*fp64", False, tl.float64, True), ("*i64", True, tl.int64, True),
+                 ("*fp32", False, tl.float32, False))
+        for scores, ids, dtype, aggregate in cases:
             ptx = build(votes._count_votes_kernel, dict(scores_ptr=scores, **counts),
-                        {"CLASS_IDS": ids, "COMPUTE_DTYPE": dtype, "BLOCK_S": 256, "BLOCK_K": 16})
+                        {"CLASS_IDS": ids, "COMPUTE_DTYPE": dtype, "BLOCK_S": 128, "BLOCK_K": 16,
+                         "AGGREGATE": aggregate, "MAX_GROUPS": votes.MAX_GROUPS, "COUNT_ATOMICS": False})
             assert re.search(r"(red|atom)\\.global[.a-z]*\\.add\\.u64", ptx), "no 64-bit atomic add"
-        build(philox._philox_words_kernel, {"counters_ptr": "*i64", "words_ptr": "*i64", "normals_ptr": "*fp32",
-              "n": "i32", "k0": "u32", "k1": "u32"}, {"BLOCK": 128})
+        words = {"counters_ptr": "*i64", "words_ptr": "*i64", "normals_ptr": "*fp32", "n": "i32", "k0": "u32",
+                 "k1": "u32"}
+        build(philox._philox_words_kernel, words, {"BLOCK": 128})
         print("ok")
         """
     )
@@ -498,4 +640,48 @@ def test_kernels_compile_for_a_gpu():
     )
     if result.returncode == 0 and result.stdout.startswith("SKIP"):
         pytest.skip(f"cannot compile Triton kernels for a GPU here: {result.stdout.strip()}")
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-4000:]
+
+
+_SANITIZER_PROBE = """
+import triton
+import triton.language as tl
+try:
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+except ImportError as error:
+    print("SKIP", error); raise SystemExit(0)
+from msrs.kernels.philox import philox4x32_10
+
+
+@triton.jit
+def philox_only(counters_ptr, words_ptr, k0, k1):
+    i = tl.arange(0, 16)  # no index arithmetic: any overflow check in the IR comes from Philox
+    c = tl.load(counters_ptr + i)
+    w0, w1, w2, w3 = philox4x32_10(c, c ^ 1, c ^ 2, c ^ 3, k0, k1)
+    tl.store(words_ptr + i, w0 ^ w1 ^ w2 ^ w3)
+
+
+signature = {"counters_ptr": "*u32", "words_ptr": "*u32", "k0": "u32", "k1": "u32"}
+source = ASTSource(fn=philox_only, signature=signature, constexprs={})
+try:
+    ttir = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"debug": True}).asm["ttir"]
+except FileNotFoundError as error:  # this Triton ships no ptxas
+    print("SKIP", error); raise SystemExit(0)
+assert "overflow" not in ttir, "Philox's arithmetic modulo 2^32 gets overflow assertions in a debug build"
+print("ok")
+"""
+
+
+def test_philox_arithmetic_never_trips_the_overflow_sanitizer(tmp_path):
+    """Triton's debug builds (debug=True, TRITON_DEBUG=1) assert on any 8-32-bit integer + or * that wraps; Philox
+    wraps by design, so its arithmetic must not be sanitised (it is done in 64 bits and truncated). Compiled
+    without a GPU; the interpreter does not sanitise, so only the compiled IR can show it."""
+    probe = tmp_path / "sanitizer_probe.py"
+    probe.write_text(_SANITIZER_PROBE)
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, str(probe)], capture_output=True, text=True, timeout=600, env=env,
+                            cwd=Path(__file__).resolve().parents[1])
+    if result.returncode == 0 and result.stdout.startswith("SKIP"):
+        pytest.skip(f"cannot compile Triton kernels here: {result.stdout.strip()}")
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-4000:]

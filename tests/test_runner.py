@@ -316,8 +316,9 @@ def test_sequential_logs_add_samples_record_the_bound_and_resume(tmp_path):
     assert [row["samples"] for row in table["rows"]] == [10 + 64 * (1 + i % 5) for i in range(12)]
     sidecar = json.loads(logs.sidecar_path(full).read_text())
     assert sidecar["run"]["method"] == "sequential_cascade" and sidecar["run"]["alpha_schedule"] == "union"
-    assert sidecar["run"]["sequential"] == {"target_radii": [0.25, 0.5], "bound": "spending", "looks": [64, 100],
-                                            "final_share": 0.9}
+    assert sidecar["run"]["sequential"] == {"target_radii": [0.25, 0.5], "bound": "spending",
+                                            "looks": [64, 71, 79, 87, 100], "final_share": 0.9, "futility": 0.02,
+                                            "futility_ramp": 0.1}
     out = tmp_path / "resumed.tsv"
     with pytest.raises(Interrupt):
         certify_dataset(FakeSmoothed(fail_after_calls=3), data, out, **kw)
@@ -330,8 +331,8 @@ def test_sequential_logs_add_samples_record_the_bound_and_resume(tmp_path):
     one = certify_dataset(single, data, tmp_path / "one.tsv", **{**kw, "sigmas": [0.25]}, sequential_bound="cs")
     assert single.sequential == ([0.25, 0.5], "cs")
     assert logs.read_log(one)["columns"] == logs.COLUMNS + ("samples",)
-    assert json.loads(logs.sidecar_path(one).read_text())["run"]["sequential"] == {"target_radii": [0.25, 0.5],
-                                                                                 "bound": "cs"}
+    assert json.loads(logs.sidecar_path(one).read_text())["run"]["sequential"] == {
+        "target_radii": [0.25, 0.5], "bound": "cs", "futility": 0.02, "futility_ramp": 0.1}
 
 
 @pytest.mark.parametrize("change, message", [

@@ -14,7 +14,7 @@ from scipy.stats import beta, binom, norm
 
 from msrs import bounds, decisions, stopping
 
-from test_validity import NaiveClopperPearson  # the invalid rule, for the negative controls
+from test_validity import NaiveClopperPearson, PredictedFinal  # invalid rules, for the negative controls
 
 
 def _se(alpha, n):
@@ -79,7 +79,7 @@ def test_bisection_matches_brentq_and_handles_edges():
 
 
 def test_spending_bound_is_clopper_pearson_at_the_spent_level_of_each_look():
-    looks = stopping.checkpoints(1000)  # [64, 128, 256, 512, 1000]
+    looks = stopping.checkpoints(1000, growth=2.0)  # [64, 128, 256, 512, 1000]
     bound = bounds.AlphaSpending(looks)
     np.testing.assert_allclose(bound.weights, [0.025] * 4 + [0.9])
     assert bound.weights.sum() == pytest.approx(1.0, abs=1e-15)
@@ -117,7 +117,7 @@ def test_spending_bound_is_clopper_pearson_at_the_spent_level_of_each_look():
 ])
 def test_spending_bad_shares_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        bounds.AlphaSpending(stopping.checkpoints(1000), **kwargs)
+        bounds.AlphaSpending(stopping.checkpoints(1000, growth=2.0), **kwargs)
 
 
 def test_bad_bound_arguments():
@@ -181,22 +181,30 @@ def test_cs_bounds_cover_at_a_data_dependent_checkpoint():
 @pytest.mark.parametrize("p", [0.7, 0.9])
 def test_spending_is_valid_under_adversarial_stopping_and_naive_cp_is_not(p):
     """run_sequential with the target radius just above the true radius sigma PhiInv(p): an image stops (and
-    certifies) exactly when its bound has become wrong, else runs to n_max, the stopping rule that maximises the
-    error. Alpha spending and the CS err in at most alpha of the runs; Clopper-Pearson at the full alpha at every
-    look (the naive rule) errs in far more on the same simulation, so the check has power."""
+    certifies) exactly when its bound has become wrong, else runs to n_max (futility=None: no image given up on
+    early), the stopping rule that maximises the error. Alpha spending and the CS err in at most alpha of the
+    runs, and so does the default rule (futility on, default looks); Clopper-Pearson at the full alpha at every
+    look (the naive rule) and the futility prediction used as the certificate (PredictedFinal) err in far more
+    on the same simulation, so the check has power."""
     sigma, alpha, runs, n_max = 0.5, 0.1, 4000, 4096
     truth = sigma * norm.ppf(p)
     allowed = alpha + 3 * _se(alpha, runs)
+    looks = {"first": 16, "growth": 1.5}
+    adversary = {**looks, "futility": None}
+    variants = {"spending": ("spending", adversary), "cs": ("cs", adversary), "default": ("spending", {}),
+                "naive": (NaiveClopperPearson(), adversary),
+                "predicted": (PredictedFinal(stopping.checkpoints(n_max, **looks)), adversary)}
     rates = {}
-    for name, bound in (("spending", "spending"), ("cs", "cs"), ("naive", NaiveClopperPearson())):
+    for name, (bound, options) in variants.items():
         rng = np.random.default_rng(5)
-        res = stopping.run_sequential(lambda idx, num, start, rng=rng: rng.binomial(num, p, size=idx.size), np.ones(runs, int),
-                               n_max, sigma, alpha, [truth * (1 + 1e-9)], bound=bound, first=16, growth=1.5)
+        res = stopping.run_sequential(lambda idx, num, start, rng=rng: rng.binomial(num, p, size=idx.size),
+                                      np.ones(runs, int), n_max, sigma, alpha, [truth * (1 + 1e-9)], bound=bound,
+                                      **options)
         rates[name] = (res.radius > truth).mean()
     print(f"p={p}: violation rates {rates} (allowed {allowed:.4f})")
-    assert rates["spending"] <= allowed and rates["cs"] <= allowed
+    assert rates["spending"] <= allowed and rates["cs"] <= allowed and rates["default"] <= allowed
     assert rates["spending"] > 0.5 * alpha  # tight: the final look spends 0.9 alpha
-    assert rates["naive"] > allowed + 0.1
+    assert rates["naive"] > allowed + 0.1 and rates["predicted"] > allowed + 0.1
 
 
 # ---------------------------------------------------------------------------------------------- stopping rule
@@ -275,8 +283,17 @@ def test_other_classes_upper():
 
 
 def test_checkpoints():
-    assert stopping.checkpoints(1000) == [64, 128, 256, 512, 1000]
-    assert stopping.checkpoints(100_000)[-2:] == [49_920, 100_000]
+    assert stopping.checkpoints(1000, growth=2.0) == [64, 128, 256, 512, 1000]
+    assert stopping.checkpoints(100_000, first=390, growth=2.0)[-2:] == [49_920, 100_000]
+    # the default: from 64, each look 10% after the one before (rounded up), the last one n_max
+    looks = stopping.checkpoints(100_000)
+    expected = [64]
+    while expected[-1] < 100_000:
+        t = expected[-1]
+        step = math.ceil(t * 1.1) - t
+        expected.append(100_000 if 100_000 - t - step < step / 2 else t + step)
+    assert looks == expected and len(looks) == 77
+    assert stopping.checkpoints(1000)[:6] == [64, 71, 79, 87, 96, 106]
     assert stopping.checkpoints(10, "fixed", chunk=4) == [4, 8, 10]
     for pts in (stopping.checkpoints(12345, first=7, growth=1.3), stopping.checkpoints(5)):
         assert pts == sorted(set(pts)) and pts[-1] in (12345, 5)
@@ -315,7 +332,7 @@ def test_sequential_radius_is_valid_on_the_linear_classifier():
 
     res = stopping.run_sequential(draw, np.where(correct, 1, 0), n_max, sigma, alpha, RADII, prior=(0.5, 0.5))
     assert len(res) == point.size
-    assert calls[0] == (point.size, 78, 0)  # first checkpoint max(64, n_max // 256) = 78, sample_start 0
+    assert calls[0] == (point.size, 64, 0)  # first checkpoint 64, sample_start 0
     assert all(c[2] == sum(d[1] for d in calls[:i]) for i, c in enumerate(calls))  # contiguous sample ranges
     wrong = (res.prediction == 1) & (res.radius > true_radius[point])
     wrong |= (res.prediction == 0) & (res.radius > 0)  # certifying the wrong class at any radius is an error
@@ -376,6 +393,92 @@ def test_sequential_full_budget_equals_fixed_n_samples():
         assert res.successes[i] == votes(np.array([i]), int(res.samples[i]), 0).numpy()[0, cls[i]]
 
 
+# ------------------------------------------------------------------------------------------------ futility
+def test_reachable_successes_is_the_predictive_quantile():
+    """The futility prediction against the exact beta-binomial posterior predictive (scipy): the chance that the
+    remaining samples bring more successes than reachable_successes is about gamma (normal approximation), and
+    gamma ramps up linearly over the first futility_ramp of the budget; without futility: every sample left."""
+    from scipy.stats import betabinom
+
+    n_max, gamma = 20_000, 0.05
+    s = np.array([900, 950, 990, 1999, 2000, 15_000])
+    t = np.array([1000, 1000, 1000, 2000, 2000, 16_000])
+    left = n_max - t
+    np.testing.assert_array_equal(stopping.reachable_successes(s, t, n_max, None), left)
+    reach = stopping.reachable_successes(s, t, n_max, gamma, futility_ramp=0.0)
+    assert np.all(reach <= left) and np.all(reach >= left * s / t)
+    exceed = betabinom.sf(reach, left, s + 0.5, t - s + 0.5)  # P(remaining successes > reach)
+    # near p = 1 the predictive is skewed (capped at `left`) and the normal quantile lands at the cap: then
+    # nothing is given up on; elsewhere the chance of doing better than predicted is about gamma
+    capped = reach == left
+    assert capped.tolist() == [False, False, False, True, True, False]
+    assert np.all((exceed[~capped] > 0.3 * gamma) & (exceed[~capped] < 2.0 * gamma)), exceed
+    # ramp: gamma_t = gamma * t / (ramp * n_max) until t = ramp * n_max (here 2000)
+    ramped = stopping.reachable_successes(s, t, n_max, gamma, futility_ramp=0.1)
+    np.testing.assert_array_equal(ramped[t >= 2000], reach[t >= 2000])
+    half = stopping.reachable_successes(s[:3], t[:3], n_max, gamma / 2, futility_ramp=0.0)
+    np.testing.assert_array_equal(ramped[:3], half)  # t = 1000: half the ramp
+    assert stopping.reachable_successes(0, 0, n_max, gamma) == n_max  # nothing drawn: anything is reachable
+
+
+def test_futility_gives_up_on_out_of_reach_thresholds_and_keeps_the_fixed_n_bucket():
+    """Bernoulli streams at pA just below / above the pA that radius 0.25 needs at n = 20,000 (sigma 0.25,
+    threshold Phi(1) plus the Clopper-Pearson margin): with futility the images below stop far earlier than with
+    curtailment alone, and the bucket equals the fixed-n Clopper-Pearson bucket on the full stream (computed
+    here from the stream) in nearly every run, never above it."""
+    sigma, alpha, n_max, runs = 0.25, 0.001, 20_000, 400
+    rng = np.random.default_rng(8)
+    p = np.repeat([0.80, 0.836, 0.86, 0.90], runs)
+    x = rng.random((p.size, n_max)) < p[:, None]
+    cum = np.cumsum(x, axis=1)
+
+    def draw(idx, num, start):
+        return cum[idx, start + num - 1] - (cum[idx, start - 1] if start > 0 else 0)
+
+    radii = [0.25, 0.5]
+    ths = stopping.thresholds(radii, sigma)
+    fixed = np.searchsorted(ths, beta.ppf(alpha, cum[:, -1], n_max - cum[:, -1] + 1), side="right")
+    results = {f: stopping.run_sequential(draw, np.ones(p.size, int), n_max, sigma, alpha, radii, futility=f)
+               for f in (None, 0.05)}
+    for f, res in results.items():
+        mine = np.searchsorted(ths, np.where(res.prediction >= 0, res.lower, 0.0), side="right")
+        assert np.all(mine <= fixed)  # the lower bounds are at most the fixed-n one (nearly: final share 0.9)
+        assert np.mean(mine == fixed) > 0.95, (f, np.mean(mine == fixed))
+    below = p < 0.84
+    assert results[0.05].samples[below].mean() < 0.3 * results[None].samples[below].mean()
+    assert results[0.05].samples.sum() < 0.5 * results[None].samples.sum()
+
+
+def test_futility_options_are_checked_before_drawing():
+    def draw(idx, num, start):
+        raise AssertionError("drew samples")
+
+    for bad, message in (({"futility": 0.0}, "futility"), ({"futility": 1.0}, "futility"),
+                         ({"futility": "0.1"}, "futility"), ({"futility_ramp": 1.5}, "futility_ramp"),
+                         ({"futility_ramp": -0.1}, "futility_ramp")):
+        with pytest.raises(ValueError, match=message):
+            stopping.run_sequential(draw, [0], 1000, 0.25, 0.01, [0.25], **bad)
+        with pytest.raises(ValueError, match=message):
+            stopping.run_cascade_sequential(draw, 2, [0.5, 0.25], 10, 1000, 0.01, [0.25], **bad)
+    from msrs.config import SequentialSettings
+
+    with pytest.raises(ValueError, match="futility"):
+        SequentialSettings([0.25], futility=2.0).validate(1000, 0.25, 0.5)
+    assert SequentialSettings([0.25], futility=None).options()["futility"] is None
+
+
+def test_cascade_futility_abstains_early_on_undecided_stages():
+    """Stage 0 falls through (its class has p = 0.34); the last stage's class sits at p0 (undecided): with
+    curtailment alone it runs to n_max, with futility it is given up on (abstain) long before."""
+    probs = [np.array([0.34, 0.33, 0.33]), np.array([0.505, 0.495, 0.0])]
+    plain, _ = _simulate_cascade(probs, 60, "spending", 0.01, [0.1], futility=None)
+    given_up, _ = _simulate_cascade(probs, 60, "spending", 0.01, [0.1])
+    for res in (plain, given_up):
+        assert np.all(res.last == 1) and np.mean(res.prediction == -1) > 0.9  # fell through, then undecided
+    assert np.all(plain.samples[plain.prediction == -1, 1] == 4096)
+    assert given_up.samples[given_up.prediction == -1, 1].mean() < 0.75 * 4096  # measured 0.67 (futility 0.02)
+
+
 def test_run_sequential_abstains_without_sampling_and_checks_draw():
     res = stopping.run_sequential(lambda idx, n, s: np.zeros(len(idx), dtype=int), [-1, -1], 100, 0.25, 0.01)
     assert res.prediction.tolist() == [-1, -1] and res.samples.tolist() == [0, 0]
@@ -420,24 +523,29 @@ def test_sequential_cascade_off_class_bound_is_valid_and_naive_cp_is_not():
     """The target radius just above the truth (0.3): once stage 1 certifies class 1, stage 0 (fallen through) is
     resumed until its cap reaches the target, which happens exactly when its off-class bound is wrong: the
     adversarial stopping time for the statement O_0 (level off[0] = alpha / 4 with two stages). Spending and CS
-    stay within that statement's level; the naive rule (Clopper-Pearson at the full level at every look) does
-    not, on the same simulation."""
+    stay within that statement's level (futility=None: the adversary), and so does the default rule (futility
+    on: the resumed stage is given up on once its cap cannot be expected to reach the target); the naive rule
+    (Clopper-Pearson at the full level at every look) does not, on the same simulation."""
     probs, truth = _cascade_setup()
     alpha, runs = 0.2, 3000
     level = decisions.schedule_levels(alpha, 2)[1][0, 1]
     allowed = level + 3 * _se(level, runs)
     rates = {}
-    for name, bound in (("spending", "spending"), ("cs", "cs"), ("naive", NaiveClopperPearson())):
-        res, _ = _simulate_cascade(probs, runs, bound, alpha, [truth * (1 + 1e-9)], growth=1.5)
+    adversary = {"growth": 1.5, "futility": None}
+    for name, bound, options in (("spending", "spending", adversary), ("cs", "cs", adversary),
+                                 ("default", "spending", {}), ("naive", NaiveClopperPearson(), adversary)):
+        res, _ = _simulate_cascade(probs, runs, bound, alpha, [truth * (1 + 1e-9)], **options)
         assert np.mean((res.prediction == 1) & (res.stage == 1)) > 0.95  # the path under test
         wrong = ((res.prediction >= 0) & (res.prediction != 1)) | (res.radius > truth)
         rates[name] = wrong.mean()
+        resumed = res.samples[(res.stage == 1) & ~wrong, 0]
         if name == "spending":
-            resumed = res.samples[(res.stage == 1) & ~wrong, 0]
             assert np.mean(resumed == 4096) > 0.95  # stage 0 resumed to n_max: its cap never reached the target
             assert np.mean(res.samples[res.stage == 1, 1]) < 200  # stage 1 settled at its first looks
+        if name == "default":  # given up on: the resumed stage 0 stops long before n_max
+            assert np.mean(resumed) < 0.5 * 4096
     print(f"cascade O_0: violation rates {rates} (allowed {allowed:.4f} at level {level})")
-    assert rates["spending"] <= allowed and rates["cs"] <= allowed
+    assert rates["spending"] <= allowed and rates["cs"] <= allowed and rates["default"] <= allowed
     assert rates["naive"] > allowed + 0.02
 
 
@@ -450,12 +558,16 @@ def test_sequential_cascade_certifying_stage_bound_is_valid_and_naive_cp_is_not(
     level = decisions.schedule_levels(alpha, 2)[0][0]
     allowed = level + 3 * _se(level, runs)
     rates = {}
-    for name, bound in (("spending", "spending"), ("cs", "cs"), ("naive", NaiveClopperPearson())):
-        res, _ = _simulate_cascade(probs, runs, bound, alpha, [r0 * (1 + 1e-9)], growth=1.5)
+    predicted = PredictedFinal(stopping.checkpoints(4096, growth=1.5))
+    for name, bound, options in (("spending", "spending", {"futility": None}), ("cs", "cs", {"futility": None}),
+                                 ("default", "spending", {}), ("naive", NaiveClopperPearson(), {"futility": None}),
+                                 ("predicted", predicted, {"futility": None})):
+        res, _ = _simulate_cascade(probs, runs, bound, alpha, [r0 * (1 + 1e-9)], **{"growth": 1.5, **options})
         assert np.mean(res.stage == 0) > 0.95
         rates[name] = ((res.stage == 0) & (res.radius > r0)).mean()
     print(f"cascade C_0: violation rates {rates} (allowed {allowed:.4f} at level {level})")
-    assert rates["spending"] <= allowed and rates["cs"] <= allowed
+    assert rates["spending"] <= allowed and rates["cs"] <= allowed and rates["default"] <= allowed
+    assert rates["predicted"] > allowed + 0.02
     assert rates["naive"] > allowed + 0.02
 
 
@@ -673,7 +785,7 @@ def test_cli_sequential_single_sigma_and_cascade(tmp_path):
     run = logs.read_sidecar(out)["run"]
     assert run["method"] == "sequential"
     assert run["sequential"] == {"target_radii": [0.25], "bound": "spending", "looks": stopping.checkpoints(1000),
-                                 "final_share": 0.9}
+                                 "final_share": 0.9, "futility": 0.02, "futility_ramp": 0.1}
     # another target or bound is another configuration: not resumed silently
     assert main(base + ["--sigma", "0.25", "--sequential", "--target-radii", "0.5"]) == 2
     assert main(base + ["--sigma", "0.25", "--sequential", "--target-radii", "0.25", "--sequential-bound", "cs"]) == 2
@@ -686,4 +798,5 @@ def test_cli_sequential_single_sigma_and_cascade(tmp_path):
     assert log["columns"] == logs.CASCADE_COLUMNS + ("samples",) and len(log["rows"]) == 3
     run = logs.read_sidecar(out)["run"]
     assert run["method"] == "sequential_cascade" and run["alpha_schedule"] == "union"
-    assert run["sequential"] == {"target_radii": [0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0], "bound": "cs"}
+    assert run["sequential"] == {"target_radii": [0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0], "bound": "cs",
+                                 "futility": 0.02, "futility_ramp": 0.1}

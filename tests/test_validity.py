@@ -17,7 +17,7 @@ import pytest
 import torch
 from scipy import stats as sps
 
-from msrs import bounds, decisions
+from msrs import bounds, decisions, stopping
 from msrs.smoothing import SmoothedClassifier
 
 PHI, PPF = sps.norm.cdf, sps.norm.ppf
@@ -52,6 +52,24 @@ class NaiveClopperPearson:
         n = np.maximum(t, 1.0)
         return (np.where(t > 0, bounds.clopper_pearson_lower(s, n, level), 0.0),
                 np.where(t > 0, bounds.clopper_pearson_upper(s, n, level), 1.0))
+
+
+class PredictedFinal:
+    """A deliberately broken use of the futility rule's prediction, as a bound object: the certificate is the
+    final-look alpha-spending bound at the successes predicted for n_max (the median of the posterior predictive,
+    msrs.stopping.reachable_successes at gamma = 1/2), i.e. the fixed-n certificate the run expects, instead of the
+    bound on the samples drawn. The prediction may decide when to stop, never what is certified."""
+
+    def __init__(self, looks):
+        self.spending = bounds.AlphaSpending(looks)
+        self.n_max = int(self.spending.looks[-1])
+
+    def __call__(self, successes, trials, level):
+        s, t = (np.atleast_1d(np.asarray(v, dtype=np.int64)) for v in (successes, trials))
+        expected = stopping.reachable_successes(s, t, self.n_max, 0.5, futility_ramp=0.0).astype(np.int64)
+        lower = self.spending(s + expected, np.full_like(t, self.n_max), level)[0]
+        upper = self.spending(s, t, level)[1]
+        return np.where(t > 0, lower, 0.0), upper
 
 
 # ------------------------------------------------------------------ Cohen CERTIFY on a linear classifier
@@ -305,9 +323,11 @@ def test_cascade_off_class_bound_is_valid_and_tight():
 
 # ------------------------------------------------------------------ sequential (early-stopping) certificates
 # The adversarial stopping rule: a target radius just above the true one stops an image (and certifies it) exactly
-# when its bound has become wrong, and otherwise runs it to n_max. Many looks (growth 1.25 from 16 samples) give the
-# naive rule many chances to be wrong.
+# when its bound has become wrong, and otherwise runs it to n_max (futility=None: no image is given up on early,
+# which could only lower the error). Many looks (growth 1.25 from 16 samples) give the naive rule many chances
+# to be wrong. The default rule (futility on, the default looks) is checked on the same noise.
 LOOKS = {"first": 16, "growth": 1.25}
+ADVERSARY = {**LOOKS, "futility": None}
 
 
 def test_sequential_certificates_are_valid():
@@ -318,14 +338,17 @@ def test_sequential_certificates_are_valid():
     true_radius = sigma * PPF(P_A)
     smoothed = SmoothedClassifier(Linear(w, b), 2, backend=BACKEND)
     fractions = {}
-    for name, bound in (("spending", "spending"), ("naive", NaiveClopperPearson())):
+    runs = (("spending", "spending", ADVERSARY, True), ("default", "spending", {}, True),
+            ("naive", NaiveClopperPearson(), ADVERSARY, False),
+            ("predicted", PredictedFinal(stopping.checkpoints(n_max, **LOOKS)), ADVERSARY, False))
+    for name, bound, options, valid in runs:
         certs = smoothed.certify_sequential(x.expand(COPIES, *SHAPE), sigma, N0, n_max, ALPHA, seed=11,
                                             batch_size=8192, image_ids=torch.arange(COPIES),
-                                            target_radii=[true_radius * (1 + 1e-9)], bound=bound, **LOOKS)
+                                            target_radii=[true_radius * (1 + 1e-9)], bound=bound, **options)
         prediction = np.array([c.prediction for c in certs])
         violations = (prediction == 0) | (np.array([c.radius for c in certs]) > true_radius)
         ok, fractions[name], threshold = violation_check(violations, ALPHA)
-        assert ok == (name == "spending"), f"{name}: violation fraction {fractions[name]:.4f} (allowed {threshold:.4f})"
+        assert ok == valid, f"{name}: violation fraction {fractions[name]:.4f} (allowed {threshold:.4f})"
     print(f"sequential: violation fractions {fractions} (allowed {threshold:.4f})")
     assert fractions["spending"] > 0.5 * ALPHA  # tight: the final look spends 0.9 alpha
 
@@ -346,7 +369,8 @@ def test_sequential_cascade_certificates_are_valid():
     for name, bound in (("spending", "spending"), ("naive", NaiveClopperPearson())):
         certs = smoothed.certify_cascade_sequential(
             x.expand(copies, *SHAPE), list(SIGMAS), 32, n_max, alpha, seed=5, batch_size=8192,
-            image_ids=torch.arange(10_000, 10_000 + copies), target_radii=[truth * (1 + 1e-9)], bound=bound, **LOOKS)
+            image_ids=torch.arange(10_000, 10_000 + copies), target_radii=[truth * (1 + 1e-9)], bound=bound,
+            **ADVERSARY)
         prediction = np.array([c.prediction for c in certs])
         assert np.mean((prediction == 1) & np.array([c.stage == 1 for c in certs])) > 0.95  # the path under test
         violations = ((prediction >= 0) & (prediction != 1)) | (np.array([c.radius for c in certs]) > truth)

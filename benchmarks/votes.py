@@ -1,0 +1,133 @@
+"""Per-sample votes of a fixed-n CERTIFY run, recorded once and replayed by the sequential rules.
+
+The noise of a Monte Carlo sample is keyed by (seed, image id, sample index, stream) (msrs.ops.philox), so the
+estimation votes a sequential run sees after t samples are the first t votes of the fixed-n run with the same seed:
+a fixed-n run that records every vote in order holds every sequential run's data. record() runs the real fixed-n
+CERTIFY (msrs.procedures.certify) with a classifier wrapper that keeps the argmax of each batch of logits; the
+engine enumerates its rows in a fixed order (selection samples, image-major, then estimation samples, image-major;
+batches in row order on one process), so the kept classes are the votes in sample order. Each chunk of images is
+checked against the certificate's own vote counts and saved (a long run can be resumed chunk by chunk).
+
+  record(config_name, images, labels, args, out_dir)   -> Votes (and out_dir/chunk_*.npz)
+  load(out_dir)                                        -> Votes
+  Votes.prefix_successes(looks)                        -> [B, len(looks)] votes for the selected class
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from msrs import zoo
+from msrs.smoothing import SmoothedClassifier
+
+
+class VoteRecorder(torch.nn.Module):
+    """The classifier, keeping the class each row voted for (first maximum, as msrs.ops.count_votes_)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.kept: list[torch.Tensor] = []
+
+    def forward(self, x):
+        logits = self.inner(x)
+        self.kept.append(logits.argmax(dim=1).to(torch.uint8).cpu())
+        return logits
+
+    def take(self) -> np.ndarray:
+        votes = torch.cat(self.kept).numpy() if self.kept else np.zeros(0, dtype=np.uint8)
+        self.kept = []
+        return votes
+
+
+@dataclass
+class Votes:
+    """One configuration's recorded fixed-n run: B images, selection counts, estimation votes in sample order."""
+
+    meta: dict  # config, sigma, n0, n, alpha, seed, images
+    labels: np.ndarray  # int64 [B]
+    counts0: np.ndarray  # int64 [B, K] selection counts (samples 0 .. n0 - 1 of the selection stream)
+    votes: np.ndarray  # uint8 [B, n]: the class of estimation sample i of image b
+    seconds: float  # wall seconds of the fixed-n CERTIFY calls (the recorder included)
+    fixed_radius: np.ndarray  # float64 [B]: the fixed-n certificates' radii
+    fixed_prediction: np.ndarray  # int64 [B]
+
+    @property
+    def selected(self) -> np.ndarray:
+        return self.counts0.argmax(axis=1)  # ties: the smallest class, as msrs.procedures
+
+    def hits(self) -> np.ndarray:
+        """bool [B, n]: estimation sample i voted for the image's selected class."""
+        return self.votes == self.selected[:, None].astype(np.uint8)
+
+    def prefix_successes(self, looks) -> np.ndarray:
+        """int64 [B, len(looks)]: votes for the selected class among the first t samples, t in looks."""
+        cum = np.cumsum(self.hits(), axis=1, dtype=np.int64)
+        return cum[:, np.asarray(looks, dtype=np.int64) - 1]
+
+
+def _engine(kind: str, recorder: VoteRecorder, mean, std, num_classes, dtype) -> SmoothedClassifier:
+    denoiser = None if kind == "none" else zoo.load_demo_denoiser(finetuned=kind == "finetuned")
+    return SmoothedClassifier(recorder, num_classes, denoiser=denoiser, mean=mean, std=std, dtype=dtype)
+
+
+def record(name: str, kind: str, sigma: float, images: torch.Tensor, labels: np.ndarray, args, out_dir: Path,
+           chunk: int = 10) -> Votes:
+    """The fixed-n CERTIFY of `images` (global ids 0 .. B-1) in chunks of `chunk` images, each chunk's votes saved
+    to out_dir (an existing chunk with the same settings is loaded, not re-run)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    meta = dict(config=name, sigma=sigma, n0=args.n0, n=args.n, alpha=args.alpha, seed=args.seed,
+                dtype=args.dtype)
+    classifier, mean, std, num_classes = zoo.load_demo_classifier()
+    recorder = VoteRecorder(classifier)
+    engine = _engine(kind, recorder, mean, std, num_classes, getattr(torch, args.dtype))
+    for lo in range(0, images.shape[0], chunk):
+        hi = min(lo + chunk, images.shape[0])
+        path = out_dir / f"chunk_{lo:05d}_{hi:05d}.npz"
+        if path.is_file() and json.loads(str(np.load(path)["meta"])) == meta:
+            continue
+        recorder.take()
+        t0 = time.perf_counter()
+        certs = engine.certify(images[lo:hi], sigma, args.n0, args.n, args.alpha, seed=args.seed,
+                               batch_size=args.batch_size, image_ids=torch.arange(lo, hi))
+        seconds = time.perf_counter() - t0
+        votes = recorder.take()
+        b = hi - lo
+        if votes.size != b * (args.n0 + args.n):
+            raise RuntimeError(f"recorded {votes.size} votes, expected {b * (args.n0 + args.n)}")
+        sel = votes[: b * args.n0].reshape(b, args.n0)
+        est = votes[b * args.n0:].reshape(b, args.n)
+        counts0 = np.stack([np.bincount(v, minlength=num_classes) for v in sel])
+        counts = np.stack([np.bincount(v, minlength=num_classes) for v in est])
+        if not (np.array_equal(counts0, np.stack([c.counts0[0] for c in certs]))
+                and np.array_equal(counts, np.stack([c.counts[0] for c in certs]))):
+            raise RuntimeError("the recorded votes do not add up to the certificates' counts (row order changed?)")
+        np.savez_compressed(path, meta=json.dumps(meta), counts0=counts0, votes=est, seconds=seconds,
+                            radius=np.array([c.radius for c in certs]),
+                            prediction=np.array([c.prediction for c in certs]), labels=labels[lo:hi])
+        print(f"# {name} fixed-n: images {lo}..{hi - 1} in {seconds:.1f} s", flush=True)
+    return load(out_dir, meta)
+
+
+def load(out_dir: Path, meta: dict | None = None) -> Votes:
+    """The chunks of out_dir (in image order), all with the same settings (`meta` if given)."""
+    parts = [np.load(p) for p in sorted(Path(out_dir).glob("chunk_*.npz"))]
+    if not parts:
+        raise FileNotFoundError(f"no recorded votes (chunk_*.npz) in {out_dir}")
+    metas = {str(p["meta"]) for p in parts}
+    if len(metas) != 1 or (meta is not None and json.loads(metas.pop()) != meta):
+        raise ValueError(f"{out_dir}: chunks recorded with other settings")
+    meta = json.loads(str(parts[0]["meta"]))
+    meta["images"] = int(sum(p["votes"].shape[0] for p in parts))
+
+    def cat(key):
+        return np.concatenate([p[key] for p in parts])
+
+    return Votes(meta, cat("labels").astype(np.int64), cat("counts0").astype(np.int64), cat("votes"),
+                 float(sum(float(p["seconds"]) for p in parts)), cat("radius").astype(np.float64),
+                 cat("prediction").astype(np.int64))

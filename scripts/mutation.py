@@ -34,7 +34,8 @@ Mutation operators (one change per mutant, on the AST, line numbers kept):
             (not under torch.no_grad(); not the value of int(), len(), ...)
 Not mutated: docstrings, `raise` statements (their messages), f-strings, annotations, __all__, __repr__.
 
-Usage: python scripts/mutation.py [--module decisions objective ...] [--sample N] [--only-survivors] [--jobs 1]
+Usage: python scripts/mutation.py [--module decisions objective ...] [--sample N [--seed S]] [--only-survivors]
+(one mutant at a time: the forked children run one after another)
 """
 from __future__ import annotations
 
@@ -565,7 +566,8 @@ def run_module(name: str, cov: dict, args, entries) -> list[Outcome]:
     mutants = enumerate_mutants(name, src, torch_ops)
     total = len(mutants)
     if args.sample and args.sample < total:
-        mutants = sorted(mutants, key=lambda m: hashlib.sha256(m.key.encode()).hexdigest())[: args.sample]
+        mutants = sorted(mutants, key=lambda m: hashlib.sha256(f"{args.seed}:{m.key}".encode()).hexdigest())
+        mutants = mutants[: args.sample]
         mutants.sort(key=lambda m: (m.line, m.col, m.site, m.choice))
     selected = list(mutants)
     previous = _load_results(name, src)
@@ -661,7 +663,10 @@ def main(argv=None) -> int:
     parser.add_argument("--module", nargs="+", choices=list(MODULES), default=list(MODULES),
                         help="modules to mutate, in this order (default: all)")
     parser.add_argument("--sample", type=int, default=0,
-                        help="run a deterministic sample of N mutants per module (0: all)")
+                        help="run a seeded random sample of N mutants per module (0: all); the same seed and "
+                             "source give the same sample (mutant keys hold line numbers: an edit of the module "
+                             "draws another one)")
+    parser.add_argument("--seed", type=int, default=0, help="the sample's seed (default 0)")
     parser.add_argument("--only-survivors", action="store_true",
                         help="rerun only the mutants that survived (or had no tests) in the last run")
     parser.add_argument("--line", type=int, nargs="*", help="only the mutants on these lines (debugging)")

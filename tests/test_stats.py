@@ -556,3 +556,29 @@ def test_cascade_off_class_term_rounds_toward_zero():
             with mpmath.workdps(40):
                 exact = -mpmath.mpf(sigma) * mpmath.sqrt(2) * mpmath.erfinv(2 * mpmath.mpf(p_b) - 1)
             assert -bounds.signed_radius(sigma, p_b) <= exact
+
+
+# ------------------------------------------------------------ found by mutation testing: msrs/bounds.py (fixed n)
+def test_every_fixed_n_bound_checks_its_level():
+    """Each of the three Clopper-Pearson functions refuses a level outside (0, 1) itself (not only through another)."""
+    for bad in (0.0, 1.0, 1.5, -0.1):
+        for f in (bounds.clopper_pearson_lower, bounds.clopper_pearson_upper, bounds.clopper_pearson_interval):
+            with pytest.raises(ValueError, match="alpha"):
+                f(3, 10, bad)
+
+
+def test_goodman_edge_counts_and_counts_beyond_int64_products():
+    """Zero counts and a total of 1 are valid input; counts above 2^31 (sum ~ 10^10) do not overflow the product
+    4 n_i (N - n_i) (int64 holds 9.2e18): checked against statsmodels, which works in floats."""
+    for counts in ([0, 1], [1, 0, 0], [3_000_000_000, 5_000_000_000, 7]):
+        expected = multinomial_proportions_confint(np.asarray(counts, dtype=np.float64), alpha=0.01, method="goodman")
+        np.testing.assert_allclose(bounds.goodman_bounds(np.asarray(counts), 0.01), expected, rtol=1e-12, atol=1e-15)
+
+
+def test_radius_takes_lists_and_refuses_p0_of_one_or_more():
+    """p_lower given as a plain list; p0 must lie in [1/2, 1): 1 and above are refused (PhiInv(1) = inf)."""
+    got = bounds.radius(0.5, [0.6, 0.9])
+    assert got[0] == shrunk(0.5 * PPF(0.6)) and got[1] == shrunk(0.5 * PPF(0.9))
+    for p0 in (1.0, 1.5):
+        with pytest.raises(ValueError, match="p0"):
+            bounds.radius(0.5, 0.9, p0=p0)

@@ -653,8 +653,22 @@ def summarize(name: str, outcomes: list[Outcome], entries, mutants_total: int) -
     equivalent = sum(o.equivalent for o in outcomes)
     scored = len(outcomes) - equivalent
     score = 100.0 * (count["killed"] + count["timeout"]) / scored if scored else 100.0
-    return {"module": name, "mutants": len(outcomes), "of": mutants_total, **count, "equivalent": equivalent,
-            "score": round(score, 1)}
+    summary = {"module": name, "mutants": len(outcomes), "of": mutants_total, **count, "equivalent": equivalent,
+               "score": round(score, 1)}
+    if len(outcomes) < mutants_total and scored:  # a sample: the exact (Clopper-Pearson) 95% interval of the score
+        summary["ci95"] = [round(100.0 * v, 1) for v in score_interval(count["killed"] + count["timeout"], scored)]
+    return summary
+
+
+def score_interval(killed: int, scored: int, level: float = 0.95) -> tuple[float, float]:
+    """Exact two-sided binomial (Clopper-Pearson) interval of a sampled kill rate (equivalents excluded; it treats
+    the equivalent fraction of the sample as known)."""
+    from scipy import stats
+
+    tail = (1.0 - level) / 2
+    low = stats.beta.ppf(tail, killed, scored - killed + 1) if killed > 0 else 0.0
+    high = stats.beta.ppf(1 - tail, killed + 1, scored - killed) if killed < scored else 1.0
+    return float(low), float(high)
 
 
 def main(argv=None) -> int:
@@ -711,7 +725,8 @@ def main(argv=None) -> int:
     for s in summaries:
         of = f"{s['mutants']}/{s['of']}" if s["mutants"] != s["of"] else str(s["mutants"])
         print(f"{s['module']:<11} {of:>7}  {s['killed']:>6}  {s['timeout']:>7}  {s['survived']:>8}  {s['no_tests']:>8}"
-              f"  {s['error']:>5}  {s['equivalent']:>10}  {s['score']:>5.1f}%  {s['seconds']:>4} s")
+              f"  {s['error']:>5}  {s['equivalent']:>10}  {s['score']:>5.1f}%  {s['seconds']:>4} s"
+              + (f"  (sample: 95% CI {s['ci95'][0]:.1f}-{s['ci95'][1]:.1f}%)" if "ci95" in s else ""))
     if survivors:
         print("\nsurvivors (not in scripts/mutation_equivalents.toml): kill them with a test, or explain them there")
         for o in survivors:

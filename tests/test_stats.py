@@ -205,7 +205,7 @@ def cohen_reference(counts0, counts, alpha, sigma, p0=0.5):
     """Cohen et al. CERTIFY, independently: the exact one-sided lower bound found by bisection."""
     c_a = int(np.argmax(counts0))
     p_lower = exact_cp_lower(int(counts[c_a]), int(sum(counts)), alpha)
-    return (-1, 0.0) if p_lower < p0 else (c_a, sigma * (PPF(p_lower) - PPF(p0)))
+    return (-1, 0.0) if p_lower <= p0 else (c_a, sigma * (PPF(p_lower) - PPF(p0)))
 
 
 @pytest.mark.parametrize("p0", [0.5, 0.6, 0.9])
@@ -582,3 +582,16 @@ def test_radius_takes_lists_and_refuses_p0_of_one_or_more():
     for p0 in (1.0, 1.5):
         with pytest.raises(ValueError, match="p0"):
             bounds.radius(0.5, 0.9, p0=p0)
+
+
+def test_cohen_abstains_when_the_lower_bound_only_reaches_p0():
+    """Cohen et al. certify only when pA_lower > 1/2: 2 of 2 votes at alpha = 0.25 has pA_lower = 0.25^(1/2) = 1/2
+    exactly, a radius of 0 that certifies nothing, so CERTIFY abstains, like the one-stage cascade on the same counts
+    (found by mutation testing: Cohen's rule used to certify with radius 0 here)."""
+    assert exact_cp_lower(2, 2, 0.25) == pytest.approx(0.5, abs=1e-15)
+    d = decisions.cohen_certify_from_counts([0, 1], [0, 2], 0.25, 0.5)
+    assert (d.prediction, d.radius, d.stage, d.last) == (-1, 0.0, -1, 0) and d.p_lower == 0.5
+    cascade = decisions.cascade_certify_from_counts([[0, 1]], [[0, 2]], [0.5], 0.25)
+    assert (cascade.prediction, cascade.radius) == (d.prediction, d.radius)
+    three = decisions.cohen_certify_from_counts([0, 1], [0, 3], 0.25, 0.5)  # 3 of 3: above 1/2, certified
+    assert three.prediction == 1 and three.radius == shrunk(0.5 * PPF(exact_cp_lower(3, 3, 0.25)))

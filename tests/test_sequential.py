@@ -972,3 +972,20 @@ def test_cascade_checks_every_images_votes_and_abstains_early_without_targets():
     result = stopping.run_cascade_sequential(draw, 1, [1.0, 0.5], 10, 10_000, 0.01)
     assert result.prediction.tolist() == [-1] and result.last.tolist() == [1]
     assert result.samples[0, 0] < 10_000
+
+
+def test_sequential_abstains_when_the_lower_bound_only_reaches_p0():
+    """lower = p0 exactly gives radius 0, which certifies nothing: the single-sigma rule abstains there, as Cohen's
+    CERTIFY (msrs.decisions) and the cascades do. 2 of 2 votes, one look, bound at level 0.25: Clopper-Pearson's
+    lower end is 0.25^(1/2) = 1/2 exactly (found by mutation testing of Cohen's rule)."""
+    bound = bounds.AlphaSpending([2])
+    assert bound(2, 2, 0.25)[0][0] == 0.5
+    assert stopping.decide(2, 2, 2, 0.5, 0.25, None, prediction=1, bound=bound) == (-1, 0.0)
+    assert decisions.cohen_certify_from_counts([0, 1], [0, 2], 0.25, 0.5).prediction == -1
+    assert stopping.decide(3, 3, 3, 0.5, 0.25, None, prediction=1, bound=bounds.AlphaSpending([3]))[0] == 1
+
+    def draw(idx, num, start):
+        return np.full(len(idx), num)
+
+    result = stopping.run_sequential(draw, [1], 2, 0.5, 0.25, None, points=[2])
+    assert result.prediction.tolist() == [-1] and result.radius.tolist() == [0.0] and result.lower.tolist() == [0.5]

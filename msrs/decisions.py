@@ -74,11 +74,14 @@ def _vector(name: str, counts) -> np.ndarray:
 
 
 def cohen_certify_from_counts(counts0, counts, alpha: float, sigma: float, p0: float = 0.5) -> Decision:
-    """Cohen et al.'s CERTIFY on selection counts0 [K] and estimation counts [K] (p0 = 0.5 is their case)."""
+    """Cohen et al.'s CERTIFY on selection counts0 [K] and estimation counts [K] (p0 = 0.5 is their case).
+
+    Certifies only when pA_lower > p0 (their "if pA > 1/2"): at pA_lower = p0 the radius is 0 and the bound does not
+    even exclude a tie at x itself, so it abstains, as the cascade does at R <= 0."""
     counts0, counts = _vector("counts0", counts0), _vector("counts", counts)
     c_a = int(np.argmax(counts0))
     p_lower = bounds.clopper_pearson_lower(int(counts[c_a]), int(counts.sum()), alpha)
-    if p_lower < p0:
+    if p_lower <= p0:
         return _abstain(0, p_lower)
     return Decision(c_a, float(bounds.radius(sigma, p_lower, p0)), 0, 0, p_lower)
 

@@ -27,7 +27,7 @@ certified yet). Stop when
   * bucket k is the highest: certify;
   * upper < next threshold (p is below it, so more samples will not reach it), or the next threshold is out of
     reach (below): certify (k > 0) or ABSTAIN (k = 0);
-  * t = n_max: certify if lower >= p0, else ABSTAIN.
+  * t = n_max: certify if lower > p0, else ABSTAIN (lower = p0: radius 0 certifies nothing, as in Cohen's rule).
 The reported radius is sigma * (PhiInv(lower) - PhiInv(p0)) at the stopping look (it is >= r_k). Without target
 radii, only the abstain rules stop early (the radius is then the largest the n_max budget allows).
 
@@ -200,7 +200,7 @@ def decide_many(successes, trials, n_max: int, sigma: float, alpha: float, targe
     best = bound(s + reach, np.full_like(t, n_max), alpha)[0]  # read at the final look
     best = np.maximum(np.atleast_1d(best), lo)
     bucket = np.searchsorted(ths, lo, side="right")  # number of thresholds <= lower
-    certified = bucket > 0
+    certified = (bucket > 0) & (lo > p0)  # lower = p0 exactly: radius 0, no certificate (as Cohen's CERTIFY)
     if target_radii is None or ths.size == 1:
         nxt = np.full_like(lo, ths[0])
         top = np.zeros(lo.shape, dtype=bool)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import warnings
 
 import pytest
 import torch
@@ -403,3 +404,100 @@ def test_cli_bad_arguments(tmp_path, argv, name):
     args = _parser().parse_args(["--out", str(tmp_path / "out"), "--quiet"] + argv)
     with pytest.raises(ValueError, match=name):
         ft.run(args)
+
+
+# ------------------------------------------------------------ found by mutation testing: msrs/finetune/objective.py
+def test_objective_refuses_any_label_beyond_the_classifier():
+    """One label out of range among valid ones is refused by name (not left to one_hot's error)."""
+    den, clf = tiny_denoiser(), tiny_classifier()
+    images, _ = tiny_data(2)
+    with pytest.raises(ValueError, match="label 10"):
+        ft.calibration_loss(den, clf, images, torch.tensor([0, 10]), torch.arange(2), sigmas=SIGMAS,
+                            samples_per_image=1, backend="torch")
+
+
+def test_objective_classifier_runs_under_the_requested_autocast_dtype():
+    """autocast_dtype is the dtype the classifier runs in (float16 here: not the CPU's default autocast dtype,
+    bfloat16), and None runs it without autocast."""
+    den = tiny_denoiser()
+    images, labels = tiny_data(2)
+    seen = []
+
+    class Probe(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = tiny_classifier()
+
+        def forward(self, x):
+            enabled = torch.is_autocast_enabled("cpu")
+            seen.append(torch.get_autocast_dtype("cpu") if enabled else None)
+            return self.inner(x)
+
+    for dtype in (torch.float16, None):
+        seen.clear()
+        ft.calibration_loss(den, Probe(), images, labels, torch.arange(2), sigmas=SIGMAS, samples_per_image=1,
+                            backend="torch", autocast_dtype=dtype)
+        assert seen == [dtype]
+
+
+def test_objective_mse_is_against_the_noise_of_the_clean_image(monkeypatch):
+    """The eps-MSE term, written out from the recorded noisy inputs: eps* = (x_t - a (2 x - 1)) / sqrt(1 - a^2), the
+    noise that makes the one-shot reconstruction of the clean image x (in [-1, 1]) exact."""
+    den, clf = tiny_denoiser(), tiny_classifier()
+    images, labels = tiny_data(3)
+    m, seen = 2, []
+    original = objective._predict_eps
+
+    def record(denoiser, x_t, timesteps, autocast):
+        seen.append((x_t.detach().clone(), timesteps.clone()))
+        return original(denoiser, x_t, timesteps, autocast)
+
+    monkeypatch.setattr(objective, "_predict_eps", record)
+    _, terms = ft.calibration_loss(den, clf, images, labels, torch.arange(3), sigmas=SIGMAS, samples_per_image=m,
+                                   seed=4, step=1, backend="torch")
+    (x_t, timesteps), = seen
+    a = torch.tensor([den.timestep_for(s)[1] for s in SIGMAS], dtype=torch.float64).repeat_interleave(3 * m)
+    a = a[:, None, None, None]
+    clean = (2 * images.double() - 1).repeat_interleave(m, dim=0).repeat(len(SIGMAS), 1, 1, 1)
+    target = (x_t.double() - a * clean) / torch.sqrt(1 - a * a)
+    with torch.no_grad():
+        eps = den.predict_eps(x_t, timesteps).double()
+    assert terms["mse"] == pytest.approx((eps - target).square().mean().item(), rel=1e-4)
+
+
+def test_objective_runs_a_denoiser_without_an_autocast_argument_under_the_requested_autocast():
+    """A denoiser whose predict_eps takes no autocast_dtype runs inside torch.autocast at the requested dtype
+    (float16: not the CPU's default, bfloat16), and without autocast for None."""
+    den = tiny_denoiser()
+    images, labels = tiny_data(2)
+    seen = []
+
+    class Plain:
+        def timestep_for(self, sigma):
+            return den.timestep_for(sigma)
+
+        def predict_eps(self, x_t, timesteps):
+            enabled = torch.is_autocast_enabled("cpu")
+            seen.append(torch.get_autocast_dtype("cpu") if enabled else None)
+            return den.predict_eps(x_t, timesteps, autocast_dtype=None)
+
+    for dtype in (torch.float16, None):
+        seen.clear()
+        with warnings.catch_warnings():  # None: no autocast at all (not one at float32, which torch refuses)
+            warnings.simplefilter("error", UserWarning)
+            ft.calibration_loss(Plain(), tiny_classifier(), images, labels, torch.arange(2), sigmas=SIGMAS,
+                                samples_per_image=1, backend="torch", autocast_dtype=dtype)
+        assert seen == [dtype]
+
+
+def test_wrong_class_anti_consistency_has_a_gradient():
+    """anti_consistency="wrong" alone (Brier and MSE weights 0): the term reaches the UNet's weights."""
+    den, clf = tiny_denoiser(), tiny_classifier()
+    for p in clf.parameters():
+        p.requires_grad_(False)
+    images, labels = tiny_data(4)
+    total, terms = ft.calibration_loss(den, clf, images, labels, torch.arange(4), sigmas=SIGMAS, samples_per_image=2,
+                                       backend="torch", anti_consistency="wrong", brier_weight=0.0, mse_weight=0.0)
+    assert terms["recoverable"] < 1 and terms["anti_consistency"] > 0
+    grads = torch.autograd.grad(total, list(den.parameters()), allow_unused=True)
+    assert sum(float(g.norm()) for g in grads if g is not None) > 0

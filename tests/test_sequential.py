@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -800,3 +801,191 @@ def test_cli_sequential_single_sigma_and_cascade(tmp_path):
     assert run["method"] == "sequential_cascade" and run["alpha_schedule"] == "union"
     assert run["sequential"] == {"target_radii": [0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0], "bound": "cs",
                                  "futility": 0.02, "futility_ramp": 0.1}
+
+
+# ------------------------------------------------------------ found by mutation testing: msrs/bounds.py (sequential)
+def _log_mixture(s: int, t: int, p, a: float = 0.5, b: float = 0.5):
+    """log M_t(p) of the Beta(a, b)-binomial mixture in 40-digit arithmetic (mpmath; not scipy's betaln)."""
+    import mpmath
+    with mpmath.workdps(40):
+        f, a, b, p = t - s, mpmath.mpf(a), mpmath.mpf(b), mpmath.mpf(p)
+        log_beta = lambda x, y: mpmath.loggamma(x) + mpmath.loggamma(y) - mpmath.loggamma(x + y)  # noqa: E731
+        return log_beta(a + s, b + f) - log_beta(a, b) - s * mpmath.log(p) - f * mpmath.log1p(-p)
+
+
+def _cs_end(s: int, t: int, alpha: float, side: str) -> float:
+    """The CS end where log M_t crosses log(1/alpha), by plain bisection between the estimate and 0 or 1."""
+    inside, outside = s / t, (0.0 if side == "lower" else 1.0)
+    for _ in range(120):
+        mid = 0.5 * (inside + outside)
+        if mid in (inside, outside):
+            break
+        if _log_mixture(s, t, mid) >= -math.log(alpha):
+            outside = mid
+        else:
+            inside = mid
+    return outside
+
+
+@pytest.mark.parametrize("s, t, alpha", [(7, 10, 0.05), (900, 1000, 0.001), (99_000, 100_000, 0.01),
+                                         (1, 10**7, 0.001)])
+def test_cs_ends_are_the_crossings_of_one_over_alpha(s, t, alpha):
+    """Both methods put the ends where the mixture martingale crosses 1/alpha (not at 2/alpha: wider, still
+    "outside"), to within rounding, down to a lower end near 1e-10 (brentq's tolerances are relative)."""
+    for method in ("bisect", "brentq"):
+        lo, hi = bounds.cs_bounds(s, t, alpha, method=method)
+        assert lo == pytest.approx(_cs_end(s, t, alpha, "lower"), rel=1e-9)
+        assert hi == pytest.approx(_cs_end(s, t, alpha, "upper"), rel=1e-9)
+
+
+def test_spending_weights_refuse_a_zero_share():
+    with pytest.raises(ValueError, match="weights"):
+        bounds.spending_weights(2, weights=[0.0, 1.0])
+
+
+def test_spending_weights_final_share_down_to_one_over_k():
+    """The final share may be as small as 1/K (equal shares); below it is refused (test_spending_bad_shares...)."""
+    np.testing.assert_allclose(bounds.spending_weights(5, final_share=0.2), [0.2] * 5, rtol=1e-15)
+    np.testing.assert_allclose(bounds.spending_weights(4, final_share=0.3), [0.7 / 3] * 3 + [0.3], rtol=1e-15)
+
+
+def test_alpha_spending_looks_are_integers_and_the_error_names_the_bad_count():
+    np.testing.assert_array_equal(bounds.AlphaSpending(np.array([10, 20])).looks, [10, 20])  # an array of looks
+    with pytest.raises(TypeError):
+        bounds.AlphaSpending([10.5, 20])  # not a sample count
+    with pytest.raises(ValueError, match=r"looks \[10, 20\] .*got \[5\]"):
+        bounds.AlphaSpending([10, 20])(3, [5, 10], 0.01)
+
+
+def test_other_classes_upper_takes_array_groups_and_refuses_one_class():
+    """Groups given as numpy arrays (e.g. from np.split) act like lists; counts need K >= 2 classes."""
+    many = np.array([800, 100, 50, 20, 10, 10, 5, 3, 1, 1])
+    as_lists = bounds.other_classes_upper(many, 0, 0.002, groups=[[1], [2], [3, 4, 5, 6, 7, 8, 9]])
+    as_arrays = bounds.other_classes_upper(many, 0, 0.002, groups=np.split(np.arange(1, 10), [1, 2]))
+    assert as_arrays == as_lists == pytest.approx(bounds.cs_bounds(100, 1000, 0.002 / 3)[1], rel=1e-12)
+    with pytest.raises(ValueError, match="counts"):
+        bounds.other_classes_upper(np.array([7]), 0, 0.01)
+
+
+# ------------------------------------------------------------ found by mutation testing: msrs/stopping.py
+def test_thresholds_take_any_real_number_type():
+    """sigma and p0 from a config may be Fractions or numpy scalars: the thresholds are float64 all the same."""
+    ths = stopping.thresholds([0.5], Fraction(1, 2), Fraction(3, 5))
+    assert ths.dtype == np.float64
+    np.testing.assert_allclose(ths, [0.6, norm.cdf(1 + norm.ppf(0.6))], rtol=1e-15)
+
+
+def test_decide_many_radius_is_zero_unless_certified():
+    """radius > 0 only where certified: 0 where the rule continues or abstains, the CS radius where it certifies."""
+    status, radius, lo, _ = stopping.decide_many([300, 520, 9000], [1000, 1000, 10_000], 100_000, 0.25, 0.001, RADII)
+    assert status.tolist() == [stopping.ABSTAIN, stopping.CONTINUE, stopping.CERTIFY]
+    assert radius[0] == 0.0 and radius[1] == 0.0
+    assert radius[2] == pytest.approx(0.25 * norm.ppf(bounds.cs_bounds(9000, 10_000, 0.001)[0]), rel=1e-8)
+
+
+def test_decide_uses_the_running_bounds_it_is_given():
+    """decide(lower=, upper=): the running intersection replaces the bounds of the current counts."""
+    sigma, alpha = 0.25, 0.001
+    pred, radius = stopping.decide(600, 1000, 1000, sigma, alpha, None, prediction=4, lower=0.7, upper=0.8)
+    assert pred == 4 and radius == pytest.approx(sigma * norm.ppf(0.7), rel=1e-8)
+    assert stopping.decide(600, 1000, 1000, sigma, alpha, None, prediction=4, lower=0.45, upper=0.49) == (-1, 0.0)
+
+
+def test_checkpoints_refuse_growth_of_one():
+    with pytest.raises(ValueError, match="growth"):
+        stopping.checkpoints(1000, growth=1.0)
+
+
+def test_fixed_checkpoints_default_chunk_and_chunk_of_one():
+    """"fixed": chunk = max(64, n_max // 32) by default (32 looks for a large budget); a chunk of 1 is valid."""
+    assert stopping.checkpoints(3200, "fixed") == list(range(100, 3201, 100))
+    assert stopping.checkpoints(1000, "fixed") == list(range(64, 1000, 64)) + [1000]
+    assert stopping.checkpoints(5, "fixed", chunk=1) == [1, 2, 3, 4, 5]
+
+
+def test_run_sequential_checks_sigma_and_p0_before_drawing():
+    def draw(idx, num, start):
+        raise AssertionError("drew samples")
+
+    for bad, message in (({"sigma": 0.0}, "sigma"), ({"p0": 1.0}, "p0"), ({"target_radii": [math.inf]}, "target")):
+        args = {"sigma": 0.25, "alpha": 0.01, "target_radii": [0.25], **bad}
+        with pytest.raises(ValueError, match=message):
+            stopping.run_sequential(draw, [0], 1000, **args)
+
+
+def test_run_sequential_certifies_with_the_running_lower_bound():
+    """intersect=True: the radius is from the largest lower end over the looks, here the first look's (100 of 100
+    votes: Clopper-Pearson lower (alpha w_1)^(1/100), w_1 = 0.1), not the final look's (550 of 1000)."""
+    def draw(idx, num, start):
+        return np.full(len(idx), num if start == 0 else num // 2)
+
+    result = stopping.run_sequential(draw, [3], 1000, 0.25, 0.01, None, points=[100, 1000], bound="spending")
+    assert result.samples.tolist() == [1000] and result.successes.tolist() == [550]
+    lower = (0.01 * 0.1) ** (1 / 100)
+    assert result.lower[0] == pytest.approx(lower, rel=1e-12)
+    assert result.prediction.tolist() == [3] and result.radius[0] == pytest.approx(0.25 * norm.ppf(lower), rel=1e-8)
+
+
+def test_stage_routing_and_cascade_check_their_counts():
+    with pytest.raises(TypeError):
+        stopping.route_stage(900, 1000, 1000.0, 0.001)  # n_max: a sample count, not a float
+
+    def draw(idx, stream, num, start):
+        raise AssertionError("drew samples")
+
+    with pytest.raises(ValueError, match="n0"):
+        stopping.run_cascade_sequential(draw, 3, [1.0, 0.5], 0, 100, 0.01)
+
+    def unanimous(idx, stream, num, start):  # every sample votes for class 1
+        votes = np.zeros((len(idx), 2), dtype=np.int64)
+        votes[:, 1] = num
+        return votes
+
+    result = stopping.run_cascade_sequential(unanimous, 2, [1.0, 0.5], 1, 1000, 0.01)  # n0 = 1 is enough
+    assert result.prediction.tolist() == [1, 1] and result.stage.tolist() == [0, 0]
+    assert result.counts0[:, 0].sum(axis=-1).tolist() == [1, 1]
+    single = stopping.run_cascade_sequential(unanimous, 1, [0.5], 10, 1000, 0.01, [0.25])  # one stage: Cohen's
+    assert single.prediction.tolist() == [1] and single.radius[0] >= 0.25
+
+
+def test_cascade_checks_every_images_votes_and_abstains_early_without_targets():
+    """draw must give one vote per sample for *every* image; without target radii, a certified image whose best
+    reachable radius is <= 0 (an earlier stage's other class holds the votes) abstains without drawing that stage
+    to n_max."""
+    from msrs import streams
+
+    def short_for_image_1(idx, stream, num, start):
+        votes = np.zeros((len(idx), 2), dtype=np.int64)
+        votes[:, 1] = num
+        votes[idx == 1, 1] -= 1
+        return votes
+
+    with pytest.raises(ValueError, match="draw"):
+        stopping.run_cascade_sequential(short_for_image_1, 3, [1.0, 0.5], 10, 1000, 0.01)
+
+    def draw(idx, stream, num, start):  # stage 0 selects class 0 but votes for 1; stage 1 selects and votes 0
+        s = streams.stage_of(stream)
+        votes = np.zeros((len(idx), 2), dtype=np.int64)
+        votes[:, 0 if stream == streams.selection(s) or s == 1 else 1] = num
+        return votes
+
+    result = stopping.run_cascade_sequential(draw, 1, [1.0, 0.5], 10, 10_000, 0.01)
+    assert result.prediction.tolist() == [-1] and result.last.tolist() == [1]
+    assert result.samples[0, 0] < 10_000
+
+
+def test_sequential_abstains_when_the_lower_bound_only_reaches_p0():
+    """lower = p0 exactly gives radius 0, which certifies nothing: the single-sigma rule abstains there, as Cohen's
+    CERTIFY (msrs.decisions) and the cascades do. 2 of 2 votes, one look, bound at level 0.25: Clopper-Pearson's
+    lower end is 0.25^(1/2) = 1/2 exactly (found by mutation testing of Cohen's rule)."""
+    bound = bounds.AlphaSpending([2])
+    assert bound(2, 2, 0.25)[0][0] == 0.5
+    assert stopping.decide(2, 2, 2, 0.5, 0.25, None, prediction=1, bound=bound) == (-1, 0.0)
+    assert decisions.cohen_certify_from_counts([0, 1], [0, 2], 0.25, 0.5).prediction == -1
+    assert stopping.decide(3, 3, 3, 0.5, 0.25, None, prediction=1, bound=bounds.AlphaSpending([3]))[0] == 1
+
+    def draw(idx, num, start):
+        return np.full(len(idx), num)
+
+    result = stopping.run_sequential(draw, [1], 2, 0.5, 0.25, None, points=[2])
+    assert result.prediction.tolist() == [-1] and result.radius.tolist() == [0.0] and result.lower.tolist() == [0.5]

@@ -205,7 +205,7 @@ def cohen_reference(counts0, counts, alpha, sigma, p0=0.5):
     """Cohen et al. CERTIFY, independently: the exact one-sided lower bound found by bisection."""
     c_a = int(np.argmax(counts0))
     p_lower = exact_cp_lower(int(counts[c_a]), int(sum(counts)), alpha)
-    return (-1, 0.0) if p_lower < p0 else (c_a, sigma * (PPF(p_lower) - PPF(p0)))
+    return (-1, 0.0) if p_lower <= p0 else (c_a, sigma * (PPF(p_lower) - PPF(p0)))
 
 
 @pytest.mark.parametrize("p0", [0.5, 0.6, 0.9])
@@ -411,6 +411,102 @@ def test_cascade_outcomes():
         decisions.cascade_certify_from_counts(c0, c[:1], sigmas, 0.01)
 
 
+# ------------------------------------------------------------------ found by mutation testing (scripts/mutation.py)
+def test_decision_vectors_checked_and_lists_accepted():
+    """Every bad count vector is refused by name (one violated condition at a time), lists work like arrays, and a
+    Decision cannot be altered after the fact."""
+    bad = [np.array([[3, 4]]), np.array([7]), np.array([3.0, 4.0]), np.array([5, -1])]
+    for counts in bad:
+        with pytest.raises(ValueError, match="counts"):
+            decisions.cohen_certify_from_counts(np.array([1, 2]), counts, 0.01, 0.5)
+        with pytest.raises(ValueError, match="counts"):
+            decisions.cohen_predict_from_counts(counts, 0.01)
+    d = decisions.cohen_certify_from_counts([0, 5], [2, 98], 0.01, 0.5)  # plain lists
+    prediction, radius = cohen_reference([0, 5], [2, 98], 0.01, 0.5)
+    assert (d.prediction, d.stage, d.last) == (prediction, 0, 0) and d.radius == shrunk(radius)
+    assert decisions.cohen_certify_from_counts([5, 0], [2, 98], 0.01, 0.5).last == 0  # abstained at stage 0
+    with pytest.raises(AttributeError):  # frozen: a certificate is not edited after it is made
+        d.radius = 2 * d.radius
+
+
+def test_cohen_predict_boundaries():
+    """No votes abstains; p-value == alpha predicts (Cohen's PREDICT returns cA when p-value <= alpha): 2 of 2 votes
+    has p-value 2 / 2^2 = 1/2 exactly."""
+    assert decisions.cohen_predict_from_counts(np.array([0, 0, 0]), 0.01) == -1
+    assert exact_binomial_pvalue(2, 2, Fraction(1, 2)) == 0.5
+    assert decisions.cohen_predict_from_counts(np.array([0, 2, 0]), 0.5) == 1
+    assert decisions.cohen_predict_from_counts(np.array([0, 2, 0]), 0.4999) == -1
+
+
+def test_schedule_levels_shapes():
+    for schedule in decisions.SCHEDULES:
+        for num_stages in (1, 3):
+            cert, off = decisions.schedule_levels(0.01, num_stages, schedule)
+            assert cert.shape == (num_stages,) and off.shape == (num_stages, num_stages)
+
+
+def documented_pool_groups(basis, exclude, min_count=decisions.POOL_MIN):
+    """pool_groups' documented rule in plain Python: classes by decreasing count, ties by class index."""
+    groups, pool, pooled = [], [], 0
+    for c in sorted(range(len(basis)), key=lambda c: (-basis[c], c)):
+        if c == exclude:
+            continue
+        if basis[c] >= min_count:
+            groups.append([c])
+            continue
+        pool, pooled = pool + [c], pooled + basis[c]
+        if pooled >= min_count:
+            groups, pool, pooled = groups + [pool], [], 0
+    if pool:
+        groups = groups[:-1] + [groups[-1] + pool] if groups else [pool]
+    return groups
+
+
+def test_pool_groups_ties_follow_class_order():
+    """Many tied counts (K = 40) and counts of exactly min_count (a group of their own): the grouping is the
+    documented one, ties by class index (not a sort's whim)."""
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        basis = rng.integers(0, 7, size=40)  # ties, and counts of exactly POOL_MIN
+        exclude = int(rng.integers(40))
+        assert decisions.pool_groups(basis, exclude) == documented_pool_groups(basis.tolist(), exclude)
+
+
+def test_stage_outcome_at_the_threshold():
+    """The rule at its edges, where the bounds are exactly 1/2: 2 of 2 votes, two-sided at 2 * 0.25, has lower end
+    0.25^(1/2) = 0.5 (certify: p_lower >= p0); 0 of 2 has upper end 1 - 0.25^(1/2) = 0.5 (undecided: falling
+    through needs p_upper < p0). p0 defaults to 1/2."""
+    assert exact_cp_lower(2, 2, 0.25) == pytest.approx(0.5, abs=1e-15)
+    assert decisions.stage_outcome(np.array([0, 1]), np.array([0, 2]), 0.25) == ("certify", 1, 0.5)
+    assert decisions.stage_outcome(np.array([0, 1]), np.array([2, 0]), 0.25) == ("undecided", 1, 0.0)
+    outcome, c_a, p_lower = decisions.stage_outcome(np.array([0, 1]), np.array([0, 3]), 0.25)
+    assert (outcome, c_a) == ("certify", 1) and p_lower == pytest.approx(exact_cp_lower(3, 3, 0.25), rel=1e-12)
+
+
+def test_exact_off_class_upper_is_the_largest_group_bound():
+    """Groups pooled on the selection counts {0}, {2}, {3, 4} (exclude 1): the largest exact upper bound over them
+    at level / 3, computed here by bisection; the smallest group bound would be far lower."""
+    counts0 = np.array([30, 50, 20, 3, 2])
+    counts = np.array([300, 500, 150, 30, 20])
+    assert decisions.pool_groups(counts0, 1) == [[0], [2], [3, 4]]
+    per_group = [exact_cp_upper(t, 1000, 0.01 / 3) for t in (300, 150, 50)]
+    got = decisions.exact_off_class_upper(counts0, counts, 1, 0.01)
+    assert got == pytest.approx(max(per_group), rel=1e-11) and got > min(per_group) + 0.1
+
+
+def test_cascade_takes_lists_and_refuses_equal_sigmas():
+    counts0, counts = [[0, 100], [0, 0]], [[5, 995], [0, 0]]
+    d = decisions.cascade_certify_from_counts(counts0, counts, [1.0, 0.5], 0.01)
+    p_lower = exact_cp_lower(995, 1000, 0.01 / 4)  # union, L = 2: stage 0's level alpha / (2L)
+    assert (d.prediction, d.stage) == (1, 0) and d.radius == shrunk(1.0 * PPF(p_lower))
+    with pytest.raises(ValueError, match="sigmas"):
+        decisions.cascade_certify_from_counts(counts0, counts, [0.5, 0.5], 0.01)
+
+
+def test_cascade_abstains_at_radius_zero():
+    """R <= 0 abstains: one stage at alpha = 0.25 with 2 of 2 votes has p_lower = 0.25^(1/2) = 0.5 = p0, so R = 0."""
+    d = decisions.cascade_certify_from_counts([[0, 1]], [[0, 2]], [0.5], 0.25)
+    assert (d.prediction, d.radius, d.stage, d.last) == (-1, 0.0, -1, 0) and d.p_lower == 0.5
 # ---------------------------------------------------------------- floating point: the radius is rounded toward zero
 def exact_radius(k: int, n: int, alpha: float, sigma: float) -> "mpmath.mpf":
     """sigma * PhiInv(Clopper-Pearson lower) in 40-digit arithmetic (mpmath), independent of scipy: the lower end
@@ -460,3 +556,42 @@ def test_cascade_off_class_term_rounds_toward_zero():
             with mpmath.workdps(40):
                 exact = -mpmath.mpf(sigma) * mpmath.sqrt(2) * mpmath.erfinv(2 * mpmath.mpf(p_b) - 1)
             assert -bounds.signed_radius(sigma, p_b) <= exact
+
+
+# ------------------------------------------------------------ found by mutation testing: msrs/bounds.py (fixed n)
+def test_every_fixed_n_bound_checks_its_level():
+    """Each of the three Clopper-Pearson functions refuses a level outside (0, 1) itself (not only through another)."""
+    for bad in (0.0, 1.0, 1.5, -0.1):
+        for f in (bounds.clopper_pearson_lower, bounds.clopper_pearson_upper, bounds.clopper_pearson_interval):
+            with pytest.raises(ValueError, match="alpha"):
+                f(3, 10, bad)
+
+
+def test_goodman_edge_counts_and_counts_beyond_int64_products():
+    """Zero counts and a total of 1 are valid input; counts above 2^31 (sum ~ 10^10) do not overflow the product
+    4 n_i (N - n_i) (int64 holds 9.2e18): checked against statsmodels, which works in floats."""
+    for counts in ([0, 1], [1, 0, 0], [3_000_000_000, 5_000_000_000, 7]):
+        expected = multinomial_proportions_confint(np.asarray(counts, dtype=np.float64), alpha=0.01, method="goodman")
+        np.testing.assert_allclose(bounds.goodman_bounds(np.asarray(counts), 0.01), expected, rtol=1e-12, atol=1e-15)
+
+
+def test_radius_takes_lists_and_refuses_p0_of_one_or_more():
+    """p_lower given as a plain list; p0 must lie in [1/2, 1): 1 and above are refused (PhiInv(1) = inf)."""
+    got = bounds.radius(0.5, [0.6, 0.9])
+    assert got[0] == shrunk(0.5 * PPF(0.6)) and got[1] == shrunk(0.5 * PPF(0.9))
+    for p0 in (1.0, 1.5):
+        with pytest.raises(ValueError, match="p0"):
+            bounds.radius(0.5, 0.9, p0=p0)
+
+
+def test_cohen_abstains_when_the_lower_bound_only_reaches_p0():
+    """Cohen et al. certify only when pA_lower > 1/2: 2 of 2 votes at alpha = 0.25 has pA_lower = 0.25^(1/2) = 1/2
+    exactly, a radius of 0 that certifies nothing, so CERTIFY abstains, like the one-stage cascade on the same counts
+    (found by mutation testing: Cohen's rule used to certify with radius 0 here)."""
+    assert exact_cp_lower(2, 2, 0.25) == pytest.approx(0.5, abs=1e-15)
+    d = decisions.cohen_certify_from_counts([0, 1], [0, 2], 0.25, 0.5)
+    assert (d.prediction, d.radius, d.stage, d.last) == (-1, 0.0, -1, 0) and d.p_lower == 0.5
+    cascade = decisions.cascade_certify_from_counts([[0, 1]], [[0, 2]], [0.5], 0.25)
+    assert (cascade.prediction, cascade.radius) == (d.prediction, d.radius)
+    three = decisions.cohen_certify_from_counts([0, 1], [0, 3], 0.25, 0.5)  # 3 of 3: above 1/2, certified
+    assert three.prediction == 1 and three.radius == shrunk(0.5 * PPF(exact_cp_lower(3, 3, 0.25)))

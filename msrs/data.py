@@ -306,6 +306,15 @@ def _parse_size(size) -> Optional[tuple]:
     return size
 
 
+def _existing_folder(root: PathLike) -> Path:
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise FileNotFoundError(f"root: image folder {str(root)!r} does not exist")
+    if not root.is_dir():
+        raise NotADirectoryError(f"root: {str(root)!r} is not a folder")
+    return root
+
+
 def _image_files(folder: Path) -> list:
     return sorted(p for p in folder.iterdir()
                   if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
@@ -345,11 +354,7 @@ def image_folder(root: PathLike, *, size=None, mode: str = "RGB",
     if mode not in ("RGB", "L"):
         raise ValueError(f"mode: expected 'RGB' or 'L' (grayscale), got {mode!r}")
     size = _parse_size(size)
-    root = Path(root).expanduser()
-    if not root.exists():
-        raise FileNotFoundError(f"root: image folder {str(root)!r} does not exist")
-    if not root.is_dir():
-        raise NotADirectoryError(f"root: {str(root)!r} is not a folder")
+    root = _existing_folder(root)
     classes = _folder_classes(root, class_names)
     images, labels = [], []
     for label, cls in enumerate(classes):
@@ -409,11 +414,7 @@ def imagenet_folder(root: PathLike, *, class_names: Optional[Sequence[str]] = No
     """An ImageNet-style split folder (``root/<wnid>/<file>``, e.g. ILSVRC2012's val/ sorted into its 1,000 class
     folders, whose sorted order is the standard class index), read lazily (ImageFiles) through Resize(256) and
     CenterCrop(224) as Cohen et al. and both papers evaluate. Labels as folder:DIR (FOLDER_LABELS)."""
-    root = Path(root).expanduser()
-    if not root.exists():
-        raise FileNotFoundError(f"root: image folder {str(root)!r} does not exist")
-    if not root.is_dir():
-        raise NotADirectoryError(f"root: {str(root)!r} is not a folder")
+    root = _existing_folder(root)
     classes = _folder_classes(root, class_names)
     paths, labels = [], []
     for label, cls in enumerate(classes):

@@ -14,12 +14,33 @@ Unset (a developer's machine without a compiler, say), a missing backend skips a
 """
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 import msrs  # noqa: F401 - first: msrs.torchvision_compat must see torchvision's import (test modules import diffusers)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(relative: str):
+    """A script of the repository that is not part of the package (benchmarks/, .ci/) imported as a module, from
+    its path relative to the repository root. It is in sys.modules only while it runs (dataclasses look their
+    module up then), so that loading it in several test files never shares state."""
+    name = "msrs_script_" + relative.replace("/", "_").replace(".", "_")
+    spec = importlib.util.spec_from_file_location(name, ROOT / relative)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[name]
+    return module
 
 # dtype "auto" (the default of the engine and of msrs certify) means bfloat16 on CPUs with native bf16: pin it to
 # float32 so that the exact comparisons of the suite do not depend on the machine (tests/test_hardware.py unpins it)

@@ -2,20 +2,14 @@
 the documented fields (the throughput numbers themselves are not checked)."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import load_script
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("bench_certify", ROOT / "benchmarks" / "certify.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/certify.py")
 
 
 def test_demo_smoke(tmp_path, monkeypatch):
@@ -57,9 +51,7 @@ def test_impl_specs():
 def test_sequential_savings_smoke(tmp_path):
     """benchmarks/sequential_savings.py on 3 digits: both runs certify the same images, the sequential one draws
     at most the fixed run's samples (n is its budget) and the record says whether the tables are equal."""
-    spec = importlib.util.spec_from_file_location("bench_savings", ROOT / "benchmarks" / "sequential_savings.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("benchmarks/sequential_savings.py")
     out = tmp_path / "savings.json"
     assert module.main(["--configs", "smooth-0.25", "--images", "3", "--n0", "10", "--n", "300", "--batch-size", "64",
                         "--json", str(out)]) == 0

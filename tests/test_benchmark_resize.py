@@ -1,15 +1,11 @@
 """benchmarks/resize.py runs and reports what a fused resize could save at most (a fraction in (0, 1))."""
-import importlib.util
 import json
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import load_script
 
 
 def test_resize_benchmark_smoke(tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_resize", ROOT / "benchmarks" / "resize.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("benchmarks/resize.py")
     out = tmp_path / "r.json"
     assert bench.main(["--rows", "2", "--workloads", "cifar10-vit", "--device", "cpu", "--json", str(out)]) == 0
     (record,) = json.loads(out.read_text())["records"]

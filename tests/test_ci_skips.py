@@ -1,26 +1,15 @@
 """.ci/check_skips.py, the CI's check that every skip's reason is true on this machine, on saved pytest outputs."""
 from __future__ import annotations
 
-import importlib.util
 import io
-import sys
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def checker():
-    spec = importlib.util.spec_from_file_location("msrs_ci_check_skips", ROOT / ".ci" / "check_skips.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        del sys.modules[spec.name]
-    return module
+    return load_script(".ci/check_skips.py")
 
 
 def output(*skip_lines: str, summary: str) -> str:

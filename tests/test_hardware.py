@@ -2,7 +2,6 @@
 the compile advice, and the benchmark's default rows that follow them."""
 from __future__ import annotations
 
-import importlib.util
 import io
 import platform
 from pathlib import Path
@@ -11,8 +10,8 @@ import pytest
 import torch
 
 from msrs import hardware
+from conftest import load_script
 
-ROOT = Path(__file__).resolve().parents[1]
 
 # /proc/cpuinfo excerpts: this project's AVX2-only AMD EPYC (KVM), a Sapphire Rapids Xeon, a Graviton3 (Arm)
 EPYC_AVX2 = """processor\t: 0
@@ -211,10 +210,7 @@ def test_compile_advice():
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_certify_defaults", ROOT / "benchmarks" / "certify.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/certify.py")
 
 
 def test_benchmark_defaults_follow_the_hardware(cpu_like, monkeypatch):

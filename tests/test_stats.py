@@ -508,7 +508,7 @@ def test_cascade_abstains_at_radius_zero():
     d = decisions.cascade_certify_from_counts([[0, 1]], [[0, 2]], [0.5], 0.25)
     assert (d.prediction, d.radius, d.stage, d.last) == (-1, 0.0, -1, 0) and d.p_lower == 0.5
 # ---------------------------------------------------------------- floating point: the radius is rounded toward zero
-def exact_radius(k: int, n: int, alpha: float, sigma: float) -> "mpmath.mpf":
+def exact_radius(k: int, n: int, alpha: float, sigma: float):
     """sigma * PhiInv(Clopper-Pearson lower) in 40-digit arithmetic (mpmath), independent of scipy: the lower end
     is alpha^(1/n) when k = n, else the root of the regularised incomplete beta I_p(k, n - k + 1) = alpha found by
     bisection; PhiInv through erfinv."""

@@ -32,8 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     models.add_argument("--denoiser-config", default=None, metavar="NAME|FILE.json",
                         help="settings of an openai:CHECKPOINT denoiser (as `msrs certify --denoiser-config`)")
     models.add_argument("--classifier", default=None, metavar="SPEC",
-                        help="frozen classifier: default demo (the shipped digits classifier); else a TorchScript / "
-                             ".pt2 file or module:factory (with --weights), as `msrs certify` takes")
+                        help="frozen classifier, as `msrs certify` takes it: module:factory or timm:NAME (with "
+                             "--weights), hf:DIR, a torch.export .pt2 file (with --trust-code), a TorchScript file; "
+                             "default: demo (the shipped digits classifier)")
     models.add_argument("--weights", default=None, metavar="PATH", help="weights for a module:factory classifier")
     models.add_argument("--trust-code", action="store_true",
                         help="allow classifier formats whose loading runs code from the file (a torch.export .pt2, "

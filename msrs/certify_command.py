@@ -120,6 +120,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     smoothing.add_argument("--alpha-schedule", choices=("union", "paper"), default="union",
                            help="cascade error budget: union (alpha/L per stage, valid; default) or paper "
                                 "(alpha/(s+1), as the authors' code)")
+    smoothing.add_argument("--undecided", choices=("abstain", "fall-through"), default="abstain",
+                           help="cascade: at a stage whose bounds straddle p0, abstain (the paper's rule; default) "
+                                "or go on to the next sigma, that stage's off-class bound capping the radius "
+                                "(equally valid)")
     smoothing.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     smoothing.add_argument("--sequential", action="store_true",
                            help="early stopping with an error budget valid under it: --n is the largest number of "
@@ -214,7 +218,8 @@ def _runs(args) -> list:
         config = from_options(sigmas=sigmas, n0=args.n0, n=args.n, alpha=args.alpha, p0=args.p0, seed=args.seed,
                               batch_size=args.batch_size, alpha_schedule=args.alpha_schedule,
                               sequential=args.sequential, target_radii=args.target_radii,
-                              sequential_bound=args.sequential_bound)
+                              sequential_bound=args.sequential_bound,
+                              undecided=args.undecided.replace("-", "_"))
         out = Path(args.out).expanduser()
         if separate:
             out = out.with_name(f"{out.stem}-sigma{sigmas[0]:g}{out.suffix or '.tsv'}")

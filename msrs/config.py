@@ -105,7 +105,9 @@ class CertifyConfig:
     multi-scale cascade), stored largest first; n0 selection and n estimation samples per image (and stage);
     alpha the failure probability; p0 the threshold ("skip_p", 0.5 is Cohen's case); seed the noise key;
     batch_size the Monte Carlo samples per forward pass (it never changes the counts); alpha_schedule the
-    cascade's error budget ("union", valid; "paper", the public code's); sequential early stopping or None."""
+    cascade's error budget ("union", valid; "paper", the public code's); sequential early stopping or None;
+    undecided what the cascade does at a stage whose bounds straddle p0 ("abstain", the paper's rule, or
+    "fall_through": msrs.decisions)."""
 
     sigmas: tuple
     n0: int = 100
@@ -116,6 +118,7 @@ class CertifyConfig:
     batch_size: int = 1000
     alpha_schedule: str = "union"
     sequential: Optional[SequentialSettings] = field(default=None)
+    undecided: str = "abstain"
 
     def __post_init__(self):
         _set(self, "sigmas", checks.sigmas("sigma", self.sigmas))
@@ -129,6 +132,11 @@ class CertifyConfig:
         _set(self, "seed", checks.integer("seed", self.seed, 0, MAX_SEED))
         _set(self, "batch_size", checks.integer("batch_size", self.batch_size, 1))
         checks.choice("alpha_schedule", self.alpha_schedule, decisions.SCHEDULES)
+        checks.choice("undecided", self.undecided, decisions.UNDECIDED_RULES)
+        if self.undecided != "abstain" and not self.cascade:
+            raise checks.ArgumentValueError(f"undecided: only for the cascade (several sigmas); one sigma has no "
+                                            f"next stage, got undecided={self.undecided!r} with sigmas "
+                                            f"{list(self.sigmas)}")
         if self.sequential is not None:
             if not isinstance(self.sequential, SequentialSettings):
                 raise checks.ArgumentTypeError(f"sequential: expected SequentialSettings or None, got "
@@ -158,11 +166,13 @@ class CertifyConfig:
                "seed": self.seed, "p0": self.p0, "alpha_schedule": self.alpha_schedule if self.cascade else None}
         if self.sequential is not None:  # only then, so that logs of fixed-n runs keep their recorded settings
             out["sequential"] = self.sequential.record(self.n)
+        if self.undecided != "abstain":  # likewise: logs written before the option existed still resume
+            out["undecided"] = self.undecided
         return out
 
 
 def from_options(*, sigmas, n0=100, n=100_000, alpha=0.001, p0=0.5, seed=0, batch_size=1000, alpha_schedule="union",
-                 sequential=False, target_radii=None, sequential_bound=None) -> CertifyConfig:
+                 sequential=False, target_radii=None, sequential_bound=None, undecided="abstain") -> CertifyConfig:
     """The config of `msrs certify`'s options (and msrs.runner.certify_dataset's keywords): sequential=True turns
     on early stopping with target_radii (default: the report's radii, msrs.report.DEFAULT_RADII) and
     sequential_bound (default "spending"); both are refused without it."""
@@ -174,7 +184,7 @@ def from_options(*, sigmas, n0=100, n=100_000, alpha=0.001, p0=0.5, seed=0, batc
             checks.choice("sequential_bound", sequential_bound, BOUNDS)
         settings = SequentialSettings(DEFAULT_RADII if target_radii is None else target_radii,
                                       "spending" if sequential_bound is None else sequential_bound)
-    config = CertifyConfig(sigmas, n0, n, alpha, p0, seed, batch_size, alpha_schedule, settings)
+    config = CertifyConfig(sigmas, n0, n, alpha, p0, seed, batch_size, alpha_schedule, settings, undecided)
     for name, value in (("target_radii", target_radii), ("sequential_bound", sequential_bound)):
         if value is not None and not sequential:
             raise checks.ArgumentValueError(f"{name}: only used in sequential mode (pass sequential=True / "

@@ -12,6 +12,16 @@ through, pB_upper_j bounds max_{c != cA} p^j_c(x), then for ||e|| < R = min(R_s,
 so the first confident stage at x + e is at most s and its class is cA: G(x + e) = cA. Falling through (pA_upper
 < p0) or abstaining on "undecided" is only a decision rule: a wrong fall-through never makes a certificate wrong.
 
+Undecided stages (lower < p0 <= upper: the samples cannot tell whether stage s is confident). The paper, and
+msrs by default (undecided="abstain"), abstain there. undecided="fall_through" goes on to the next stage instead,
+and the undecided stage joins the earlier stages whose off-class bound caps the radius (-r_j above). The argument
+above never uses that an earlier stage j was *not* confident at x, only that pB_upper_j bounds the classes other
+than cA there, so the certificate and its error budget are unchanged. What it buys: an image whose large-sigma
+stage sits near p0 in its true class is certified at a smaller sigma (radius capped by the undecided stage,
+-r_j > 0 when the other classes there stay below p0) instead of abstaining; when the undecided stage is near p0 in
+another class than the later stage's, its cap pB_upper_j >= p0 makes the cascade abstain, as it must (that class
+may be G(x)). tests/test_validity.py checks both, with a variant that drops the undecided stage's cap failing.
+
 Error budget (the statements a certificate relies on):
   C_s  "p^s_cA_s(x) >= pA_lower_s"   one-sided Clopper-Pearson on stage s's estimation counts for its selected
                                      class (selection counts are independent of them), level cert[s];
@@ -50,6 +60,7 @@ import numpy as np
 from . import bounds, checks
 
 SCHEDULES = ("union", "paper")
+UNDECIDED_RULES = ("abstain", "fall_through")  # what the cascade does at an undecided stage (module docstring)
 POOL_MIN = 5  # the public code's pooling threshold (votes)
 
 
@@ -147,6 +158,13 @@ def stage_outcome(counts0, counts, level: float, p0: float = 0.5) -> tuple[str, 
     return ("undecided" if p_upper >= p0 else "fall"), c_a, p_lower
 
 
+def goes_on(outcome: str, undecided: str = "abstain") -> bool:
+    """Whether the cascade enters the next stage after a stage's outcome ("certify" | "undecided" | "fall"):
+    after "fall", and after "undecided" under undecided="fall_through" (module docstring)."""
+    checks.choice("undecided", undecided, UNDECIDED_RULES)
+    return outcome == "fall" or (outcome == "undecided" and undecided == "fall_through")
+
+
 def paper_off_class_upper(counts, c_a: int, level: float) -> float:
     """The public code's bound on max_{c != c_a} p_c: groups pooled on the estimation counts themselves, Goodman
     at 2 * level over them and c_a's count (k = groups + 1), or 1 - CP_lower(n_{c_a}) at level when at most one
@@ -173,10 +191,11 @@ def off_class_upper(counts0, counts, c_a: int, level: float, schedule: str = "un
 
 
 def cascade_certify_from_counts(
-    counts0, counts, sigmas, alpha: float, p0: float = 0.5, schedule: str = "union"
+    counts0, counts, sigmas, alpha: float, p0: float = 0.5, schedule: str = "union", undecided: str = "abstain"
 ) -> Decision:
     """The multi-scale cascade on counts0, counts [L, K] (stage 0 = largest sigma; rows of stages that were not
-    reached are ignored). Returns the Decision; `stage` is the certifying stage, `last` the last stage tried."""
+    reached are ignored). Returns the Decision; `stage` is the certifying stage, `last` the last stage tried.
+    undecided: "abstain" (the paper's rule) or "fall_through" (goes_on; module docstring)."""
     counts0, counts = np.asarray(counts0), np.asarray(counts)
     num_stages = len(sigmas)
     if num_stages < 1 or counts.ndim != 2 or counts0.shape != counts.shape or counts.shape[0] != num_stages:
@@ -190,9 +209,9 @@ def cascade_certify_from_counts(
         outcome, c_a, p_lower = stage_outcome(counts0[s], counts[s], cert[s], p0)
         if outcome == "certify":
             break
-        if outcome == "undecided":
+        if not goes_on(outcome, undecided):
             return _abstain(s, p_lower)
-        fell.append(s)
+        fell.append(s)  # fell through, or undecided under "fall_through": its off-class bound caps the radius
     else:
         return _abstain(num_stages - 1, p_lower)
     r = bounds.radius(sigmas[s], p_lower, p0)
@@ -208,10 +227,12 @@ __all__ = [
     "Decision",
     "POOL_MIN",
     "SCHEDULES",
+    "UNDECIDED_RULES",
     "cascade_certify_from_counts",
     "cohen_certify_from_counts",
     "cohen_predict_from_counts",
     "exact_off_class_upper",
+    "goes_on",
     "off_class_upper",
     "paper_off_class_upper",
     "pool_groups",

@@ -38,7 +38,8 @@ from .smoothing import SmoothedClassifier
 
 SIGMAS = (0.5, 0.25)
 RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
-DEFAULTS = {"images": 40, "n0": 100, "n": 4_000, "alpha": 0.001, "batch_size": 2000, "group_size": 25, "seed": 0}
+DEFAULTS = {"images": 40, "n0": 100, "n": 4_000, "alpha": 0.001, "batch_size": 2000, "group_size": 25, "seed": 0,
+            "undecided": "abstain"}
 EXPECTED_NAME = "demo_expected.json"
 CI_LEVEL = 0.95
 CLAIM_TOLERANCE = 0.03  # r = 0: the fine-tuned cascade within 3 points of the smallest sigma's denoised accuracy
@@ -64,6 +65,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alpha-schedule", choices=("union", "paper"), default="union",
                    help="the cascade's error budget: union (provably valid, default) or paper (the public code's; "
                         "--fixed-n only)")
+    p.add_argument("--undecided", choices=("abstain", "fall-through"), default=DEFAULTS["undecided"],
+                   help="the cascades, at a stage whose bounds straddle p0: abstain (the paper's rule) or go on to "
+                        "the next sigma, that stage capping the radius (msrs certify --undecided; default: "
+                        "%(default)s)")
     p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], help="samples per batch")
     p.add_argument("--group-size", type=int, default=DEFAULTS["group_size"],
                    help="images sampled together (fuller batches; never changes the certificates; default: "
@@ -110,10 +115,11 @@ def certify_config(args: argparse.Namespace, sigmas=None):
     from .config import from_options
 
     targets = [r for r in args.radii if r > 0] or None
-    return from_options(sigmas=list(args.sigmas if sigmas is None else sigmas), n0=args.n0, n=args.n,
-                        alpha=args.alpha, seed=args.seed, batch_size=args.batch_size,
-                        alpha_schedule=args.alpha_schedule, sequential=not args.fixed_n,
-                        target_radii=None if args.fixed_n else targets)
+    sigmas = list(args.sigmas if sigmas is None else sigmas)
+    return from_options(sigmas=sigmas, n0=args.n0, n=args.n, alpha=args.alpha, seed=args.seed,
+                        batch_size=args.batch_size, alpha_schedule=args.alpha_schedule, sequential=not args.fixed_n,
+                        target_radii=None if args.fixed_n else targets,
+                        undecided=args.undecided.replace("-", "_") if len(sigmas) > 1 else "abstain")
 
 
 def settings(args: argparse.Namespace) -> dict:
@@ -121,7 +127,7 @@ def settings(args: argparse.Namespace) -> dict:
     return {"sigmas": sorted(float(s) for s in args.sigmas), "radii": sorted(float(r) for r in args.radii),
             "n0": args.n0, "n": args.n, "alpha": args.alpha, "seed": args.seed,
             "mode": "fixed-n" if args.fixed_n else "sequential", "alpha_schedule": args.alpha_schedule,
-            "models": models_digest()}
+            "undecided": args.undecided, "models": models_digest()}
 
 
 def models_digest() -> str:
@@ -330,7 +336,8 @@ def run(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - started
     print()
     print(f"Certified accuracy on {args.images} test digits (n0 = {args.n0}, n = {args.n} ({mode}), "
-          f"alpha = {args.alpha:g}, seed = {args.seed}, cascade schedule = {args.alpha_schedule}):")
+          f"alpha = {args.alpha:g}, seed = {args.seed}, cascade schedule = {args.alpha_schedule}, "
+          f"undecided stages: {args.undecided}):")
     print(f"(under each row: its {CI_LEVEL:.0%} confidence intervals over the {args.images} test images, exact "
           f"binomial (Clopper-Pearson), as `msrs report --ci` prints them: the test set is a sample too)")
     print(report.format_table(summaries, ci=True))

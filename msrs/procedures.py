@@ -64,7 +64,8 @@ def certify(engine, images, image_ids, config: CertifyConfig) -> list[Certificat
 
 def certify_cascade(engine, images, image_ids, config: CertifyConfig) -> list[Certificate]:
     """The multi-scale cascade (msrs.decisions): stage s = config.sigmas[s], largest first; an image is sampled
-    at stage s only if every earlier stage fell through for it."""
+    at stage s only if every earlier stage fell through for it (or was undecided, under config.undecided =
+    "fall_through")."""
     x, ids = engine.group(images, image_ids)
     sigmas = list(config.sigmas)
     cert, _ = decisions.schedule_levels(config.alpha, len(sigmas), config.alpha_schedule)
@@ -76,10 +77,11 @@ def certify_cascade(engine, images, image_ids, config: CertifyConfig) -> list[Ce
             break
         counts0[active, s], counts[active, s] = _stage(engine, x, ids, active, sigma, s, config)
         outcomes = [decisions.stage_outcome(counts0[b, s], counts[b, s], cert[s], config.p0)[0] for b in active]
-        active = active[np.array([o == "fall" for o in outcomes], dtype=bool)]
+        active = active[np.array([decisions.goes_on(o, config.undecided) for o in outcomes], dtype=bool)]
     out = []
     for c0, c in zip(counts0, counts):
-        d = decisions.cascade_certify_from_counts(c0, c, sigmas, config.alpha, config.p0, config.alpha_schedule)
+        d = decisions.cascade_certify_from_counts(c0, c, sigmas, config.alpha, config.p0, config.alpha_schedule,
+                                                  config.undecided)
         out.append(Certificate(d.prediction, d.radius, sigmas[d.last], d.stage, c.copy(), c0.copy(), d.p_lower,
                                (d.last + 1) * (config.n0 + config.n)))
     return out
@@ -132,7 +134,8 @@ def certify_cascade_sequential(engine, images, image_ids, config: CertifyConfig)
 
     result = stopping.run_cascade_sequential(draw, x.shape[0], sigmas, config.n0, config.n, config.alpha,
                                              settings.target_radii, config.p0,
-                                             alpha_schedule=config.alpha_schedule, **settings.options())
+                                             alpha_schedule=config.alpha_schedule, undecided=config.undecided,
+                                             **settings.options())
     total = result.total_samples
     return [Certificate(int(result.prediction[b]), float(result.radius[b]), sigmas[int(result.last[b])],
                         int(result.stage[b]), result.counts[b].copy(), result.counts0[b].copy(),

@@ -37,11 +37,12 @@ class SmoothedClassifier(Engine):
         return procedures.certify(self, images, image_ids, config)
 
     def certify_cascade(self, images, sigmas, n0, n, alpha, *, seed, batch_size, image_ids=None, p0=0.5,
-                        alpha_schedule="union") -> list[Certificate]:
+                        alpha_schedule="union", undecided="abstain") -> list[Certificate]:
         """The multi-scale cascade (msrs.decisions): sigmas are sorted from largest (stage 0) to smallest; an image
-        is sampled at stage s only if every earlier stage fell through for it."""
+        is sampled at stage s only if every earlier stage fell through for it (or was undecided, with
+        undecided="fall_through")."""
         config = CertifyConfig(checks.sigmas("sigmas", sigmas, scalar_ok=False), n0, n, alpha, p0, seed, batch_size,
-                               alpha_schedule)
+                               alpha_schedule, undecided=undecided)
         return procedures.certify_cascade(self, images, image_ids, config)
 
     def certify_sequential(self, images, sigma, n0, n_max, alpha, *, seed, batch_size, image_ids=None, p0=0.5,
@@ -54,12 +55,13 @@ class SmoothedClassifier(Engine):
         return procedures.certify_sequential(self, images, image_ids, config)
 
     def certify_cascade_sequential(self, images, sigmas, n0, n_max, alpha, *, seed, batch_size, image_ids=None,
-                                   p0=0.5, target_radii=None, alpha_schedule="union",
+                                   p0=0.5, target_radii=None, alpha_schedule="union", undecided="abstain",
                                    **options) -> list[Certificate]:
         """The multi-scale cascade with early stopping (msrs.procedures.certify_cascade_sequential), budget n_max
-        per stage; only the "union" alpha schedule is valid. options: as certify_sequential's."""
+        per stage; only the "union" alpha schedule is valid. undecided: as certify_cascade's. options: as
+        certify_sequential's."""
         config = CertifyConfig(checks.sigmas("sigmas", sigmas, scalar_ok=False), n0, _budget(n_max), alpha, p0, seed,
-                               batch_size, alpha_schedule, SequentialSettings(target_radii, **options))
+                               batch_size, alpha_schedule, SequentialSettings(target_radii, **options), undecided)
         return procedures.certify_cascade_sequential(self, images, image_ids, config)
 
     def run(self, images, image_ids, config: CertifyConfig) -> list[Certificate]:

@@ -61,7 +61,9 @@ then the estimation samples of streams.estimation(s) look by look, with the boun
   * upper < p0                                   -> "fall_through": enter stage s + 1 (after the last: ABSTAIN);
   * t = n_max, or neither can happen any more     -> "undecided": ABSTAIN, as the fixed-n cascade
     (best-case lower at n_max < p0 and worst-case upper at n_max >= p0, both read at the final look; best and
-    worst case: the most and the fewest successes still reachable, reachable_successes);
+    worst case: the most and the fewest successes still reachable, reachable_successes); with
+    undecided="fall_through" (msrs.decisions) the stage instead falls through as soon as its best-case lower is
+    below p0 (it can no longer certify), whatever its upper bound;
   * otherwise                                    -> "continue" (route_stage).
 Certified at stage s with class cA, the radius is msrs.decisions's R = min(R_s, min_{j<s} -r_j) with components
     R_s  = sigma_s (PhiInv(lower_s) - PhiInv(p0))       (running lower bound of c_s = cA, level cert[s]),
@@ -400,11 +402,14 @@ def run_sequential(
 # ----------------------------------------------------------------------------------------------- cascade routing
 def route_stage_many(successes, trials, n_max: int, alpha_s: float, p0: float = 0.5, *, prior=DEFAULT_PRIOR,
                      lower=None, upper=None, bound=None, futility=None,
-                     futility_ramp: float = DEFAULT_FUTILITY_RAMP) -> np.ndarray:
+                     futility_ramp: float = DEFAULT_FUTILITY_RAMP, undecided: str = "abstain") -> np.ndarray:
     """Vectorised three-way routing of one cascade stage (codes ROUTE_CONTINUE / ROUTE_CERTIFY /
     ROUTE_FALL_THROUGH / ROUTE_UNDECIDED), from the bounds of the selected class at the stage's level alpha_s
     (bound: a bound object, default ConfidenceSequence(prior); lower / upper: running bounds to use instead).
-    futility / futility_ramp: what counts as reachable (reachable_successes; None: curtailment only)."""
+    futility / futility_ramp: what counts as reachable (reachable_successes; None: curtailment only).
+    undecided="fall_through" (msrs.decisions): the stage falls through as soon as it can no longer certify by
+    n_max (nothing needs showing that it is not confident), so ROUTE_UNDECIDED never comes back."""
+    checks.choice("undecided", undecided, decisions.UNDECIDED_RULES)
     n_max = operator.index(n_max)
     bound = ConfidenceSequence(prior) if bound is None else bound
     s, t = _trial_counts(successes, trials, n_max)
@@ -415,8 +420,11 @@ def route_stage_many(successes, trials, n_max: int, alpha_s: float, p0: float = 
     best_lower = np.atleast_1d(bound(s + most, n, alpha_s)[0])
     worst_upper = np.atleast_1d(bound(s + fewest, n, alpha_s)[1])
     route = np.full(lo.shape, ROUTE_CONTINUE)
-    stuck = (t >= n_max) | ((np.maximum(best_lower, lo) < p0) & (np.minimum(worst_upper, hi) >= p0))
+    cannot_certify = np.maximum(best_lower, lo) < p0
+    stuck = (t >= n_max) | (cannot_certify & (np.minimum(worst_upper, hi) >= p0))
     route = np.where(stuck, ROUTE_UNDECIDED, route)
+    if undecided == "fall_through":
+        route = np.where((t >= n_max) | cannot_certify, ROUTE_FALL_THROUGH, route)
     route = np.where(hi < p0, ROUTE_FALL_THROUGH, route)
     route = np.where(lo >= p0, ROUTE_CERTIFY, route)
     return route
@@ -424,11 +432,11 @@ def route_stage_many(successes, trials, n_max: int, alpha_s: float, p0: float = 
 
 def route_stage(successes: int, trials: int, n_max: int, alpha_s: float, p0: float = 0.5, *,
                 prior=DEFAULT_PRIOR, lower=None, upper=None, bound=None, futility=None,
-                futility_ramp: float = DEFAULT_FUTILITY_RAMP) -> str:
+                futility_ramp: float = DEFAULT_FUTILITY_RAMP, undecided: str = "abstain") -> str:
     """'certify' | 'fall_through' | 'undecided' | 'continue' for one cascade stage (rule in the module docstring)."""
     return ROUTE_NAMES[int(route_stage_many(successes, trials, n_max, alpha_s, p0, prior=prior, lower=lower,
                                             upper=upper, bound=bound, futility=futility,
-                                            futility_ramp=futility_ramp)[0])]
+                                            futility_ramp=futility_ramp, undecided=undecided)[0])]
 
 
 # ---------------------------------------------------------------------------------------------- sequential cascade
@@ -475,6 +483,7 @@ def run_cascade_sequential(
     intersect: bool = True,
     futility: float | None = DEFAULT_FUTILITY,
     futility_ramp: float = DEFAULT_FUTILITY_RAMP,
+    undecided: str = "abstain",
 ) -> CascadeResult:
     """Sequential multi-scale cascade of `num_images` images (rules and validity in the module docstring).
 
@@ -485,7 +494,8 @@ def run_cascade_sequential(
     engine). sigmas: strictly decreasing (stage 0 = largest). The error budget is
     msrs.decisions.schedule_levels(alpha, L, "union") (the "paper" schedule is no union bound: refused).
     bound / final_share / weights / prior / schedule / first / growth / chunk / points / intersect / futility /
-    futility_ramp: as in run_sequential (the looks are the same for every stage).
+    futility_ramp: as in run_sequential (the looks are the same for every stage). undecided: "abstain" (the
+    paper's rule) or "fall_through" (msrs.decisions; route_stage_many).
     """
     sigmas = [float(s) for s in sigmas]
     if not sigmas or any(s <= 0 for s in sigmas) or any(a <= b for a, b in zip(sigmas, sigmas[1:])):
@@ -495,6 +505,7 @@ def run_cascade_sequential(
                                         f"its statements); {alpha_schedule!r} is not valid in sequential mode")
     alpha = checks.level("alpha", alpha)
     check_futility(futility, futility_ramp)
+    checks.choice("undecided", undecided, decisions.UNDECIDED_RULES)
     n0, n_max, num_images = (operator.index(v) for v in (n0, n_max, num_images))
     if n0 < 1 or num_images < 0:
         raise checks.ArgumentValueError(f"n0, num_images: expected n0 >= 1 and num_images >= 0, got {n0}, "
@@ -503,7 +514,7 @@ def run_cascade_sequential(
     points = looks(n_max, points, schedule, first, growth, chunk)
     bound = make_bound(bound, points, final_share=final_share, weights=weights, prior=prior)
     run = _CascadeRun(draw, num_images, sigmas, n0, points, bound, alpha, p0, target_radii, intersect,
-                      (futility, futility_ramp))
+                      (futility, futility_ramp), undecided)
     run.select(np.arange(num_images), 0)
     while True:
         want = run.requests()
@@ -522,9 +533,11 @@ class _CascadeRun:
     """State of run_cascade_sequential, arrays over images b and stages s. An image is _ROUTING at its current
     stage, _CERTIFIED at its certifying stage (sampling whichever stage limits its radius bucket), or _DONE."""
 
-    def __init__(self, draw, count, sigmas, n0, looks, bound, alpha, p0, target_radii, intersect, futility):
+    def __init__(self, draw, count, sigmas, n0, looks, bound, alpha, p0, target_radii, intersect, futility,
+                 undecided):
         self.draw, self.sigmas, self.n0, self.bound, self.p0, self.intersect = draw, sigmas, n0, bound, p0, intersect
         self.futility = futility  # (level or None, ramp): reachable_successes' arguments
+        self.undecided = undecided  # "abstain" | "fall_through": route_stage_many's rule
         self.looks = np.asarray(looks, dtype=np.int64)
         self.n_max = int(self.looks[-1])
         self.cert, self.off = decisions.schedule_levels(alpha, len(sigmas), "union")
@@ -604,7 +617,8 @@ class _CascadeRun:
             c = self.selected[idx, s]
             code = route_stage_many(self.counts[idx, s, c], self.drawn[idx, s], self.n_max, self.cert[s], self.p0,
                                     lower=self.lower[idx, s], upper=self.upper[idx, s], bound=self.bound,
-                                    futility=self.futility[0], futility_ramp=self.futility[1])
+                                    futility=self.futility[0], futility_ramp=self.futility[1],
+                                    undecided=self.undecided)
             self._certify(idx[code == ROUTE_CERTIFY], s)
             self.phase[idx[code == ROUTE_UNDECIDED]] = _DONE  # abstain, as the fixed-n cascade
             fell = idx[code == ROUTE_FALL_THROUGH]

@@ -117,7 +117,7 @@ def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple:
 
 
 def certify_split(smoothed, dataset, sigmas, *, n0: int, n: int, alpha: float, seed: int, radii, batch_size: int,
-                  group_size: int, max_images=None, log_path=None) -> dict:
+                  group_size: int, max_images=None, log_path=None, undecided: str = "abstain") -> dict:
     """A sequential run (msrs.runner.certify_dataset, target radii = `radii`) on `dataset`: certified accuracy at
     `radii` with exact 95% intervals, abstentions, wrong predictions, deciding stages and samples drawn."""
     from msrs import report, runner
@@ -127,7 +127,8 @@ def certify_split(smoothed, dataset, sigmas, *, n0: int, n: int, alpha: float, s
         started = time.perf_counter()
         runner.certify_dataset(smoothed, dataset, path, sigmas=list(sigmas), n0=n0, n=n, alpha=alpha, seed=seed,
                                batch_size=batch_size, group_size=group_size, max_images=max_images, progress=False,
-                               overwrite=True, sequential=True, target_radii=[r for r in radii if r > 0])
+                               overwrite=True, sequential=True, target_radii=[r for r in radii if r > 0],
+                               undecided=undecided if len(sigmas) > 1 else "abstain")
         seconds = time.perf_counter() - started
         log = report.load(path)
     acc = report.certified_accuracy(log, radii)

@@ -42,6 +42,10 @@ CANDIDATES = {
     "lr3e-4": ["--lr", "3e-4"],
     "mse0.3": ["--mse-weight", "0.3"],
     "steps2000": ["--steps", "2000"],
+    # the library default's 1,000 steps for the recipes of the first sweep (docs/DEMO.md section 4, attempt 5):
+    # a candidate's own --steps overrides the sweep's common --steps (it comes after them)
+    "ac3-1000": ["--anti-consistency-weight", "3", "--steps", "1000"],
+    "lr3e-4-1000": ["--lr", "3e-4", "--steps", "1000"],
 }
 
 
@@ -85,7 +89,7 @@ def main(argv=None) -> int:
         finetune_demo.main(["--work-dir", str(work), "--no-export", "--draws", str(args.draws), "--threads",
                             str(args.threads), "--cert-images", str(cert_images),
                             "--before-cache", str(args.root / f"eval_before_cert{cert_images}.json"),
-                            *CANDIDATES[name], *common])
+                            *common, *CANDIDATES[name]])
         return json.loads((work / "finetune_info.json").read_text())
 
     record = {"command": "python3 scripts/finetune_sweep.py " + " ".join(sys.argv[1:] if argv is None else argv),

@@ -989,3 +989,22 @@ def test_sequential_abstains_when_the_lower_bound_only_reaches_p0():
 
     result = stopping.run_sequential(draw, [1], 2, 0.5, 0.25, None, points=[2])
     assert result.prediction.tolist() == [-1] and result.radius.tolist() == [0.0] and result.lower.tolist() == [0.5]
+
+
+def test_cascade_resumes_a_fallen_stage_when_no_image_routes_there():
+    """One image: stage 0 falls through, stage 1 certifies class 1, then stage 0 alone is resumed (its cap holds
+    the radius below the 0.1 target) while no image routes at stage 0. Such a look updates no routing bounds: the
+    run once called the bound on no images there and crashed (`alpha: must lie in (0, 1), got []`, the demo's
+    first attempt, docs/DEMO.md). The bound used here refuses empty input, as the bounds did then."""
+    probs, _ = _cascade_setup()
+    spending = bounds.AlphaSpending(stopping.checkpoints(4096))
+
+    def refuses_empty(successes, trials, level):
+        assert np.size(successes) > 0 and np.size(trials) > 0, "bound called on no images"
+        return spending(successes, trials, level)
+
+    res, calls = _simulate_cascade(probs, 1, refuses_empty, 0.01, [0.05, 0.1])
+    fell_at = max(start + num for stream, _, num, start in calls[:calls.index((2, 1, 32, 0))] if stream == 1)  # stage 0's
+    assert res.prediction[0] == 1 and res.stage[0] == 1
+    assert res.samples[0, 0] > fell_at  # stage 0 was resumed after the certification
+    assert res.radius[0] >= 0.1

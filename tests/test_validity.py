@@ -377,3 +377,79 @@ def test_sequential_cascade_certificates_are_valid():
         ok, fractions[name], threshold = violation_check(violations, alpha / 4)
         assert ok == (name == "spending"), f"{name}: violation fraction {fractions[name]:.4f} (allowed {threshold:.4f})"
     print(f"sequential cascade: violation fractions {fractions} (allowed {threshold:.4f} at alpha / 4)")
+
+
+# ------------------------------------------------------------------ undecided stages that fall through
+def undecided_setting(p2: float):
+    """Stage 0 (sigma 1.0) answers class 2 with probability p2 near p0 = 1/2, else class 1 (never class 0); stage 1
+    (sigma 0.25) answers class 1 with probability Phi(4). With p2 = 0.51 the cascaded classifier G answers 2 at x
+    (stage 0 is confident, barely): every certificate of class 1 is wrong, and a class-2 certificate is wrong
+    beyond sigma_0 PhiInv(p2) = 0.0251 (the stage-0 boundary along u2). At n = 500 stage 0 is undecided for most
+    copies (its two-sided interval straddles 1/2), so under undecided="fall_through" stage 1 certifies class 1
+    whenever stage 0's off-class bound (on {class 2}, pooled with class 0's zero votes: one group) misses p2,
+    which a valid bound at level off[0] does with probability <= off[0]."""
+    u = orthonormal(3, seed=3)
+    x = torch.full((1, *SHAPE), 0.5)
+    t = (u @ x.reshape(-1).double()).tolist()
+    denoiser = StageDenoiser(u, a1=t[0] - D1, b2=t[1] - SIGMAS[0] * PPF(p2), c3=math.inf)
+    return x, SmoothedClassifier(read_class, 3, denoiser=denoiser, backend=BACKEND)
+
+
+def undecided_violations(prediction, radius, p2: float) -> np.ndarray:
+    return (prediction == 0) | (prediction == 1) | ((prediction == 2) & (radius > SIGMAS[0] * PPF(p2)))
+
+
+def test_cascade_undecided_fall_through_is_valid():
+    """Fixed-n cascade, undecided="fall_through": the violation rate stays below the off-class level off[0] =
+    alpha / 4 (a certificate of class 1 needs stage 0's exact upper bound on class 2 below p2; the union schedule
+    also takes the max with Goodman's bound, which only lowers the rate). Broken variant on the same counts: the
+    undecided stage contributes no cap (as if it had never been entered): stage 1's certificate alone, which
+    certifies class 1 for nearly every copy."""
+    alpha, n0, n, copies, p2 = 0.2, 32, 500, 1500, 0.51
+    x, smoothed = undecided_setting(p2)
+    certs = smoothed.certify_cascade(x.expand(copies, *SHAPE), list(SIGMAS), n0, n, alpha, seed=13,
+                                     batch_size=8192, image_ids=torch.arange(30_000, 30_000 + copies),
+                                     undecided="fall_through")
+    prediction = np.array([c.prediction for c in certs])
+    radius = np.array([c.radius for c in certs])
+    counts0, counts = np.stack([c.counts0 for c in certs]), np.stack([c.counts for c in certs])
+    cert, _ = decisions.schedule_levels(alpha, 2, "union")
+    outcome = [decisions.stage_outcome(c0[0], c[0], cert[0])[0] for c0, c in zip(counts0, counts)]
+    assert outcome.count("undecided") > 0.8 * copies  # the path under test: stage 0 undecided, stage 1 entered
+    went_on = np.array([o != "certify" for o in outcome])
+    assert np.all(counts[went_on, 1].sum(axis=1) == n) and np.all(counts[~went_on, 1] == 0)  # stage 1 sampled
+    ok, fraction, threshold = violation_check(undecided_violations(prediction, radius, p2), alpha / 4)
+    assert ok, f"undecided fall-through: violation fraction {fraction:.4f} (allowed {threshold:.4f})"
+    # the paper's rule on the same counts abstains wherever stage 0 is undecided
+    abstain = [decisions.cascade_certify_from_counts(c0, c, list(SIGMAS), alpha) for c0, c in zip(counts0, counts)]
+    assert all(d.prediction == -1 for d, o in zip(abstain, outcome) if o == "undecided")
+    # broken: the undecided stage's cap dropped -> stage 1's own certificate
+    broken = [decisions.cohen_certify_from_counts(c0[1], c[1], cert[1], SIGMAS[1]) if o != "certify" else d
+              for c0, c, o, d in zip(counts0, counts, outcome, abstain)]
+    broken_ok, broken_fraction, _ = violation_check(undecided_violations(
+        np.array([b.prediction for b in broken]), np.array([b.radius for b in broken]), p2), alpha / 4)
+    assert not broken_ok, f"the check cannot see a dropped cap ({broken_fraction:.4f})"
+    print(f"undecided fall-through: violation fraction {fraction:.4f} (allowed {threshold:.4f}); without the cap "
+          f"{broken_fraction:.4f}")
+
+
+def test_sequential_cascade_undecided_fall_through_is_valid():
+    """The same setting in sequential mode under the adversarial stopping rule (futility off, target radius just
+    above 0, so a class-1 certificate stops exactly when stage 0's resumed off-class bound first drops below
+    1/2): the violation rate stays below off[0] = alpha / 4 for alpha spending, and the naive rule (fixed-n
+    Clopper-Pearson re-evaluated at every look) fails the same check on the same noise."""
+    alpha, n_max, copies, p2 = 0.2, 4096, 1500, 0.51
+    x, smoothed = undecided_setting(p2)
+    fractions = {}
+    for name, bound in (("spending", "spending"), ("naive", NaiveClopperPearson())):
+        certs = smoothed.certify_cascade_sequential(
+            x.expand(copies, *SHAPE), list(SIGMAS), 32, n_max, alpha, seed=17, batch_size=8192,
+            image_ids=torch.arange(40_000, 40_000 + copies), target_radii=[1e-9], bound=bound,
+            undecided="fall_through", **ADVERSARY)
+        prediction = np.array([c.prediction for c in certs])
+        radius = np.array([c.radius for c in certs])
+        entered = np.mean([c.counts0[1].sum() > 0 for c in certs])
+        assert entered > 0.5, entered  # stage 1 entered (stage 0 could not certify) for most copies
+        ok, fractions[name], threshold = violation_check(undecided_violations(prediction, radius, p2), alpha / 4)
+        assert ok == (name == "spending"), f"{name}: violation fraction {fractions[name]:.4f} (allowed {threshold:.4f})"
+    print(f"sequential undecided fall-through: violation fractions {fractions} (allowed {threshold:.4f})")

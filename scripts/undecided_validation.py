@@ -68,11 +68,16 @@ def main(argv=None) -> int:
                 f"({out['wall_seconds']} s)", flush=True)
     runs = record["runs"]
 
-    def better(name):
-        a, f = runs[f"{name}-abstain"]["certified_accuracy"], runs[f"{name}-fall_through"]["certified_accuracy"]
-        return f["0"] > a["0"] and all(f[r] >= a[r] for r in a)
+    def accuracy(name, rule):
+        return runs[f"{name}-{rule}"]["certified_accuracy"]
 
-    record["choice"] = "fall_through" if better("cascade-finetuned") and better("cascade") else "abstain"
+    def no_lower(name):
+        a, f = accuracy(name, "abstain"), accuracy(name, "fall_through")
+        return all(f[r] >= a[r] for r in a)
+
+    raises = accuracy("cascade-finetuned", "fall_through")["0"] > accuracy("cascade-finetuned", "abstain")["0"]
+    record["choice"] = ("fall_through" if raises and no_lower("cascade-finetuned") and no_lower("cascade")
+                        else "abstain")
     print("choice:", record["choice"])
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

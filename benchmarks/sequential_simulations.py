@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -49,6 +50,11 @@ RULES = {
     "looks 1.25": {"growth": 1.25},
     "looks 1.5": {"growth": 1.5},
     "confidence sequence (Beta mixture)": {"bound": "cs"},
+    "betting confidence sequence": {"bound": "betting"},
+    "betting CS, Clopper-Pearson 0.9 at n": {"bound": "betting-final"},
+    "betting CS, Clopper-Pearson 0.5 at n": {"bound": "betting-final", "final_share": 0.5},
+    "Voracek's spending shares": {"bound": "voracek"},
+    "Voracek's shares, final share 0.9": {"bound": "voracek", "final_share": 0.9},
 }
 
 
@@ -135,6 +141,12 @@ def clairvoyant(setting, cum, final, lowers, looks):
     return np.where(final == 0, looks[0], used)
 
 
+def cpu_flags() -> list[str]:
+    """The vector extensions of this machine's CPU (the flags benchmarks/results/README.md quotes)."""
+    info = Path("/proc/cpuinfo")
+    return sorted(set(re.findall(r"avx512[a-z_0-9]*|amx[a-z_0-9]*|avx2", info.read_text()))) if info.exists() else []
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--population", type=Path, required=True, help="a benchmarks/sequential_savings.py JSON")
@@ -156,7 +168,10 @@ def main(argv=None) -> int:
         cum = streams(p, args.n, seed)
         data.append((cum, *setting.oracle(cum)))
     fixed_total = (args.n + N0) * p.size
-    out = {"population": str(args.population), "config": args.config, "sigma": sigma, "n": args.n, "alpha": args.alpha,
+    out = {"command": "python benchmarks/sequential_simulations.py " + " ".join(
+               repr(a) if " " in a else a for a in (sys.argv[1:] if argv is None else argv)),
+           "cpu_flags": cpu_flags(),
+           "population": str(args.population), "config": args.config, "sigma": sigma, "n": args.n, "alpha": args.alpha,
            "target_radii": args.target_radii, "seeds": list(seeds), "rules": {}, "clairvoyant": {}}
     for name in args.rules or RULES:
         rows = []

@@ -13,7 +13,8 @@ issue's "equal within one image"). --clairvoyant adds, per bound, the samples of
 fixed-n bucket in advance and stops the first time the bound reaches it: the best any futility rule could do with
 that bound, so its ratio to the oracle is what the bound alone costs. Bounds compared there: alpha spending
 (growth, final share), the Beta-mixture confidence sequence, and a betting confidence sequence (Waudby-Smith &
-Ramdas, JRSS-B 2024: predictable plug-in Kelly bets, truncated, constant between looks, on a grid of p).
+Ramdas, JRSS-B 2024: predictable plug-in Kelly bets, truncated, constant between looks, on a grid of p; a
+prototype: its grid is not rounded conservatively) and msrs.bounds' "betting" (a mixture of constant bets).
 """
 from __future__ import annotations
 
@@ -201,6 +202,9 @@ def main(argv=None) -> int:
         candidates["confidence sequence (Beta(1/2, 1/2) mixture), looks 1.1"] = (
             fine, lambda cum: np.stack([cs(cum[:, t - 1], np.full(cum.shape[0], t), args.alpha)[0] for t in fine], 1))
         candidates["betting confidence sequence, looks 1.1"] = (fine, lambda cum: betting_lower(cum, fine, args.alpha))
+        grid = bounds.BettingConfidenceSequence()
+        candidates["betting CS, grid of constant bets (msrs 'betting'), looks 1.1"] = (
+            fine, lambda cum: np.stack([grid(cum[:, t - 1], np.full(cum.shape[0], t), args.alpha)[0] for t in fine], 1))
         for name, (looks, lower) in candidates.items():
             ratios = [(clairvoyant(setting, cum, final, lower(cum), looks).sum() + N0 * p.size)
                       / (first.sum() + N0 * p.size) for cum, final, first in data]

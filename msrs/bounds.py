@@ -455,10 +455,10 @@ def _betting_end(wins, losses, need, r) -> np.ndarray:
 
     # the bracket: one bet at e^(need + log D) is outside (its term alone makes the mean reach e^need); beyond the
     # largest one-bet end at e^need every bet's capital is below e^need, so the mean is too (inside)
-    v_out = np.minimum(one_bet_end(need + math.log(r.size)), estimate)
+    v_out = np.minimum(one_bet_end(need + math.log(r.size) + 1e-9), estimate)  # (a margin for the rounding)
     v_in = np.minimum(np.nextafter(one_bet_end(need), np.inf), estimate)
-    h_in = h(every, np.exp(v_in), r, fixed)
-    back = h_in >= 0  # (rounding, or one bet: the mean is the bet) the estimate is inside
+    h_in = h(every, np.maximum(np.exp(v_in), tiny), r, fixed)
+    back = h_in >= 0  # (rounding, an end below the smallest double) the estimate is inside
     v_in[back] = estimate[back]
     h_in[back] = h(every[back], np.exp(v_in[back]), r, fixed[back])
     # if exp(v_out) underflows, the end is below the smallest normal double: 0 (returned below) is outside too

@@ -950,6 +950,17 @@ def test_betting_bounds_contain_the_estimate_are_outside_the_set_and_tighter_tha
         bounds.betting_log_capital(1, 10, 0.5, side="both")
 
 
+def test_betting_bounds_of_one_bet_are_its_closed_form():
+    """With one bet r the lower end solves ((1 - r (1 - m)) / m)^S r^F = 1/alpha: m = (1 - r) / (E - r),
+    E = (r^-F / alpha)^(1 / S), down to ends below 1e-100 (and 0 below the smallest double)."""
+    s, t = np.array([1, 5, 64, 990, 99_990, 3, 50]), np.array([1, 10, 64, 1000, 100_000, 1000, 100])
+    for r in (0.5, 1e-3, 0.999):
+        with np.errstate(over="ignore"):
+            closed = (1 - r) / (np.exp((math.log(1000) - (t - s) * math.log(r)) / s) - r)
+        lower = bounds.betting_bounds(s, t, 0.001, ratios=[r])[0]
+        np.testing.assert_allclose(lower, np.minimum(closed, s / t), rtol=1e-11, atol=0)
+
+
 def test_betting_bounds_monotone_and_bound_objects():
     t = 2000
     lo, hi = bounds.betting_bounds(np.arange(t + 1), t, 0.01)

@@ -71,6 +71,11 @@ VARIANTS = {
     "final-share-0.7": {"final_share": 0.7},
     "growth-1.25": {"growth": 1.25},
     "cs": {"bound": "cs"},
+    "betting": {"bound": "betting"},
+    "betting-final": {"bound": "betting-final"},
+    "betting-final-0.5": {"bound": "betting-final", "final_share": 0.5},
+    "voracek": {"bound": "voracek"},
+    "voracek-final-0.9": {"bound": "voracek", "final_share": 0.9},
 }
 
 

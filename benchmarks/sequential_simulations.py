@@ -13,12 +13,14 @@ issue's "equal within one image"). --clairvoyant adds, per bound, the samples of
 fixed-n bucket in advance and stops the first time the bound reaches it: the best any futility rule could do with
 that bound, so its ratio to the oracle is what the bound alone costs. Bounds compared there: alpha spending
 (growth, final share), the Beta-mixture confidence sequence, and a betting confidence sequence (Waudby-Smith &
-Ramdas, JRSS-B 2024: predictable plug-in Kelly bets, truncated, constant between looks, on a grid of p).
+Ramdas, JRSS-B 2024: predictable plug-in Kelly bets, truncated, constant between looks, on a grid of p; a
+prototype: its grid is not rounded conservatively) and msrs.bounds' "betting" (a mixture of constant bets).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -49,6 +51,11 @@ RULES = {
     "looks 1.25": {"growth": 1.25},
     "looks 1.5": {"growth": 1.5},
     "confidence sequence (Beta mixture)": {"bound": "cs"},
+    "betting confidence sequence": {"bound": "betting"},
+    "betting CS, Clopper-Pearson 0.9 at n": {"bound": "betting-final"},
+    "betting CS, Clopper-Pearson 0.5 at n": {"bound": "betting-final", "final_share": 0.5},
+    "Voracek's spending shares": {"bound": "voracek"},
+    "Voracek's shares, final share 0.9": {"bound": "voracek", "final_share": 0.9},
 }
 
 
@@ -135,6 +142,12 @@ def clairvoyant(setting, cum, final, lowers, looks):
     return np.where(final == 0, looks[0], used)
 
 
+def cpu_flags() -> list[str]:
+    """The vector extensions of this machine's CPU (the flags benchmarks/results/README.md quotes)."""
+    info = Path("/proc/cpuinfo")
+    return sorted(set(re.findall(r"avx512[a-z_0-9]*|amx[a-z_0-9]*|avx2", info.read_text()))) if info.exists() else []
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--population", type=Path, required=True, help="a benchmarks/sequential_savings.py JSON")
@@ -156,7 +169,10 @@ def main(argv=None) -> int:
         cum = streams(p, args.n, seed)
         data.append((cum, *setting.oracle(cum)))
     fixed_total = (args.n + N0) * p.size
-    out = {"population": str(args.population), "config": args.config, "sigma": sigma, "n": args.n, "alpha": args.alpha,
+    out = {"command": "python benchmarks/sequential_simulations.py " + " ".join(
+               repr(a) if " " in a else a for a in (sys.argv[1:] if argv is None else argv)),
+           "cpu_flags": cpu_flags(),
+           "population": str(args.population), "config": args.config, "sigma": sigma, "n": args.n, "alpha": args.alpha,
            "target_radii": args.target_radii, "seeds": list(seeds), "rules": {}, "clairvoyant": {}}
     for name in args.rules or RULES:
         rows = []
@@ -186,6 +202,9 @@ def main(argv=None) -> int:
         candidates["confidence sequence (Beta(1/2, 1/2) mixture), looks 1.1"] = (
             fine, lambda cum: np.stack([cs(cum[:, t - 1], np.full(cum.shape[0], t), args.alpha)[0] for t in fine], 1))
         candidates["betting confidence sequence, looks 1.1"] = (fine, lambda cum: betting_lower(cum, fine, args.alpha))
+        grid = bounds.BettingConfidenceSequence()
+        candidates["betting CS, grid of constant bets (msrs 'betting'), looks 1.1"] = (
+            fine, lambda cum: np.stack([grid(cum[:, t - 1], np.full(cum.shape[0], t), args.alpha)[0] for t in fine], 1))
         for name, (looks, lower) in candidates.items():
             ratios = [(clairvoyant(setting, cum, final, lower(cum), looks).sum() + N0 * p.size)
                       / (first.sum() + N0 * p.size) for cum, final, first in data]

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from . import checks
+from .bounds import BOUNDS
 from .data import FOLDER_LABELS
 from .presets import PRESETS, describe
 
@@ -133,9 +134,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     smoothing.add_argument("--target-radii", type=float, nargs="+", default=None, metavar="R",
                            help="--sequential: the radii whose outcome must be settled (default: the report radii "
                                 "0 0.25 0.5 0.75 1 1.5 2)")
-    smoothing.add_argument("--sequential-bound", choices=("spending", "cs"), default=None,
+    smoothing.add_argument("--sequential-bound", choices=BOUNDS, default=None,
                            help="--sequential: spending (Clopper-Pearson, alpha spent over pre-set looks, 0.9 of it "
-                                "at n; default) or cs (anytime-valid confidence sequence, wider)")
+                                "at n; default), voracek (the same, Voracek's shares), cs (anytime-valid Beta-mixture "
+                                "confidence sequence), betting (anytime-valid betting confidence sequence) or "
+                                "betting-final (betting CS at 0.1 alpha, Clopper-Pearson at 0.9 alpha at n)")
 
     run_ = p.add_argument_group("run")
     run_.add_argument("--out", required=True, metavar="PATH", help="TSV log to write (resumed when interrupted)")

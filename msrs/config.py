@@ -28,8 +28,10 @@ METHODS = ("certify", "cascade", "sequential", "sequential_cascade")
 class SequentialSettings:
     """Early stopping (msrs.stopping): n becomes the budget per stage and an image stops once its radius bucket at
     target_radii is settled (None: no targets, every image samples to the budget unless it must abstain).
-    bound: "spending" (Clopper-Pearson with alpha spent over the looks), "cs" (confidence sequence) or a bound
-    object (tests). The remaining fields are msrs.stopping.run_sequential's options, with its defaults."""
+    bound: "spending" (Clopper-Pearson with alpha spent over the looks), "voracek" (the same with Voracek's
+    shares), "cs" (Beta-mixture confidence sequence), "betting" (betting confidence sequence), "betting-final"
+    (betting CS, Clopper-Pearson at n) or a bound object (tests). The remaining fields are
+    msrs.stopping.run_sequential's options, with its defaults."""
 
     target_radii: Optional[tuple] = None
     bound: object = "spending"
@@ -91,7 +93,7 @@ class SequentialSettings:
         futility rule (which buckets an image may end in)."""
         out = {"target_radii": None if self.target_radii is None else list(self.target_radii),
                "bound": self.bound if isinstance(self.bound, str) else type(self.bound).__name__}
-        if self.bound == "spending":
+        if self.bound in ("spending", "voracek", "betting-final"):  # the bounds that read the looks
             out["looks"] = stopping.looks(n, self.points, self.schedule, self.first, self.growth, self.chunk)
             out["final_share"] = DEFAULT_FINAL_SHARE if self.final_share is None else self.final_share
         out["futility"] = self.futility

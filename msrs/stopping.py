@@ -4,8 +4,10 @@ Cohen's CERTIFY draws a fixed n (e.g. 100,000) estimation samples for every imag
 an image whose smoothed probability pA is far from every decision threshold is settled after a few hundred samples.
 This module draws samples in chunks up to the looks t_1 < ... < t_K = n_max (checkpoints(), fixed before any
 sampling) and stops an image as soon as its outcome *at the radii the evaluation reports* can no longer change,
-while keeping the certificate's error probability at most alpha. Two bounds do that (the `bound` argument; msrs.bounds explains why each stays valid whatever the
-stopping rule: AlphaSpending, "spending", the default, and ConfidenceSequence, "cs").
+while keeping the certificate's error probability at most alpha. Several bounds do that (the `bound` argument;
+msrs.bounds explains why each stays valid whatever the stopping rule): AlphaSpending, "spending", the default,
+the same with Voracek's shares, "voracek", and the anytime-valid ConfidenceSequence, "cs",
+BettingConfidenceSequence, "betting", and BettingFinal, "betting-final" (section "Which bound" below).
 
 Common to both:
   * The radius comes from the bound at the stopping look, never from Clopper-Pearson at the full alpha on the
@@ -46,6 +48,27 @@ so with curtailment alone they draw the whole budget; the hindsight oracle (benc
 spends almost nothing on them. Measured on recorded votes (benchmarks/results/sequential_*.json): about 3x fewer
 samples than curtailment alone at N = 100,000 on the digits, at the price of about one image per 100 in a lower
 bucket (simulations: benchmarks/sequential_simulations.py, results in benchmarks/results/).
+
+Which bound (issue 14; benchmarks/results/sequential_smooth-0.25_n100000_betting.json and
+sequential_simulations_*_betting.json). Replayed on the recorded votes (smooth-0.25, N = 100,000, the first 100
+test digits, target radii 0 .. 2; fixed n 10,010,000 samples, hindsight oracle 188,900), total samples and images
+in another bucket than fixed n's:
+    spending (default) 441,522 (22.7x fewer than fixed n, 2.34x the oracle), 1 image;  cs 426,176 (23.5x), 1;
+    betting 401,693 (24.9x, 2.13x the oracle), 1;  voracek 424,815 (23.6x), 1;
+    betting-final 482,611 (20.7x), 1;  betting-final with final_share 0.5 436,058 (23.0x), 1.
+On simulated streams (benchmarks/sequential_simulations.py, 16 seeds; fixed-n samples / the rule's, images per
+100 in another bucket than fixed n's): smooth-0.25 population: spending 16.0x, 0.13; betting 20.2x, 1.06; voracek
+17.7x, 0.81; cs 20.7x, 1.38; denoised-0.25: spending 5.6x, 0.31; betting 7.5x, 4.9; voracek 6.2x, 2.8; cs 7.6x,
+6.1; denoised-0.5: spending 11.9x, 0.19; betting 14.9x, 1.75; voracek 13.2x, 0.88; cs 15.1x, 1.94.
+The betting CS is the tightest anytime bound (1 - lower 17 % above fixed-n Clopper-Pearson at 0.9 alpha on
+average, "cs" 32 %, the spending's early looks 44 %), so it stops the settled images soonest; but at n_max it is
+looser than Clopper-Pearson at 0.9 alpha, so the images near a threshold end a bucket lower, 8 to 16 times as
+often as with the default; Voracek's shares (0.062 alpha at n_max) likewise, 4 to 9 times (with final_share 0.9
+instead, "voracek" spends less early than the default: 498,814 samples in the replay). Spending 0.1 alpha on the
+betting CS instead of on the early looks ("betting-final") saves nothing: at 0.1 alpha the betting CS is no
+tighter than Clopper-Pearson at 0.1 alpha / 76 once an image has a few failures. So "spending" stays the default
+(no bound both saves samples and keeps the buckets), and "betting" is the choice when 20-30 % fewer samples
+matter more than 1 to 5 images per 100 in a lower bucket.
 
 Looks. The default schedule is geometric from DEFAULT_FIRST = 64 samples with growth DEFAULT_GROWTH = 1.1 (77
 looks up to n_max = 100,000): an image stops at most 10% after the sample count its bound needed. More looks

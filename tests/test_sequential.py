@@ -11,15 +11,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy.special import logsumexp
 from scipy.stats import beta, binom, norm
 
 from msrs import bounds, decisions, stopping
 
-from test_validity import NaiveClopperPearson, PredictedFinal  # invalid rules, for the negative controls
+from test_validity import HindsightBetting, NaiveClopperPearson, PredictedFinal  # invalid rules, negative controls
 
 
 def _se(alpha, n):
     return math.sqrt(alpha * (1 - alpha) / n)
+
+
+BETTING_FLOOR = 0.2  # the betting CS's error under the adversary is at least this fraction of alpha here
 
 
 # ------------------------------------------------------------------------------------------------------ bounds
@@ -179,6 +183,41 @@ def test_cs_bounds_cover_at_a_data_dependent_checkpoint():
     assert wrong <= alpha + 3 * _se(alpha, sequences), wrong
 
 
+def _betting_wrong_anywhere(s, t, p, alpha):
+    """([sequences], [sequences]): whether the lower betting bound ever exceeds p, i.e. K+_t(p) >= 1/alpha at some
+    t (monotone in m), with the grid's capitals at p combined by their mean (the valid CS) and by their max (the
+    best bet in hindsight), in chunks of samples (the [sequences, t, bets] capitals would not fit at once)."""
+    valid, hindsight = np.zeros(s.shape[0], dtype=bool), np.zeros(s.shape[0], dtype=bool)
+    r = np.asarray(bounds.DEFAULT_BETTING_RATIOS)
+    for lo in range(0, t.size, 100):
+        ss, tt = s[:, lo:lo + 100, None], t[None, lo:lo + 100, None]
+        log_k = ss * (np.log1p(-r * (1 - p)) - math.log(p)) + (tt - ss) * np.log(r)
+        valid |= (logsumexp(log_k, axis=-1) - math.log(r.size) >= math.log(1 / alpha)).any(axis=1)
+        hindsight |= (log_k.max(axis=-1) >= math.log(1 / alpha)).any(axis=1)
+    return valid, hindsight
+
+
+@pytest.mark.parametrize("p", [0.5, 0.9])
+def test_betting_covers_under_adversarial_optional_stopping_and_hindsight_bets_do_not(p):
+    """As test_cs_covers_...: stop each sequence at the first t where the betting CS's lower end exceeds the true p
+    (by monotonicity in m: where K+_t(p) >= 1/alpha), else at T. The betting CS errs with probability <= alpha
+    (0.43 and 0.53 alpha here: the check sees errors); choosing the bet in hindsight (the grid's largest capital
+    instead of its mean: not predictable) errs in 0.12 and 0.11 of the same sequences, above the allowed 0.065."""
+    rng = np.random.default_rng(2024 + int(p * 1000))
+    sequences, horizon, alpha = 2000, 1000, 0.05
+    s = np.cumsum(rng.random((sequences, horizon)) < p, axis=1)
+    t = np.arange(1, horizon + 1)
+    allowed = alpha + 3 * _se(alpha, sequences)
+    valid, hindsight = (v.mean() for v in _betting_wrong_anywhere(s, t, p, alpha))
+    print(f"p={p}: betting CS wrong at some t in {valid:.4f}, hindsight bets {hindsight:.4f} (allowed {allowed:.4f})")
+    assert valid <= allowed
+    assert valid > BETTING_FLOOR * alpha  # the adversary finds errors: the check is not vacuous
+    assert hindsight > allowed + 0.03
+    # the bound itself agrees with its capital: where the lower end at T exceeds p, K+_T(p) >= 1/alpha
+    lower = bounds.betting_bounds(s[:, -1], horizon, alpha)[0]
+    assert np.all(_betting_wrong_anywhere(s[:, -1:], t[-1:], p, alpha)[0][lower > p])
+
+
 @pytest.mark.parametrize("p", [0.7, 0.9])
 def test_spending_is_valid_under_adversarial_stopping_and_naive_cp_is_not(p):
     """run_sequential with the target radius just above the true radius sigma PhiInv(p): an image stops (and
@@ -193,7 +232,7 @@ def test_spending_is_valid_under_adversarial_stopping_and_naive_cp_is_not(p):
     looks = {"first": 16, "growth": 1.5}
     adversary = {**looks, "futility": None}
     variants = {"spending": ("spending", adversary), "cs": ("cs", adversary), "default": ("spending", {}),
-                "naive": (NaiveClopperPearson(), adversary),
+                "voracek": ("voracek", adversary), "naive": (NaiveClopperPearson(), adversary),
                 "predicted": (PredictedFinal(stopping.checkpoints(n_max, **looks)), adversary)}
     rates = {}
     for name, (bound, options) in variants.items():
@@ -204,8 +243,33 @@ def test_spending_is_valid_under_adversarial_stopping_and_naive_cp_is_not(p):
         rates[name] = (res.radius > truth).mean()
     print(f"p={p}: violation rates {rates} (allowed {allowed:.4f})")
     assert rates["spending"] <= allowed and rates["cs"] <= allowed and rates["default"] <= allowed
+    assert rates["voracek"] <= allowed
     assert rates["spending"] > 0.5 * alpha  # tight: the final look spends 0.9 alpha
+    assert rates["voracek"] > 0.3 * alpha  # Voracek's shares: large at the first looks, where few errors occur
     assert rates["naive"] > allowed + 0.1 and rates["predicted"] > allowed + 0.1
+
+
+def test_betting_is_valid_under_adversarial_stopping_and_hindsight_bets_are_not():
+    """The adversary of the test above (p = 0.7) for the betting confidence sequence ("betting") and betting CS +
+    Clopper-Pearson at n ("betting-final"), 2000 runs (the betting bounds cost more). Both err in at most alpha of
+    the runs; "betting-final" in a good part of it (its final look spends 0.9 alpha), "betting" in 0.14 alpha here
+    (Ville's inequality at 17 looks is loose), still far from 0; the bet chosen in hindsight (HindsightBetting:
+    not predictable) errs in more than the allowed fraction on the same simulation."""
+    p, sigma, alpha, runs, n_max = 0.7, 0.5, 0.1, 2000, 4096
+    truth = sigma * norm.ppf(p)
+    allowed = alpha + 3 * _se(alpha, runs)
+    adversary = {"first": 16, "growth": 1.5, "futility": None}
+    rates = {}
+    for name, bound in (("betting", "betting"), ("betting-final", "betting-final"), ("hindsight", HindsightBetting())):
+        rng = np.random.default_rng(5)
+        res = stopping.run_sequential(lambda idx, num, start, rng=rng: rng.binomial(num, p, size=idx.size),
+                                      np.ones(runs, int), n_max, sigma, alpha, [truth * (1 + 1e-9)], bound=bound,
+                                      **adversary)
+        rates[name] = (res.radius > truth).mean()
+    print(f"violation rates {rates} (allowed {allowed:.4f})")
+    assert rates["betting"] <= allowed and rates["betting-final"] <= allowed
+    assert rates["betting"] > 0.1 * alpha and rates["betting-final"] > 0.5 * alpha
+    assert rates["hindsight"] > allowed
 
 
 # ---------------------------------------------------------------------------------------------- stopping rule
@@ -534,7 +598,8 @@ def test_sequential_cascade_off_class_bound_is_valid_and_naive_cp_is_not():
     rates = {}
     adversary = {"growth": 1.5, "futility": None}
     for name, bound, options in (("spending", "spending", adversary), ("cs", "cs", adversary),
-                                 ("default", "spending", {}), ("naive", NaiveClopperPearson(), adversary)):
+                                 ("default", "spending", {}), ("betting-final", "betting-final", adversary),
+                                 ("voracek", "voracek", adversary), ("naive", NaiveClopperPearson(), adversary)):
         res, _ = _simulate_cascade(probs, runs, bound, alpha, [truth * (1 + 1e-9)], **options)
         assert np.mean((res.prediction == 1) & (res.stage == 1)) > 0.95  # the path under test
         wrong = ((res.prediction >= 0) & (res.prediction != 1)) | (res.radius > truth)
@@ -547,6 +612,9 @@ def test_sequential_cascade_off_class_bound_is_valid_and_naive_cp_is_not():
             assert np.mean(resumed) < 0.5 * 4096
     print(f"cascade O_0: violation rates {rates} (allowed {allowed:.4f} at level {level})")
     assert rates["spending"] <= allowed and rates["cs"] <= allowed and rates["default"] <= allowed
+    assert rates["betting-final"] <= allowed and rates["voracek"] <= allowed
+    # ("betting" alone errs in none of the runs here, as "cs": Ville's inequality is loose at this level; the
+    # certifying-stage test below and test_betting_is_valid_under_... check it with power)
     assert rates["naive"] > allowed + 0.02
 
 
@@ -562,14 +630,20 @@ def test_sequential_cascade_certifying_stage_bound_is_valid_and_naive_cp_is_not(
     predicted = PredictedFinal(stopping.checkpoints(4096, growth=1.5))
     for name, bound, options in (("spending", "spending", {"futility": None}), ("cs", "cs", {"futility": None}),
                                  ("default", "spending", {}), ("naive", NaiveClopperPearson(), {"futility": None}),
-                                 ("predicted", predicted, {"futility": None})):
+                                 ("predicted", predicted, {"futility": None}),
+                                 ("betting", "betting", {"futility": None}),
+                                 ("betting-final", "betting-final", {"futility": None}),
+                                 ("voracek", "voracek", {"futility": None})):
         res, _ = _simulate_cascade(probs, runs, bound, alpha, [r0 * (1 + 1e-9)], **{"growth": 1.5, **options})
         assert np.mean(res.stage == 0) > 0.95
         rates[name] = ((res.stage == 0) & (res.radius > r0)).mean()
     print(f"cascade C_0: violation rates {rates} (allowed {allowed:.4f} at level {level})")
     assert rates["spending"] <= allowed and rates["cs"] <= allowed and rates["default"] <= allowed
+    assert all(rates[name] <= allowed for name in ("betting", "betting-final", "voracek"))
     assert rates["predicted"] > allowed + 0.02
     assert rates["naive"] > allowed + 0.02
+    # (the betting CS errs in 0.05 of the level here: too few errors for its hindsight variant to exceed the
+    # level; test_betting_is_valid_under_adversarial_stopping_... has the power for that)
 
 
 def test_sequential_cascade_decisions_and_samples():
@@ -836,6 +910,104 @@ def test_cs_ends_are_the_crossings_of_one_over_alpha(s, t, alpha):
         lo, hi = bounds.cs_bounds(s, t, alpha, method=method)
         assert lo == pytest.approx(_cs_end(s, t, alpha, "lower"), rel=1e-9)
         assert hi == pytest.approx(_cs_end(s, t, alpha, "upper"), rel=1e-9)
+
+
+def test_betting_bounds_contain_the_estimate_are_outside_the_set_and_tighter_than_the_beta_mixture():
+    rng = np.random.default_rng(3)
+    t = np.round(np.exp(rng.uniform(0, math.log(2e5), 1500))).astype(np.int64)
+    s = rng.binomial(t, 1 - np.exp(rng.uniform(math.log(1e-5), 0, t.size)))
+    s[:20], s[20:40] = 0, t[20:40]
+    alpha = 0.001
+    lo, hi = bounds.betting_bounds(s, t, alpha)
+    phat = s / t
+    assert np.all((0 <= lo) & (lo <= phat) & (phat <= hi) & (hi <= 1))
+    assert np.all(lo[:20] == 0) and np.all(hi[20:40] == 1) and np.all(lo[s > 0] > 0) and np.all(hi[s < t] < 1)
+    # each end is outside its side's set (capital >= 1/alpha there, to the rounding of log K), and the set ends
+    # there: a relative 1e-7 further inside (log K moves by at least 1e-7), the capital is below 1/alpha
+    need = math.log(1 / alpha)
+    inner = (s > 0) & (s < t)
+    assert np.all(bounds.betting_log_capital(s[inner], t[inner], lo[inner]) >= need - 1e-9)
+    assert np.all(bounds.betting_log_capital(s[inner], t[inner], hi[inner], side="upper") >= need - 1e-9)
+    assert np.all(bounds.betting_log_capital(s[inner], t[inner], lo[inner] * (1 + 1e-7)) < need)
+    # (the upper side's capital at m is the lower side's on the failures at 1 - m: exact in 1 - m near 1)
+    assert np.all(bounds.betting_log_capital(t[inner] - s[inner], t[inner], (1 - hi[inner]) * (1 + 1e-7) + 4e-16)
+                  < need)  # (+ 4e-16: a few doubles below 1, where hi is represented)
+    # near pA = 1, where certificates live, the lower end is tighter than the Beta-mixture CS's, and wider than
+    # fixed-n Clopper-Pearson at the same level (the price of anytime validity)
+    high = (phat > 0.9) & (t >= 64) & (s > 0)
+    cs_lo = bounds.cs_bounds(s, t, alpha)[0]
+    assert np.mean(lo[high] > cs_lo[high]) > 0.9 and np.mean(np.log((1 - cs_lo[high]) / (1 - lo[high]))) > 0.05
+    assert np.all(lo <= bounds.clopper_pearson_lower(s, np.maximum(t, 1), alpha) + 1e-12)
+    # scalars, edges, arguments
+    assert bounds.betting_bounds(0, 0, 0.05) == (0.0, 1.0)
+    assert isinstance(bounds.betting_bounds(3, 10, 0.05)[0], float)
+    assert bounds.betting_bounds(1, 10**7, 0.001)[0] > 0
+    with pytest.raises(ValueError, match="successes"):
+        bounds.betting_bounds(11, 10, 0.05)
+    with pytest.raises(ValueError, match="ratios"):
+        bounds.betting_bounds(1, 10, 0.05, ratios=[0.5, 1.0])
+    with pytest.raises(ValueError, match="side"):
+        bounds.betting_log_capital(1, 10, 0.5, side="both")
+
+
+def test_betting_bounds_of_one_bet_are_its_closed_form():
+    """With one bet r the lower end solves ((1 - r (1 - m)) / m)^S r^F = 1/alpha: m = (1 - r) / (E - r),
+    E = (r^-F / alpha)^(1 / S), down to ends below 1e-100 (and 0 below the smallest double)."""
+    s, t = np.array([1, 5, 64, 990, 99_990, 3, 50]), np.array([1, 10, 64, 1000, 100_000, 1000, 100])
+    for r in (0.5, 1e-3, 0.999):
+        with np.errstate(over="ignore"):
+            closed = (1 - r) / (np.exp((math.log(1000) - (t - s) * math.log(r)) / s) - r)
+        lower = bounds.betting_bounds(s, t, 0.001, ratios=[r])[0]
+        np.testing.assert_allclose(lower, np.minimum(closed, s / t), rtol=1e-11, atol=0)
+
+
+def test_betting_bounds_monotone_and_bound_objects():
+    t = 2000
+    lo, hi = bounds.betting_bounds(np.arange(t + 1), t, 0.01)
+    assert np.all(np.diff(lo) > 0) and np.all(np.diff(hi) > 0)
+    a, b = bounds.betting_bounds(900, 1000, 0.01), bounds.betting_bounds(900, 1000, 0.001)
+    assert b[0] < a[0] and b[1] > a[1]
+    looks = stopping.checkpoints(1000, growth=2.0)
+    betting = stopping.make_bound("betting", looks)
+    assert isinstance(betting, bounds.BettingConfidenceSequence) and betting.name == "betting"
+    np.testing.assert_array_equal(betting([5, 990], [7, 1000], 0.01)[0],
+                                  bounds.betting_bounds([5, 990], [7, 1000], 0.01)[0])
+    betting(5, 77, 0.01)  # any trials count: anytime valid
+    final = stopping.make_bound("betting-final", looks, final_share=0.8)
+    lo, hi = final([990, 990, 60], [1000, 1000, 64], 0.01)
+    cp = bounds.clopper_pearson_lower(990, 1000, 0.008)
+    assert lo[0] == max(cp, bounds.betting_bounds(990, 1000, 0.002)[0])
+    assert lo[2] == bounds.betting_bounds(60, 64, 0.002)[0]  # not the final look: the betting CS alone
+    assert hi[0] == min(bounds.clopper_pearson_upper(990, 1000, 0.008), bounds.betting_bounds(990, 1000, 0.002)[1])
+    with pytest.raises(ValueError, match="final_share"):
+        stopping.make_bound("betting-final", looks, final_share=1.0)
+    with pytest.raises(ValueError, match="final_share"):
+        stopping.make_bound("betting", looks, final_share=0.5)
+    assert bounds.other_classes_upper(np.array([900, 60, 40]), 0, 0.02, bound=betting) == pytest.approx(
+        bounds.betting_bounds(60, 1000, 0.01)[1])
+    assert stopping.route_stage(600, 1000, 1000, 0.01, bound=betting) == "certify"
+
+
+def test_voracek_weights():
+    """Voracek's shares 5 / ((j + 4)(j + 5)) at the looks before the last, the series' tail 5 / (K + 4) at the last
+    (sum 1); with final_share, the rest split in the same proportions."""
+    w = bounds.voracek_weights(6)
+    np.testing.assert_allclose(w, [5 / 30, 5 / 42, 5 / 56, 5 / 72, 5 / 90, 5 / 10], rtol=1e-14)
+    assert w.sum() == pytest.approx(1.0, abs=1e-15)
+    w = bounds.voracek_weights(6, final_share=0.9)
+    assert w[-1] == pytest.approx(0.9) and w[:-1].sum() == pytest.approx(0.1)
+    np.testing.assert_allclose(w[1:-1] / w[0], [30 / 42, 30 / 56, 30 / 72, 30 / 90])
+    assert bounds.voracek_weights(1).tolist() == [1.0]
+    looks = stopping.checkpoints(100_000)
+    bound = stopping.make_bound("voracek", looks)
+    assert bound.weights[0] == pytest.approx(1 / 6) and bound.weights[-1] == pytest.approx(5 / (len(looks) + 4))
+    np.testing.assert_array_equal(bound(50, 64, 0.01)[0], bounds.clopper_pearson_lower(50, 64, 0.01 / 6))
+    with pytest.raises(ValueError, match="final look"):
+        bounds.AlphaSpending(list(range(1000, 1030)), schedule="voracek")  # the final look gives no tighter bound
+    with pytest.raises(ValueError, match="schedule"):
+        bounds.AlphaSpending(looks, schedule="pocock")
+    with pytest.raises(ValueError, match="weights"):
+        stopping.make_bound("voracek", [10, 100], weights=[0.5, 0.5])
 
 
 def test_spending_weights_refuse_a_zero_share():

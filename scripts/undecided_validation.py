@@ -24,15 +24,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-import torch  # noqa: E402
+import torch
 
-from msrs import zoo  # noqa: E402
-from msrs.demo import DEFAULTS, RADII, SIGMAS  # noqa: E402
-from msrs.smoothing import SmoothedClassifier  # noqa: E402
+from msrs import zoo
+from msrs.demo import DEFAULTS, RADII, SIGMAS
+from msrs.smoothing import SmoothedClassifier
 
 
 def main(argv=None) -> int:
     from demo_validation import certify_split
+
     from msrs.denoiser import load_denoiser
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

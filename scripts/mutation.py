@@ -64,8 +64,10 @@ MODULES = {
     "objective": ("msrs.finetune.objective", "msrs/finetune/objective.py",
                   ["tests/test_finetune_package.py", "tests/test_finetune.py"]),
     "bounds": ("msrs.bounds", "msrs/bounds.py",
-               ["tests/test_stats.py", "tests/test_sequential.py", "tests/test_validity.py"]),
-    "stopping": ("msrs.stopping", "msrs/stopping.py", ["tests/test_sequential.py"]),
+               ["tests/test_stats.py", "tests/test_sequential.py", "tests/test_validity.py",
+                "tests/test_mutation_kills_bounds.py", "tests/test_mutation_kills_stopping.py"]),
+    "stopping": ("msrs.stopping", "msrs/stopping.py",
+                 ["tests/test_sequential.py", "tests/test_mutation_kills_stopping.py"]),
 }
 # imported once by the fork server (not msrs's modules under test: each child imports those fresh)
 PRELOAD = ["numpy", "scipy.stats", "scipy.special", "scipy.optimize", "torch", "torch.nn.functional",

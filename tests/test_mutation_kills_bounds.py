@@ -59,3 +59,57 @@ def test_other_classes_upper_with_two_classes():
     up = bounds.other_classes_upper(np.array([[90, 10], [3, 97]]), [0, 0], 0.01)
     assert up[0] == pytest.approx(_cs_end(10, 100, 0.01, "upper"), rel=1e-9)
     assert up[1] == pytest.approx(_cs_end(97, 100, 0.01, "upper"), rel=1e-9)
+
+
+# ---------------------------------------------------------------------- seed-2 sample (`--sample 40 --seed 2`)
+def test_goodman_upper_end_of_a_category_with_every_vote_is_at_most_one():
+    """Goodman's upper end for n_i = N is (A + 2N + A) / (2 (N + A)) = 1 exactly; in floating point the formula
+    lands a few ulps on either side of 1 (above it for N = 62 .. 73 among others, at alpha = 0.05, k = 2), and
+    the clip to [0, 1] keeps it a probability (kills clipping at 2.0)."""
+    uppers = np.array([bounds.goodman_bounds([n, 0], 0.05)[0, 1] for n in range(1, 200)])
+    assert np.all(uppers <= 1.0)
+    np.testing.assert_allclose(uppers, 1.0, rtol=0, atol=1e-14)
+
+
+def test_cs_bounds_broadcast_an_array_of_levels_against_scalar_counts():
+    """alpha may be an array: the counts broadcast against it (kills deleting the np.broadcast_arrays line, which
+    returned the first level's ends as floats): each end is the 40-digit crossing at its own level."""
+    lower, upper = bounds.cs_bounds(7, 10, [0.05, 0.2])
+    assert lower.shape == upper.shape == (2,)
+    for i, alpha in enumerate((0.05, 0.2)):
+        assert lower[i] == pytest.approx(_cs_end(7, 10, alpha, "lower"), rel=1e-9)
+        assert upper[i] == pytest.approx(_cs_end(7, 10, alpha, "upper"), rel=1e-9)
+
+
+def test_cs_bounds_after_one_draw_are_closed_forms():
+    """One draw is not "no draw" (kills `empty = t == 1`): with the Jeffreys prior M_1(p) = B(3/2, 1/2) / B(1/2,
+    1/2) / p = 1 / (2 p) after a success, so at alpha = 1/2 the CS is p > 1/4: (1/4, 1); after a failure (0, 3/4)."""
+    lower, upper = bounds.cs_bounds([1, 0], [1, 1], 0.5)
+    assert lower[0] == pytest.approx(0.25, rel=1e-12) and upper[0] == 1.0
+    assert lower[1] == 0.0 and upper[1] == pytest.approx(0.75, rel=1e-12)
+
+
+def test_spending_weights_takes_only_integer_look_counts():
+    """num_looks is a count: a float is refused (kills deleting operator.index, which let 1.0 through as one
+    look)."""
+    for bad in (1.0, 2.0):
+        with pytest.raises(TypeError):
+            bounds.spending_weights(bad)
+    with pytest.raises(TypeError):
+        bounds.spending_weights(2.0, weights=[0.4, 0.6])
+    np.testing.assert_array_equal(bounds.spending_weights(np.int64(1)), [1.0])
+
+
+def test_other_classes_upper_groups_may_hold_class_zero():
+    """Class 0 may be in a group when another class is excluded (kills `0 < c < k`): one group of classes 0 and
+    2, 60 + 40 of 1000 votes, at the full level."""
+    up = bounds.other_classes_upper(np.array([60, 900, 40]), 1, 0.01, groups=[[0, 2]])
+    assert up == pytest.approx(_cs_end(100, 1000, 0.01, "upper"), rel=1e-9)
+
+
+def test_other_classes_upper_refuses_groups_that_hold_any_rows_excluded_class():
+    """With one excluded class per row, a group holding the excluded class of *any* row is refused (kills
+    np.all): row 1 excludes class 1, which is a group."""
+    counts = np.array([[900, 60, 40], [60, 900, 40]])
+    with pytest.raises(ValueError, match="groups"):
+        bounds.other_classes_upper(counts, [0, 1], 0.01, groups=[[1], [2]])

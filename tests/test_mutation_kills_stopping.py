@@ -179,3 +179,53 @@ def test_cascade_refuses_equal_or_missing_sigmas():
     for sigmas in ([0.5, 0.5], [1.0, 0.5, 0.5], []):
         with pytest.raises(ValueError, match="sigmas"):
             stopping.run_cascade_sequential(draw, 2, sigmas, 10, 1000, ALPHA)
+
+
+# ---------------------------------------------------------------------- seed-2 sample (`--sample 40 --seed 2`)
+def test_run_sequential_accepts_a_first_look_at_one_sample():
+    """A look at 1 sample is valid (looks' `points[0] < 1`; kills `<= 1`): unanimous votes, looks 1 and 10, no
+    target radii, one look of weight 0.1 alpha and the final one 0.9 alpha: after one success the lower bound is
+    0.1 alpha, after ten (0.9 alpha)^(1/10)."""
+    result = stopping.run_sequential(_unanimous, [1], 10, SIGMA, ALPHA, None, points=[1, 10])
+    assert result.samples.tolist() == [10] and result.prediction.tolist() == [1]
+    assert result.lower[0] == pytest.approx((0.9 * ALPHA) ** (1 / 10), rel=1e-12)
+
+
+def test_run_sequential_predictions_are_int64_whatever_the_input_integer_type():
+    """predictions come back as int64 (SequentialResult's field), also from int32 selections (kills dropping
+    dtype=np.int64 in run_sequential)."""
+    result = stopping.run_sequential(_unanimous, np.array([3, -1], dtype=np.int32), 100, SIGMA, ALPHA, None,
+                                     points=[100])
+    assert result.prediction.dtype == np.int64 and result.prediction.tolist() == [3, -1]
+
+
+def test_run_sequential_passes_weights_to_its_bound():
+    """weights reach the alpha-spending bound (kills dropping weights= from run_sequential's make_bound call):
+    unanimous votes, looks 100 and 1000, weights (0.5, 0.5): lower = (0.5 alpha)^(1/1000), not 0.9 alpha's."""
+    result = stopping.run_sequential(_unanimous, [1], 1000, SIGMA, ALPHA, None, points=[100, 1000], weights=[0.5, 0.5])
+    assert result.lower[0] == pytest.approx((0.5 * ALPHA) ** (1 / 1000), rel=1e-12)
+
+
+def test_route_stage_passes_futility_through():
+    """route_stage(futility=) reaches the routing (kills dropping it): 4500 of 9000 with 1000 samples left can
+    reach p0 on either side only if (nearly) all of them go one way; curtailment keeps it running, the 2%
+    predictive gives up on both sides ("undecided")."""
+    assert stopping.route_stage(4500, 9000, 10_000, 0.001) == "continue"
+    assert stopping.route_stage(4500, 9000, 10_000, 0.001, futility=0.02) == "undecided"
+
+
+def test_cascade_passes_futility_ramp_to_its_routing():
+    """The cascade routes with its own futility_ramp (kills dropping futility_ramp= from _CascadeRun.route's
+    call): one stage, votes split evenly, looks 1000, 2000, 3000 and 10,000, CS bound. With the default ramp
+    (0.1: the full 2% from 1000 samples on) route_stage gives up at 2000; with ramp 1.0 (0.4% at 2000) only at
+    3000. The cascade stops where route_stage does for the same options."""
+    def even(idx, stream, num, start):
+        return np.tile([num // 2, num - num // 2], (len(idx), 1)).astype(np.int64)
+
+    for ramp, stop in ((0.1, 2000), (1.0, 3000)):
+        first = next(t for t in (1000, 2000, 3000, 10_000)
+                     if stopping.route_stage(t // 2, t, 10_000, ALPHA, futility=0.02, futility_ramp=ramp) != "continue")
+        assert first == stop
+        result = stopping.run_cascade_sequential(even, 1, [SIGMA], 10, 10_000, ALPHA, None, bound="cs",
+                                                 points=[1000, 2000, 3000], futility=0.02, futility_ramp=ramp)
+        assert result.prediction.tolist() == [-1] and result.samples.tolist() == [[stop]]

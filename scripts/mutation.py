@@ -62,7 +62,7 @@ EQUIVALENTS = Path(__file__).resolve().parent / "mutation_equivalents.toml"
 MODULES = {
     "decisions": ("msrs.decisions", "msrs/decisions.py", ["tests/test_stats.py", "tests/test_validity.py"]),
     "objective": ("msrs.finetune.objective", "msrs/finetune/objective.py",
-                  ["tests/test_finetune_package.py", "tests/test_finetune.py"]),
+                  ["tests/test_finetune_package.py", "tests/test_finetune.py", "tests/test_mutation_kills_objective.py"]),
     "bounds": ("msrs.bounds", "msrs/bounds.py",
                ["tests/test_stats.py", "tests/test_sequential.py", "tests/test_validity.py",
                 "tests/test_mutation_kills_bounds.py", "tests/test_mutation_kills_stopping.py"]),

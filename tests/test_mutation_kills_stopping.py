@@ -123,8 +123,25 @@ def test_route_stage_passes_the_running_bounds_through():
 def test_route_stage_passes_its_bound_object_through():
     """route_stage(bound=) routes with the given bound object, not the default confidence sequence (kills dropping
     bound= in route_stage's call): 510 of 1000 continues under the CS, and certifies under a bound whose lower end
-    is 1/2."""
-    assert stopping.route_stage(510, 1000, 10_000, 0.001, bound=_at_p0) == "certify"
+    is 0.6."""
+    def above_p0(successes, trials, level):
+        shape = np.shape(np.atleast_1d(successes))
+        return np.full(shape, 0.6), np.full(shape, 0.9)
+
+    assert stopping.route_stage(510, 1000, 10_000, 0.001, bound=above_p0) == "certify"
+
+
+def test_route_stage_passes_its_prior_through():
+    """route_stage(prior=) sets the confidence sequence's prior (kills dropping prior= in route_stage's call):
+    580 of 1000 at level 0.001 certifies with the Jeffreys prior and continues with Beta(50, 1), because p0 = 1/2
+    is outside the CS under the first prior and inside it under the second (40-digit log M_t(1/2) against
+    log(1/level))."""
+    from test_sequential import _log_mixture
+
+    level = math.log(1 / 0.001)
+    assert _log_mixture(580, 1000, 0.5) >= level > _log_mixture(580, 1000, 0.5, a=50.0, b=1.0)
+    assert stopping.route_stage(580, 1000, 10_000, 0.001) == "certify"
+    assert stopping.route_stage(580, 1000, 10_000, 0.001, prior=(50.0, 1.0)) == "continue"
 
 
 def test_route_stage_at_lower_equal_to_p0_routes_to_certify_and_the_cascade_abstains_at_once():

@@ -113,3 +113,44 @@ def test_other_classes_upper_refuses_groups_that_hold_any_rows_excluded_class():
     counts = np.array([[900, 60, 40], [60, 900, 40]])
     with pytest.raises(ValueError, match="groups"):
         bounds.other_classes_upper(counts, [0, 1], 0.01, groups=[[1], [2]])
+
+
+# ---------------------------------------------------------------------- seed-3 sample (`--sample 40 --seed 3`)
+def test_radius_refuses_a_non_finite_bound_among_finite_ones():
+    """One NaN among valid bounds is refused (kills np.all(~isfinite)): NaN passes the < 0 and >= 1 tests."""
+    with pytest.raises(ValueError, match="p_lower"):
+        bounds.radius(0.5, [0.7, float("nan")])
+
+
+def test_toward_zero_works_in_float64_for_float32_input():
+    """toward_zero shrinks in float64 (kills dropping dtype=np.float64: float32 cannot hold 1 - 1e-9 and would
+    round the margin to a float32 ulp, 6e-8): 1 becomes 1 - 1e-9 less one float64 ulp; infinity passes without a
+    floating-point warning (kills dropping the errstate: inf - inf * margin is NaN, discarded, but it warns)."""
+    out = bounds.toward_zero(np.float32(1.0))
+    assert isinstance(out, float) and 1.0 - out == pytest.approx(bounds.RADIUS_MARGIN, rel=1e-6)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert bounds.toward_zero(np.array([np.inf, -np.inf])).tolist() == [np.inf, -np.inf]
+
+
+def test_counts_with_one_empty_trial_among_others_are_refused():
+    """Every n must be >= 1 for Clopper-Pearson (kills np.all(t < min_trials)): one n = 0 among valid ones."""
+    with pytest.raises(ValueError, match="n_a, n"):
+        bounds.clopper_pearson_lower([1, 0], [10, 0], 0.05)
+
+
+def test_other_classes_upper_group_checks_one_condition_at_a_time():
+    """groups: an empty list, one empty group among others, and a class equal to K are each refused with msrs's
+    error naming groups (kills `and` for `or`, and `c <= k`, which let class K reach an IndexError)."""
+    counts = np.array([900, 60, 40])
+    for groups in ([], [[1], []], [[1], [3]]):
+        with pytest.raises(checks.ArgumentValueError, match="groups"):
+            bounds.other_classes_upper(counts, 0, 0.01, groups=groups)
+
+
+def test_other_classes_upper_takes_counts_as_a_list():
+    """Counts given as a plain list (kills deleting the np.asarray line): the 40-digit CS end of the larger
+    other class at level / 2."""
+    up = bounds.other_classes_upper([900, 60, 40], 0, 0.02)
+    assert up == pytest.approx(_cs_end(60, 1000, 0.01, "upper"), rel=1e-9)

@@ -44,7 +44,7 @@ def _radius(lower: float, sigma: float = SIGMA) -> float:
 # ------------------------------------------------------------------------------- single-sigma rule (decide_many)
 def test_no_target_rule_keeps_sampling_an_image_that_can_still_certify():
     """Without target radii an uncertified image stops early only when p0 is out of reach (decide_many's
-    `~certified & (best < ths[0])`; kills `|`): 520 of 1000 (CS lower < 1/2 < upper) with 99,000 samples left can
+    `~certified & (best <= ths[0])`; kills `|`): 520 of 1000 (CS lower < 1/2 < upper) with 99,000 samples left can
     still certify."""
     lo, hi = bounds.cs_bounds(520, 1000, 0.001)
     assert lo < 0.5 < hi
@@ -246,3 +246,18 @@ def test_cascade_passes_futility_ramp_to_its_routing():
         result = stopping.run_cascade_sequential(even, 1, [SIGMA], 10, 10_000, ALPHA, None, bound="cs",
                                                  points=[1000, 2000, 3000], futility=0.02, futility_ramp=ramp)
         assert result.prediction.tolist() == [-1] and result.samples.tolist() == [[stop]]
+
+
+# ---------------------------------------------------------------------- seed-3 sample (`--sample 40 --seed 3`)
+def test_target_radii_of_zero_only_act_as_no_target_radii():
+    """Radii <= 0 fold into p0 (thresholds), so target_radii = [0.0] is the no-target rule: a certified image keeps
+    sampling for the largest radius the budget allows (kills `and` for `or` in decide_many's branch choice)."""
+    assert stopping.decide(9990, 10_000, 100_000, 0.25, 0.001, None) == "continue"
+    assert stopping.decide(9990, 10_000, 100_000, 0.25, 0.001, [0.0]) == "continue"
+
+
+def test_cascade_counts_are_int64():
+    """CascadeResult's counts0 and counts are int64 (kills dropping dtype=np.int64 from their allocation)."""
+    result = stopping.run_cascade_sequential(_unanimous_votes(), 1, [SIGMA], 10, 100, ALPHA, None, points=[100])
+    assert result.counts0.dtype == np.int64 and result.counts.dtype == np.int64
+    assert result.counts0[0, 0].tolist() == [0, 10] and result.counts[0, 0].tolist() == [0, 100]

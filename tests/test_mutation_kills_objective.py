@@ -61,3 +61,40 @@ def test_objective_timesteps_are_int64_whatever_type_the_denoiser_gives_t_in():
     ft.calibration_loss(den, tiny_classifier(), images, labels, torch.arange(2), sigmas=SIGMAS[:1],
                         samples_per_image=2, backend="torch")
     assert seen == [torch.int64]
+
+
+def test_objective_refuses_a_step_past_the_counter_with_one_sample_per_image():
+    """M = 1: step 2^32 - 1 uses the last index, step 2^32 would wrap (kills `step * m + m - 2`)."""
+    den, clf = tiny_denoiser(), tiny_classifier()
+    images, labels = tiny_data(2)
+    kw = dict(sigmas=SIGMAS[:1], samples_per_image=1, backend="torch")
+    ft.calibration_loss(den, clf, images, labels, torch.arange(2), step=MASK32, **kw)
+    with pytest.raises(ValueError, match="step"):
+        ft.calibration_loss(den, clf, images, labels, torch.arange(2), step=MASK32 + 1, **kw)
+
+
+def test_objective_default_step_is_zero_and_autocast_reaches_a_denoiser_that_takes_it():
+    """The default step is 0 (kills step = 1): the noisy inputs are those of sample indices 0 .. M - 1, the same
+    as step=0's, computed here by msrs.ops.add_noise directly; and a denoiser whose predict_eps takes
+    autocast_dtype receives the run's setting, None included (kills the misspelt parameter test)."""
+    from msrs import ops, streams
+
+    den = tiny_denoiser()
+    images, labels = tiny_data(2)
+    seen = []
+    predict_eps = den.predict_eps
+
+    def recording(x_t, timesteps, *, autocast_dtype="default"):  # the module default, if not passed
+        seen.append((x_t.detach().clone(), autocast_dtype))
+        return predict_eps(x_t, timesteps, autocast_dtype=autocast_dtype)
+
+    den.predict_eps = recording
+    ft.calibration_loss(den, tiny_classifier(), images, labels, torch.arange(2), sigmas=SIGMAS[:1],
+                        samples_per_image=2, backend="torch", seed=4)
+    (x_t, autocast), = seen
+    assert autocast is None
+    scale = den.timestep_for(SIGMAS[0])[1]
+    expected = ops.add_noise(images, [SIGMAS[0]], 2, seed=4, image_ids=torch.arange(2), sample_start=0,
+                             stream=streams.finetune(0), diffusion_scale=[scale], out_dtype=torch.float32,
+                             backend="torch")
+    assert torch.equal(x_t, expected)

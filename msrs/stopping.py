@@ -28,7 +28,7 @@ certified yet). Stop when
   * upper < p0: ABSTAIN (the smoothed classifier cannot be certified at this sigma);
   * bucket k is the highest: certify;
   * upper < next threshold (p is below it, so more samples will not reach it), or the next threshold is out of
-    reach (below): certify (k > 0) or ABSTAIN (k = 0);
+    reach (below; p0 too when the best reachable lower is only p0): certify (k > 0) or ABSTAIN (k = 0);
   * t = n_max: certify if lower > p0, else ABSTAIN (lower = p0: radius 0 certifies nothing, as in Cohen's rule).
 The reported radius is sigma * (PhiInv(lower) - PhiInv(p0)) at the stopping look (it is >= r_k). Without target
 radii, only the abstain rules stop early (the radius is then the largest the n_max budget allows).
@@ -229,11 +229,11 @@ def decide_many(successes, trials, n_max: int, sigma: float, alpha: float, targe
     if target_radii is None or ths.size == 1:
         nxt = np.full_like(lo, ths[0])
         top = np.zeros(lo.shape, dtype=bool)
-        blocked = ~certified & (best < ths[0])  # p0 out of reach: abstain early
+        blocked = ~certified & (best <= ths[0])  # p0 out of reach (lower must exceed it): abstain early
     else:
         top = bucket >= ths.size
         nxt = ths[np.minimum(bucket, ths.size - 1)]
-        blocked = ~top & ((hi < nxt) | (best < nxt))
+        blocked = ~top & ((hi < nxt) | (best < nxt) | (best <= p0))  # best <= p0: can never certify
     done = (t >= n_max) | (hi < p0) | top | blocked
     status = np.where(done, np.where(certified & ~(hi < p0), CERTIFY, ABSTAIN), CONTINUE)
     radius = np.where(status == CERTIFY, radius_from_lower(lo, sigma, p0), 0.0)

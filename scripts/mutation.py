@@ -62,10 +62,12 @@ EQUIVALENTS = Path(__file__).resolve().parent / "mutation_equivalents.toml"
 MODULES = {
     "decisions": ("msrs.decisions", "msrs/decisions.py", ["tests/test_stats.py", "tests/test_validity.py"]),
     "objective": ("msrs.finetune.objective", "msrs/finetune/objective.py",
-                  ["tests/test_finetune_package.py", "tests/test_finetune.py"]),
+                  ["tests/test_finetune_package.py", "tests/test_finetune.py", "tests/test_mutation_kills_objective.py"]),
     "bounds": ("msrs.bounds", "msrs/bounds.py",
-               ["tests/test_stats.py", "tests/test_sequential.py", "tests/test_validity.py"]),
-    "stopping": ("msrs.stopping", "msrs/stopping.py", ["tests/test_sequential.py"]),
+               ["tests/test_stats.py", "tests/test_sequential.py", "tests/test_validity.py",
+                "tests/test_mutation_kills_bounds.py", "tests/test_mutation_kills_stopping.py"]),
+    "stopping": ("msrs.stopping", "msrs/stopping.py",
+                 ["tests/test_sequential.py", "tests/test_mutation_kills_stopping.py"]),
 }
 # imported once by the fork server (not msrs's modules under test: each child imports those fresh)
 PRELOAD = ["numpy", "scipy.stats", "scipy.special", "scipy.optimize", "torch", "torch.nn.functional",
@@ -731,7 +733,7 @@ def main(argv=None) -> int:
         print("\nsurvivors (not in scripts/mutation_equivalents.toml): kill them with a test, or explain them there")
         for o in survivors:
             print(f"  {o.status:<9} {o.label}" + (f"  {o.extra.get('result')}" if o.status == "error" else ""))
-    if stale and not args.sample:
+    if stale and not (args.sample or args.line):  # a partial run matches only part of the entries
         print("\nequivalent entries that matched no surviving mutant (killed now, or the code changed): remove them")
         for e in stale:
             print(f"  {e['file']}:{e['line']} [{e['op']}] {e['before']} -> {e['after']}")

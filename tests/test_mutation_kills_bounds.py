@@ -1,0 +1,156 @@
+"""msrs/bounds.py: tests written for the survivors of scripts/mutation.py (docs/MUTATION.md), each against an
+independent value (a closed form, 40-digit arithmetic with mpmath, or a hand-derived count); the mutant each one
+kills is named in its docstring."""
+from __future__ import annotations
+
+from fractions import Fraction
+
+import mpmath
+import numpy as np
+import pytest
+
+from msrs import bounds, checks
+
+from test_sequential import _cs_end  # the CS end by bisection on the 40-digit mixture martingale
+
+
+def _phi_inv_40(p) -> float:
+    """PhiInv(p) = sqrt(2) erfinv(2p - 1) in 40-digit arithmetic."""
+    p = Fraction(p)
+    with mpmath.workdps(40):
+        return float(mpmath.sqrt(2) * mpmath.erfinv(2 * mpmath.mpf(p.numerator) / p.denominator - 1))
+
+
+def test_binomial_pvalue_checks_its_counts_with_msrs_errors():
+    """binomial_pvalue validates n_a and n itself (bounds.py `_counts(n_a, n)`): msrs's ArgumentValueError naming
+    the counts, not scipy's bare ValueError from binomtest (kills deleting the check)."""
+    for n_a, n in ((11, 10), (-1, 10), (0, 0)):
+        with pytest.raises(checks.ArgumentValueError, match="n_a"):
+            bounds.binomial_pvalue(n_a, n)
+
+
+def test_phi_inv_is_the_normal_quantile_for_any_real_number_type():
+    """phi_inv (public, unused inside msrs) against 40-digit erfinv; a Fraction or a Decimal converts to float64
+    first (kills dropping dtype=np.float64: an object array reaches scipy's ndtri, which has no object loop)."""
+    for p in (Fraction(39, 40), Fraction(1, 1000), Fraction(1, 2)):
+        value = bounds.phi_inv(p)
+        assert isinstance(value, float)
+        assert value == pytest.approx(_phi_inv_40(p), rel=1e-14, abs=1e-300)
+    out = bounds.phi_inv([0.0, 0.975, 1.0])
+    assert out.dtype == np.float64 and out[0] == -np.inf and out[2] == np.inf
+    assert out[1] == pytest.approx(_phi_inv_40(Fraction(39, 40)), rel=1e-14)
+
+
+def test_alpha_spending_at_a_first_look_of_one_sample():
+    """A look at trials = 1 is a look like any other (AlphaSpending's `np.where(t > 0, ...)`; kills `t > 1`): with 0
+    or 1 success in 1 draw the one-sided Clopper-Pearson bounds are closed forms, 1 - a and a for the spent level
+    a = level * w_1 (P_p[X = 0] = 1 - p = a; P_p[X = 1] = p = a)."""
+    bound = bounds.AlphaSpending([1, 10], weights=[0.2, 0.8])
+    lower, upper = bound([0, 1], [1, 1], 0.1)
+    spent = 0.1 * 0.2
+    assert lower[0] == 0.0 and upper[1] == 1.0
+    assert upper[0] == pytest.approx(1 - spent, rel=1e-14)
+    assert lower[1] == pytest.approx(spent, rel=1e-14)
+
+
+def test_other_classes_upper_with_two_classes():
+    """K = 2 is the smallest valid count vector (kills requiring K >= 3): the only other class is one group, and
+    its bound is the CS upper end of its votes at the full level (40-digit bisection)."""
+    up = bounds.other_classes_upper(np.array([[90, 10], [3, 97]]), [0, 0], 0.01)
+    assert up[0] == pytest.approx(_cs_end(10, 100, 0.01, "upper"), rel=1e-9)
+    assert up[1] == pytest.approx(_cs_end(97, 100, 0.01, "upper"), rel=1e-9)
+
+
+# ---------------------------------------------------------------------- seed-2 sample (`--sample 40 --seed 2`)
+def test_goodman_upper_end_of_a_category_with_every_vote_is_at_most_one():
+    """Goodman's upper end for n_i = N is (A + 2N + A) / (2 (N + A)) = 1 exactly; in floating point the formula
+    lands a few ulps on either side of 1 (above it for N = 62 .. 73 among others, at alpha = 0.05, k = 2), and
+    the clip to [0, 1] keeps it a probability (kills clipping at 2.0)."""
+    uppers = np.array([bounds.goodman_bounds([n, 0], 0.05)[0, 1] for n in range(1, 200)])
+    assert np.all(uppers <= 1.0)
+    np.testing.assert_allclose(uppers, 1.0, rtol=0, atol=1e-14)
+
+
+def test_cs_bounds_broadcast_an_array_of_levels_against_scalar_counts():
+    """alpha may be an array: the counts broadcast against it (kills deleting the np.broadcast_arrays line, which
+    returned the first level's ends as floats): each end is the 40-digit crossing at its own level."""
+    lower, upper = bounds.cs_bounds(7, 10, [0.05, 0.2])
+    assert lower.shape == upper.shape == (2,)
+    for i, alpha in enumerate((0.05, 0.2)):
+        assert lower[i] == pytest.approx(_cs_end(7, 10, alpha, "lower"), rel=1e-9)
+        assert upper[i] == pytest.approx(_cs_end(7, 10, alpha, "upper"), rel=1e-9)
+
+
+def test_cs_bounds_after_one_draw_are_closed_forms():
+    """One draw is not "no draw" (kills `empty = t == 1`): with the Jeffreys prior M_1(p) = B(3/2, 1/2) / B(1/2,
+    1/2) / p = 1 / (2 p) after a success, so at alpha = 1/2 the CS is p > 1/4: (1/4, 1); after a failure (0, 3/4)."""
+    lower, upper = bounds.cs_bounds([1, 0], [1, 1], 0.5)
+    assert lower[0] == pytest.approx(0.25, rel=1e-12) and upper[0] == 1.0
+    assert lower[1] == 0.0 and upper[1] == pytest.approx(0.75, rel=1e-12)
+
+
+def test_spending_weights_takes_only_integer_look_counts():
+    """num_looks is a count: a float is refused (kills deleting operator.index, which let 1.0 through as one
+    look)."""
+    for bad in (1.0, 2.0):
+        with pytest.raises(TypeError):
+            bounds.spending_weights(bad)
+    with pytest.raises(TypeError):
+        bounds.spending_weights(2.0, weights=[0.4, 0.6])
+    np.testing.assert_array_equal(bounds.spending_weights(np.int64(1)), [1.0])
+
+
+def test_other_classes_upper_groups_may_hold_class_zero():
+    """Class 0 may be in a group when another class is excluded (kills `0 < c < k`): one group of classes 0 and
+    2, 60 + 40 of 1000 votes, at the full level."""
+    up = bounds.other_classes_upper(np.array([60, 900, 40]), 1, 0.01, groups=[[0, 2]])
+    assert up == pytest.approx(_cs_end(100, 1000, 0.01, "upper"), rel=1e-9)
+
+
+def test_other_classes_upper_refuses_groups_that_hold_any_rows_excluded_class():
+    """With one excluded class per row, a group holding the excluded class of *any* row is refused (kills
+    np.all): row 1 excludes class 1, which is a group."""
+    counts = np.array([[900, 60, 40], [60, 900, 40]])
+    with pytest.raises(ValueError, match="groups"):
+        bounds.other_classes_upper(counts, [0, 1], 0.01, groups=[[1], [2]])
+
+
+# ---------------------------------------------------------------------- seed-3 sample (`--sample 40 --seed 3`)
+def test_radius_refuses_a_non_finite_bound_among_finite_ones():
+    """One NaN among valid bounds is refused (kills np.all(~isfinite)): NaN passes the < 0 and >= 1 tests."""
+    with pytest.raises(ValueError, match="p_lower"):
+        bounds.radius(0.5, [0.7, float("nan")])
+
+
+def test_toward_zero_works_in_float64_for_float32_input():
+    """toward_zero shrinks in float64 (kills dropping dtype=np.float64: float32 cannot hold 1 - 1e-9 and would
+    round the margin to a float32 ulp, 6e-8): 1 becomes 1 - 1e-9 less one float64 ulp; infinity passes without a
+    floating-point warning (kills dropping the errstate: inf - inf * margin is NaN, discarded, but it warns)."""
+    out = bounds.toward_zero(np.float32(1.0))
+    assert isinstance(out, float) and 1.0 - out == pytest.approx(bounds.RADIUS_MARGIN, rel=1e-6)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert bounds.toward_zero(np.array([np.inf, -np.inf])).tolist() == [np.inf, -np.inf]
+
+
+def test_counts_with_one_empty_trial_among_others_are_refused():
+    """Every n must be >= 1 for Clopper-Pearson (kills np.all(t < min_trials)): one n = 0 among valid ones."""
+    with pytest.raises(ValueError, match="n_a, n"):
+        bounds.clopper_pearson_lower([1, 0], [10, 0], 0.05)
+
+
+def test_other_classes_upper_group_checks_one_condition_at_a_time():
+    """groups: an empty list, one empty group among others, and a class equal to K are each refused with msrs's
+    error naming groups (kills `and` for `or`, and `c <= k`, which let class K reach an IndexError)."""
+    counts = np.array([900, 60, 40])
+    for groups in ([], [[1], []], [[1], [3]]):
+        with pytest.raises(checks.ArgumentValueError, match="groups"):
+            bounds.other_classes_upper(counts, 0, 0.01, groups=groups)
+
+
+def test_other_classes_upper_takes_counts_as_a_list():
+    """Counts given as a plain list (kills deleting the np.asarray line): the 40-digit CS end of the larger
+    other class at level / 2."""
+    up = bounds.other_classes_upper([900, 60, 40], 0, 0.02)
+    assert up == pytest.approx(_cs_end(60, 1000, 0.01, "upper"), rel=1e-9)

@@ -1,0 +1,263 @@
+"""msrs/stopping.py: tests written for the survivors of scripts/mutation.py (docs/MUTATION.md), each against an
+independent value (a closed form for unanimous votes, a hand-derived outcome, the documented formula restated with
+Python's statistics module); the mutant each one kills is named in its docstring."""
+from __future__ import annotations
+
+import math
+from statistics import NormalDist
+
+import numpy as np
+import pytest
+
+from msrs import bounds, stopping
+
+SIGMA, ALPHA = 0.5, 0.01
+PHI_INV = NormalDist().inv_cdf
+
+
+def _at_p0(successes, trials, level):
+    """A bound object whose lower end is exactly p0 = 1/2 (and upper end 0.9) at every count: a running lower
+    bound that reaches p0 but can never exceed it."""
+    shape = np.shape(np.atleast_1d(successes))
+    return np.full(shape, 0.5), np.full(shape, 0.9)
+
+
+def _unanimous(idx, num, start):
+    """run_sequential's draw: every sample votes for the selected class."""
+    return np.full(len(idx), num)
+
+
+def _unanimous_votes(num_classes=2, cls=1, dtype=np.int64):
+    """run_cascade_sequential's draw: every sample, selection and estimation, votes for class `cls`."""
+    def draw(idx, stream, num, start):
+        votes = np.zeros((len(idx), num_classes), dtype=dtype)
+        votes[:, cls] = num
+        return votes
+    return draw
+
+
+def _radius(lower: float, sigma: float = SIGMA) -> float:
+    """sigma PhiInv(lower) (p0 = 1/2) shrunk toward zero by RADIUS_MARGIN, as msrs reports it."""
+    return sigma * PHI_INV(lower) * (1 - bounds.RADIUS_MARGIN)
+
+
+# ------------------------------------------------------------------------------- single-sigma rule (decide_many)
+def test_no_target_rule_keeps_sampling_an_image_that_can_still_certify():
+    """Without target radii an uncertified image stops early only when p0 is out of reach (decide_many's
+    `~certified & (best <= ths[0])`; kills `|`): 520 of 1000 (CS lower < 1/2 < upper) with 99,000 samples left can
+    still certify."""
+    lo, hi = bounds.cs_bounds(520, 1000, 0.001)
+    assert lo < 0.5 < hi
+    assert stopping.decide(520, 1000, 100_000, 0.25, 0.001, None) == "continue"
+
+
+def test_single_sigma_rule_ends_an_image_whose_best_lower_is_exactly_p0():
+    """Certifying needs lower > p0 (radius 0 certifies nothing, Cohen's rule), so an image whose best reachable
+    lower bound is exactly p0 can never be certified: it abstains at once instead of drawing to n_max (regression
+    test for decide_many's no-target rule `best <= p0`; it was `best < p0`, which kept such images running)."""
+    assert stopping.decide(50, 100, 1000, SIGMA, ALPHA, None, prediction=1, bound=_at_p0) == (-1, 0.0)
+    result = stopping.run_sequential(_unanimous, [1], 1000, SIGMA, ALPHA, None, points=[100, 1000], bound=_at_p0)
+    assert result.prediction.tolist() == [-1] and result.samples.tolist() == [100]
+
+    def rises_to_p0(successes, trials, level):  # lower 0.4 now, exactly p0 at the final look (n_max = 1000)
+        shape = np.shape(np.atleast_1d(successes))
+        final = np.broadcast_to(np.asarray(trials) == 1000, shape)
+        return np.where(final, 0.5, 0.4), np.full(shape, 0.9)
+
+    # with target radii (bucket 0, next threshold p0): the same (it was `best < p0` there too)
+    assert stopping.decide(50, 100, 1000, SIGMA, ALPHA, [0.25], prediction=1, bound=rises_to_p0) == (-1, 0.0)
+    # ... while a best reachable lower above p0 keeps the image running, with and without target radii
+    def rises_above_p0(successes, trials, level):
+        lower, upper = rises_to_p0(successes, trials, level)
+        return np.where(lower == 0.5, 0.6, lower), upper
+
+    for radii in (None, [0.25]):
+        assert stopping.decide(50, 100, 1000, SIGMA, ALPHA, radii, bound=rises_above_p0) == "continue"
+
+
+def test_reachable_successes_without_futility_is_float64_for_integer_counts():
+    """reachable_successes converts its counts to float64 first (kills dropping dtype=np.float64: integer counts
+    would give an int64 `left` back)."""
+    out = stopping.reachable_successes(np.array([3, 7]), np.array([10, 20]), 100)
+    assert out.dtype == np.float64 and out.tolist() == [90.0, 80.0]
+
+
+def test_futility_ramp_of_zero_is_accepted_and_applies_gamma_from_the_first_look():
+    """futility_ramp = 0 is allowed (check_futility's `0.0 <= ramp`; kills `<`): gamma from the first look, the
+    documented normal quantile restated here with Python's statistics module."""
+    stopping.check_futility(0.02, 0.0)
+    s, t, n_max, gamma = 30, 100, 1000, 0.02
+    left, rate = n_max - t, (s + 0.5) / (t + 1)
+    sd = math.sqrt(left * rate * (1 - rate) * (t + 1 + left) / (t + 2))
+    expected = min(left, math.ceil(left * rate + NormalDist().inv_cdf(1 - gamma) * sd))
+    assert stopping.reachable_successes(s, t, n_max, gamma, futility_ramp=0.0) == expected
+    result = stopping.run_sequential(_unanimous, [1], 1000, SIGMA, ALPHA, None, points=[100, 1000],
+                                     futility_ramp=0.0)
+    assert result.prediction.tolist() == [1]
+
+
+def test_run_sequential_accepts_integral_float_vote_counts():
+    """A draw may return integral float counts (np.bincount with weights, a float tensor's sum): run_sequential
+    converts them to int64 (kills dropping dtype=np.int64: float votes cannot be added into the int64 counts).
+    Unanimous votes, looks 100 and 1000, no target radii: the lower bound is the final look's Clopper-Pearson
+    bound for 1000 of 1000 at 0.9 alpha, (0.9 alpha)^(1/1000), larger than the first look's (0.1 alpha)^(1/100)."""
+    def draw(idx, num, start):
+        return np.full(len(idx), float(num))
+
+    result = stopping.run_sequential(draw, [1], 1000, SIGMA, ALPHA, None, points=[100, 1000])
+    lower = (0.9 * ALPHA) ** (1 / 1000)
+    assert result.successes.tolist() == [1000] and result.successes.dtype == np.int64
+    assert result.lower[0] == pytest.approx(lower, rel=1e-12)
+    assert result.radius[0] == pytest.approx(_radius(lower), rel=1e-9)
+
+
+# ----------------------------------------------------------------------------------------- cascade routing
+def test_route_stage_passes_the_running_bounds_through():
+    """route_stage(lower=, upper=) routes on the given running bounds, not on the counts' own (kills dropping
+    either keyword in route_stage's call of route_stage_many): 510 of 1000 alone would continue."""
+    assert stopping.route_stage(510, 1000, 10_000, 0.001) == "continue"
+    assert stopping.route_stage(510, 1000, 10_000, 0.001, lower=0.7, upper=0.8) == "certify"
+    assert stopping.route_stage(510, 1000, 10_000, 0.001, lower=0.3, upper=0.4) == "fall_through"
+
+
+def test_route_stage_passes_its_bound_object_through():
+    """route_stage(bound=) routes with the given bound object, not the default confidence sequence (kills dropping
+    bound= in route_stage's call): 510 of 1000 continues under the CS, and certifies under a bound whose lower end
+    is 0.6."""
+    def above_p0(successes, trials, level):
+        shape = np.shape(np.atleast_1d(successes))
+        return np.full(shape, 0.6), np.full(shape, 0.9)
+
+    assert stopping.route_stage(510, 1000, 10_000, 0.001, bound=above_p0) == "certify"
+
+
+def test_route_stage_passes_its_prior_through():
+    """route_stage(prior=) sets the confidence sequence's prior (kills dropping prior= in route_stage's call):
+    580 of 1000 at level 0.001 certifies with the Jeffreys prior and continues with Beta(50, 1), because p0 = 1/2
+    is outside the CS under the first prior and inside it under the second (40-digit log M_t(1/2) against
+    log(1/level))."""
+    from test_sequential import _log_mixture
+
+    level = math.log(1 / 0.001)
+    assert _log_mixture(580, 1000, 0.5) >= level > _log_mixture(580, 1000, 0.5, a=50.0, b=1.0)
+    assert stopping.route_stage(580, 1000, 10_000, 0.001) == "certify"
+    assert stopping.route_stage(580, 1000, 10_000, 0.001, prior=(50.0, 1.0)) == "continue"
+
+
+def test_route_stage_at_lower_equal_to_p0_routes_to_certify_and_the_cascade_abstains_at_once():
+    """Routing at lower = p0 exactly goes to "certify" (the fixed-n cascade's stage rule, lower >= p0); the
+    certificate then needs R > 0, so nothing is certified at radius 0: here the best reachable lower is p0 too,
+    and the image abstains after its first look instead of drawing to n_max (docs/MUTATION.md explains why routing
+    keeps >=; kills `lo > p0`, which would continue to n_max and abstain there as "undecided")."""
+    assert stopping.route_stage(600, 1000, 10_000, 0.001, lower=0.5, upper=0.9) == "certify"
+    assert stopping.route_stage_many([600], [1000], 10_000, 0.001, bound=_at_p0).tolist() == [stopping.ROUTE_CERTIFY]
+    result = stopping.run_cascade_sequential(_unanimous_votes(), 1, [SIGMA], 10, 1000, ALPHA, None, bound=_at_p0,
+                                             points=[100, 1000])
+    assert result.prediction.tolist() == [-1] and result.radius.tolist() == [0.0]
+    assert result.samples.tolist() == [[100]]
+
+
+# ----------------------------------------------------------------------------------------- sequential cascade
+def test_cascade_uses_the_running_lower_bound_by_default():
+    """intersect defaults to True (kills True -> False): one stage, looks 100 and 1000, every vote for class 1 in
+    the first look and every other one after: the lower bound stays the first look's (0.1 alpha)^(1/100) (100 of
+    100), far above the final look's bound for 550 of 1000."""
+    def draw(idx, stream, num, start):
+        votes = np.zeros((len(idx), 2), dtype=np.int64)
+        votes[:, 1] = num if start == 0 else num // 2
+        votes[:, 0] = num - votes[:, 1]
+        return votes
+
+    result = stopping.run_cascade_sequential(draw, 1, [SIGMA], 10, 1000, ALPHA, None, points=[100, 1000])
+    lower = (0.1 * ALPHA) ** (1 / 100)
+    assert result.samples.tolist() == [[1000]] and result.counts[0, 0].tolist() == [450, 550]
+    assert result.p_lower[0] == pytest.approx(lower, rel=1e-12)
+    assert result.prediction.tolist() == [1] and result.radius[0] == pytest.approx(_radius(lower), rel=1e-9)
+
+
+def test_cascade_passes_final_share_to_its_bound():
+    """final_share reaches the alpha-spending bound (kills dropping it from make_bound's call): unanimous votes,
+    one stage (cert = alpha), looks 100 and 1000, final share 0.6: lower = (0.6 alpha)^(1/1000), not the default
+    0.9's; a final share above 1 is refused."""
+    result = stopping.run_cascade_sequential(_unanimous_votes(), 1, [SIGMA], 10, 1000, ALPHA, None,
+                                             points=[100, 1000], final_share=0.6)
+    assert result.p_lower[0] == pytest.approx((0.6 * ALPHA) ** (1 / 1000), rel=1e-12)
+    with pytest.raises(ValueError, match="final_share"):
+        stopping.run_cascade_sequential(_unanimous_votes(), 1, [SIGMA], 10, 1000, ALPHA, None, points=[100, 1000],
+                                        final_share=1.5)
+
+
+def test_cascade_refuses_equal_or_missing_sigmas():
+    """sigmas must be non-empty and strictly decreasing: equal sigmas alone are refused (kills `a < b` and the
+    `and` of the three conditions), and so is an empty list, before any draw."""
+    def draw(idx, stream, num, start):
+        raise AssertionError("drew samples")
+
+    for sigmas in ([0.5, 0.5], [1.0, 0.5, 0.5], []):
+        with pytest.raises(ValueError, match="sigmas"):
+            stopping.run_cascade_sequential(draw, 2, sigmas, 10, 1000, ALPHA)
+
+
+# ---------------------------------------------------------------------- seed-2 sample (`--sample 40 --seed 2`)
+def test_run_sequential_accepts_a_first_look_at_one_sample():
+    """A look at 1 sample is valid (looks' `points[0] < 1`; kills `<= 1`): unanimous votes, looks 1 and 10, no
+    target radii, one look of weight 0.1 alpha and the final one 0.9 alpha: after one success the lower bound is
+    0.1 alpha, after ten (0.9 alpha)^(1/10)."""
+    result = stopping.run_sequential(_unanimous, [1], 10, SIGMA, ALPHA, None, points=[1, 10])
+    assert result.samples.tolist() == [10] and result.prediction.tolist() == [1]
+    assert result.lower[0] == pytest.approx((0.9 * ALPHA) ** (1 / 10), rel=1e-12)
+
+
+def test_run_sequential_predictions_are_int64_whatever_the_input_integer_type():
+    """predictions come back as int64 (SequentialResult's field), also from int32 selections (kills dropping
+    dtype=np.int64 in run_sequential)."""
+    result = stopping.run_sequential(_unanimous, np.array([3, -1], dtype=np.int32), 100, SIGMA, ALPHA, None,
+                                     points=[100])
+    assert result.prediction.dtype == np.int64 and result.prediction.tolist() == [3, -1]
+
+
+def test_run_sequential_passes_weights_to_its_bound():
+    """weights reach the alpha-spending bound (kills dropping weights= from run_sequential's make_bound call):
+    unanimous votes, looks 100 and 1000, weights (0.5, 0.5): lower = (0.5 alpha)^(1/1000), not 0.9 alpha's."""
+    result = stopping.run_sequential(_unanimous, [1], 1000, SIGMA, ALPHA, None, points=[100, 1000], weights=[0.5, 0.5])
+    assert result.lower[0] == pytest.approx((0.5 * ALPHA) ** (1 / 1000), rel=1e-12)
+
+
+def test_route_stage_passes_futility_through():
+    """route_stage(futility=) reaches the routing (kills dropping it): 4500 of 9000 with 1000 samples left can
+    reach p0 on either side only if (nearly) all of them go one way; curtailment keeps it running, the 2%
+    predictive gives up on both sides ("undecided")."""
+    assert stopping.route_stage(4500, 9000, 10_000, 0.001) == "continue"
+    assert stopping.route_stage(4500, 9000, 10_000, 0.001, futility=0.02) == "undecided"
+
+
+def test_cascade_passes_futility_ramp_to_its_routing():
+    """The cascade routes with its own futility_ramp (kills dropping futility_ramp= from _CascadeRun.route's
+    call): one stage, votes split evenly, looks 1000, 2000, 3000 and 10,000, CS bound. With the default ramp
+    (0.1: the full 2% from 1000 samples on) route_stage gives up at 2000; with ramp 1.0 (0.4% at 2000) only at
+    3000. The cascade stops where route_stage does for the same options."""
+    def even(idx, stream, num, start):
+        return np.tile([num // 2, num - num // 2], (len(idx), 1)).astype(np.int64)
+
+    for ramp, stop in ((0.1, 2000), (1.0, 3000)):
+        first = next(t for t in (1000, 2000, 3000, 10_000)
+                     if stopping.route_stage(t // 2, t, 10_000, ALPHA, futility=0.02, futility_ramp=ramp) != "continue")
+        assert first == stop
+        result = stopping.run_cascade_sequential(even, 1, [SIGMA], 10, 10_000, ALPHA, None, bound="cs",
+                                                 points=[1000, 2000, 3000], futility=0.02, futility_ramp=ramp)
+        assert result.prediction.tolist() == [-1] and result.samples.tolist() == [[stop]]
+
+
+# ---------------------------------------------------------------------- seed-3 sample (`--sample 40 --seed 3`)
+def test_target_radii_of_zero_only_act_as_no_target_radii():
+    """Radii <= 0 fold into p0 (thresholds), so target_radii = [0.0] is the no-target rule: a certified image keeps
+    sampling for the largest radius the budget allows (kills `and` for `or` in decide_many's branch choice)."""
+    assert stopping.decide(9990, 10_000, 100_000, 0.25, 0.001, None) == "continue"
+    assert stopping.decide(9990, 10_000, 100_000, 0.25, 0.001, [0.0]) == "continue"
+
+
+def test_cascade_counts_are_int64():
+    """CascadeResult's counts0 and counts are int64 (kills dropping dtype=np.int64 from their allocation)."""
+    result = stopping.run_cascade_sequential(_unanimous_votes(), 1, [SIGMA], 10, 100, ALPHA, None, points=[100])
+    assert result.counts0.dtype == np.int64 and result.counts.dtype == np.int64
+    assert result.counts0[0, 0].tolist() == [0, 10] and result.counts[0, 0].tolist() == [0, 100]

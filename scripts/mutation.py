@@ -60,14 +60,15 @@ EQUIVALENTS = Path(__file__).resolve().parent / "mutation_equivalents.toml"
 
 # module -> (import name, source file, the test files that exercise it: the fastest set that can kill its mutants)
 MODULES = {
-    "decisions": ("msrs.decisions", "msrs/decisions.py", ["tests/test_stats.py", "tests/test_validity.py"]),
+    "decisions": ("msrs.decisions", "msrs/decisions.py",
+                  ["tests/test_stats.py", "tests/test_validity.py", "tests/test_undecided.py"]),
     "objective": ("msrs.finetune.objective", "msrs/finetune/objective.py",
                   ["tests/test_finetune_package.py", "tests/test_finetune.py", "tests/test_mutation_kills_objective.py"]),
     "bounds": ("msrs.bounds", "msrs/bounds.py",
                ["tests/test_stats.py", "tests/test_sequential.py", "tests/test_validity.py",
                 "tests/test_mutation_kills_bounds.py", "tests/test_mutation_kills_stopping.py"]),
     "stopping": ("msrs.stopping", "msrs/stopping.py",
-                 ["tests/test_sequential.py", "tests/test_mutation_kills_stopping.py"]),
+                 ["tests/test_sequential.py", "tests/test_mutation_kills_stopping.py", "tests/test_undecided.py"]),
 }
 # imported once by the fork server (not msrs's modules under test: each child imports those fresh)
 PRELOAD = ["numpy", "scipy.stats", "scipy.special", "scipy.optimize", "torch", "torch.nn.functional",

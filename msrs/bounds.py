@@ -333,18 +333,16 @@ def cs_bounds(successes, trials, alpha, prior=DEFAULT_PRIOR, *, method: str = "b
         upper = _bisect_boundary(outside, outside_end=np.ones_like(phat), inside_end=phat.copy())
     else:
         raise checks.ArgumentValueError(f"method: expected 'bisect' or 'brentq', got {method!r}")
-    lower, upper = _sure_ends(lower, upper, s, f, t)
+    lower, upper = _sure_ends(lower, upper, s, f)
     if scalar:
         return float(lower[0]), float(upper[0])
     return lower, upper
 
 
-def _sure_ends(lower, upper, s, f, t) -> tuple[np.ndarray, np.ndarray]:
+def _sure_ends(lower, upper, s, f) -> tuple[np.ndarray, np.ndarray]:
     """The ends a confidence sequence knows without searching: lower 0 without successes, upper 1 without
-    failures, (0, 1) without trials (cs_bounds and betting_bounds)."""
-    lower, upper = np.where(s == 0, 0.0, lower), np.where(f == 0, 1.0, upper)
-    empty = t == 0
-    return np.where(empty, 0.0, lower), np.where(empty, 1.0, upper)
+    failures, so (0, 1) without trials (cs_bounds and betting_bounds)."""
+    return np.where(s == 0, 0.0, lower), np.where(f == 0, 1.0, upper)
 
 
 def _bisect_boundary(outside, outside_end: np.ndarray, inside_end: np.ndarray) -> np.ndarray:
@@ -508,7 +506,7 @@ def betting_bounds(successes, trials, alpha, ratios=DEFAULT_BETTING_RATIOS):
     lower = _betting_end(s, f, need, r)
     # upper: the same on the failures, at u = 1 - m; 1 - u rounded up, so that it stays outside
     upper = np.minimum(np.nextafter(1.0 - _betting_end(f, s, need, r), 2.0), 1.0)
-    lower, upper = _sure_ends(lower, upper, s, f, t)
+    lower, upper = _sure_ends(lower, upper, s, f)
     if scalar:
         return float(lower[0]), float(upper[0])
     return lower.reshape(shape), upper.reshape(shape)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 
+import math
 import mpmath
 import numpy as np
 import pytest
@@ -154,3 +155,24 @@ def test_other_classes_upper_takes_counts_as_a_list():
     other class at level / 2."""
     up = bounds.other_classes_upper([900, 60, 40], 0, 0.02)
     assert up == pytest.approx(_cs_end(60, 1000, 0.01, "upper"), rel=1e-9)
+
+
+@pytest.mark.parametrize("side", ["lower", "upper"])
+def test_betting_log_capital_is_the_mean_of_the_grid_products(side):
+    """log K(m) from its definition, one observation at a time in exact rational arithmetic: on the lower side a
+    success multiplies a bet's capital by (1 - r (1 - m)) / m and a failure by r; on the upper side a failure by
+    (1 - r m) / (1 - m) and a success by r; K is the mean over the grid of ratios r (seed-4 survivor: the upper
+    side's success term with its sign flipped)."""
+
+    ratios = [Fraction(1, 4), Fraction(1, 2), Fraction(3, 4)]
+    for s, t, m in [(7, 10, Fraction(3, 10)), (2, 9, Fraction(3, 5)), (0, 5, Fraction(1, 2)), (6, 6, Fraction(9, 10))]:
+        total = Fraction(0)
+        for r in ratios:
+            if side == "lower":
+                win, loss = (1 - r * (1 - m)) / m, r
+            else:
+                win, loss = r, (1 - r * m) / (1 - m)
+            total += win ** s * loss ** (t - s)
+        expected = math.log(total / len(ratios))
+        got = float(bounds.betting_log_capital(s, t, float(m), [float(r) for r in ratios], side=side))
+        assert got == pytest.approx(expected, rel=1e-12, abs=1e-12), (s, t, m, side)

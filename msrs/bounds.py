@@ -642,7 +642,6 @@ class AlphaSpending:
                                                 f"far enough after the others to give the tightest bound")
         else:
             raise checks.ArgumentValueError(f"schedule: expected 'equal' or 'voracek', got {schedule!r}")
-        self.schedule = schedule
 
     def shares(self, trials) -> np.ndarray:
         """w_k of the look each trials count is (any share for trials = 0, where the bounds are (0, 1))."""

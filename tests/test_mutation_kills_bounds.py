@@ -176,3 +176,11 @@ def test_betting_log_capital_is_the_mean_of_the_grid_products(side):
         expected = math.log(total / len(ratios))
         got = float(bounds.betting_log_capital(s, t, float(m), [float(r) for r in ratios], side=side))
         assert got == pytest.approx(expected, rel=1e-12, abs=1e-12), (s, t, m, side)
+
+
+def test_array_arguments_are_refused_when_any_entry_is_bad():
+    """One bad entry among good ones is refused (seed-4 survivors: np.all / np.any swapped in the checks)."""
+    with pytest.raises(checks.ArgumentValueError, match="^p0: "):
+        bounds.radius(0.5, [0.9, 0.9], p0=[0.6, 0.4])
+    with pytest.raises(checks.ArgumentValueError, match="successes"):
+        bounds.cs_bounds([3, -1], [10, 10], 0.05)

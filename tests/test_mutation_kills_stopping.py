@@ -261,3 +261,25 @@ def test_cascade_counts_are_int64():
     result = stopping.run_cascade_sequential(_unanimous_votes(), 1, [SIGMA], 10, 100, ALPHA, None, points=[100])
     assert result.counts0.dtype == np.int64 and result.counts.dtype == np.int64
     assert result.counts0[0, 0].tolist() == [0, 10] and result.counts[0, 0].tolist() == [0, 100]
+
+
+def test_draw_with_one_negative_count_is_refused():
+    """run_sequential checks every image's votes: one negative count among valid ones is an error (seed-4
+    survivor: np.any(votes < 0) -> np.all)."""
+    def draw(idx, num, start):
+        out = np.full(idx.size, num, dtype=np.int64)
+        out[0] = -1
+        return out
+
+    with pytest.raises(ValueError, match="^draw: "):
+        stopping.run_sequential(draw, np.array([1, 1]), 1000, 0.25, 0.001, [0.25])
+
+
+def test_cascade_passes_the_spending_weights_on():
+    """run_cascade_sequential's weights reach the bound: a list of the wrong length is refused (seed-4 survivor:
+    make_bound called without weights=, which ignored them)."""
+    def draw(idx, stream, num, start):
+        return np.tile(np.array([0, num, 0]), (idx.size, 1))
+
+    with pytest.raises(ValueError, match="^weights: "):
+        stopping.run_cascade_sequential(draw, 1, [0.5, 0.25], 10, 1000, 0.001, [0.25], weights=[1.0])

@@ -237,11 +237,7 @@ def _get(d: dict, key: str):
 
 
 def _find_cifar_dir(root: PathLike) -> Path:
-    root = Path(root).expanduser()
-    if not root.exists():
-        raise FileNotFoundError(f"root: CIFAR-10 folder {str(root)!r} does not exist")
-    if not root.is_dir():
-        raise NotADirectoryError(f"root: {str(root)!r} is not a folder (expected a cifar-10-batches-py folder)")
+    root = _existing_folder(root, "CIFAR-10 folder", " (expected a cifar-10-batches-py folder)")
     for candidate in (root, root / "cifar-10-batches-py"):
         if (candidate / "test_batch").exists() or (candidate / "data_batch_1").exists():
             return candidate
@@ -306,12 +302,13 @@ def _parse_size(size) -> Optional[tuple]:
     return size
 
 
-def _existing_folder(root: PathLike) -> Path:
+def _existing_folder(root: PathLike, what: str = "image folder", expected: str = "") -> Path:
+    """root as a Path, or the error naming `root`: `what` does not exist, or it is not a folder (+ `expected`)."""
     root = Path(root).expanduser()
     if not root.exists():
-        raise FileNotFoundError(f"root: image folder {str(root)!r} does not exist")
+        raise FileNotFoundError(f"root: {what} {str(root)!r} does not exist")
     if not root.is_dir():
-        raise NotADirectoryError(f"root: {str(root)!r} is not a folder")
+        raise NotADirectoryError(f"root: {str(root)!r} is not a folder{expected}")
     return root
 
 

@@ -418,6 +418,10 @@ def _mutant_job(spec, mutant: Mutant, tests: list[str], torch_ops: bool):
         name, src, _ = spec
         sys.meta_path.insert(0, _MutantFinder(name, str(ROOT / src), mutated_code(ROOT / src, mutant, torch_ops)))
         os.chdir(ROOT)
+        try:  # a mutant that breaks the import fails every test that imports it: pytest reports that as a
+            importlib.import_module(name)  # collection error (rc 2 or 4) that cannot be told from a harness error
+        except Exception as exc:  # noqa: BLE001 - any exception at import kills the mutant
+            return {"rc": 1, "failed": f"import {name}: {exc!r}"[:300]}
         rec = _Recorder()
         rc = int(pytest.main(_pytest_args(tests, stop_first=True), plugins=[rec]))
         return {"rc": rc, "failed": rec.failed}

@@ -184,3 +184,39 @@ def test_array_arguments_are_refused_when_any_entry_is_bad():
         bounds.radius(0.5, [0.9, 0.9], p0=[0.6, 0.4])
     with pytest.raises(checks.ArgumentValueError, match="successes"):
         bounds.cs_bounds([3, -1], [10, 10], 0.05)
+
+
+def _betting_end_40(s: int, t: int, alpha: float, side: str) -> float:
+    """The end of the one-sided betting confidence sequence from the module docstring's definition alone, in
+    40-digit arithmetic: the grid r = 1 / (1 + 2^k), k = -20 .. 20 (41 bets), K+(m) = the mean over the grid of
+    ((1 - r (1 - m)) / m)^s r^(t - s) (lower side; the upper side mirrors successes and failures), and the end is
+    where K+ crosses 1 / alpha, found by bisection (K+ decreases in m on (0, s / t])."""
+    with mpmath.workdps(40):
+        ratios = [1 / (1 + mpmath.mpf(2) ** k) for k in range(-20, 21)]
+        wins, losses = (s, t - s) if side == "lower" else (t - s, s)
+        target = mpmath.log(1 / mpmath.mpf(alpha))
+
+        def log_capital(u):
+            terms = [wins * mpmath.log((1 - r * (1 - u)) / u) + losses * mpmath.log(r) for r in ratios]
+            return mpmath.log(mpmath.fsum(mpmath.exp(x) for x in terms) / len(ratios))
+
+        lo, hi = mpmath.mpf(10) ** -30, mpmath.mpf(wins) / t
+        for _ in range(120):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if log_capital(mid) >= target else (lo, mid)
+        end = lo
+        return float(end if side == "lower" else 1 - end)
+
+
+@pytest.mark.parametrize("s,t", [(990, 1000), (100, 100), (5000, 5100), (37, 64)])
+def test_betting_bounds_are_the_documented_41_bet_grid_sequence(s, t):
+    """betting_bounds at its default grid against the sequence defined in the docstring, computed independently
+    (40 digits, bisection): each end within 1e-9 (relative) of the crossing, and on its conservative side up to
+    the rounding of log K (full-run survivors: the grid's k range -20 .. 20 moved to -21 .. 20 or -20 .. 21, which
+    changes D, the mean's log D cost, and one bet)."""
+    alpha = 0.001
+    lower, upper = bounds.betting_bounds(s, t, alpha)
+    want_lower, want_upper = _betting_end_40(s, t, alpha, "lower"), _betting_end_40(s, t, alpha, "upper")
+    assert lower == pytest.approx(want_lower, rel=1e-9)
+    assert 1.0 - upper == pytest.approx(1.0 - want_upper, rel=1e-9, abs=1e-15)
+    assert lower <= want_lower * (1 + 1e-12) and upper >= want_upper - 1e-12

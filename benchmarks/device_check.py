@@ -15,8 +15,14 @@ own with its own time limit, a failing or stopped step never stopping the others
   certify_bench  benchmarks/certify.py --device cuda on the CIFAR-10 DDPM workload: the field's loop (fp32, fp16
                  autocast) against msrs (bf16, compile, large mixed batches, channels_last)
 op_tests and engine run side by side (neither is timed); ops_bench and certify_bench run alone after them.
-Each step's status: "ok", "failed: ...", "timeout after N s", or "skipped: ..."; CUDA-only checks in --cpu-smoke
-mode are "skipped: no CUDA". The summary's "goals" compare the measured numbers with issue 15's goals.
+One more step runs only when --steps names it (a second call of its own, docs/GPU.md):
+  sequential_denoised  benchmarks/sequential_savings.py on the GPU for denoised-0.25 and denoised-0.5: fixed n
+                 against sequential certification with the same budget and the hindsight oracle, N = 100,000, the
+                 first 100 test digits; one process per configuration, each writing its JSON record and votes
+                    bash benchmarks/device_check.sh OUTDIR --steps setup,sequential_denoised
+Each step's status: "ok", "failed: ...", "timeout after N s", or "skipped: ..." (sequential_denoised also
+"partial: ...": fewer images than asked, or a configuration replayed after its time limit); CUDA-only checks in
+--cpu-smoke mode are "skipped: no CUDA". The summary's "goals" compare the measured numbers with issue 15's goals.
 """
 from __future__ import annotations
 
@@ -39,12 +45,17 @@ WHEELHOUSE_ENV = "MSRS_WHEELHOUSE"
 NO_CUDA = "skipped: no CUDA"
 
 # Seconds per step (certify_bench: its two runs). GPU: setup + max(op_tests, engine) + ops_bench + certify_bench
-# = 30 + 200 + 45 + 70 + 120 = 465 s, within 8 minutes even if every step runs to its limit.
+# = 30 + 200 + 45 + 70 + 120 = 465 s, within 8 minutes even if every step runs to its limit. sequential_denoised
+# runs in a call of its own: setup + sequential_denoised = 30 + 420 = 450 s.
 TIMEOUTS = {
-    "gpu": {"setup": 30, "op_tests": 200, "engine": 200, "ops_bench": 45, "certify_bench": (70, 120)},
+    "gpu": {"setup": 30, "op_tests": 200, "engine": 200, "ops_bench": 45, "certify_bench": (70, 120),
+            "sequential_denoised": 420},
     # generous: the smoke checks code paths, and CPU machines shared by many jobs can be 10x slower than idle ones
-    "cpu-smoke": {"setup": 300, "op_tests": 600, "engine": 600, "ops_bench": 300, "certify_bench": (600,)},
+    "cpu-smoke": {"setup": 300, "op_tests": 600, "engine": 600, "ops_bench": 300, "certify_bench": (600,),
+                  "sequential_denoised": 600},
 }
+DEFAULT_STEPS = ("setup", "op_tests", "engine", "ops_bench", "certify_bench")
+EXTRA_STEPS = ("sequential_denoised",)  # run only when --steps names them
 OPS_LARGE = ("cifar-large", "imagenet-large")
 CERTIFY_IMPLS = {  # one benchmarks/certify.py run per entry
     "gpu": ("reference,reference:float16,msrs:bfloat16,msrs+channels_last:bfloat16", "msrs+compile:bfloat16"),
@@ -60,7 +71,23 @@ CERTIFY_ARGS = {
                   "--matmul-size", "128"],
 }
 GOALS = {"fraction_of_copy_bandwidth": 0.7, "speedup_vs_fp16_reference": 3.0, "samples_per_s": 10_000}
-
+# sequential_denoised: one benchmarks/sequential_savings.py process per configuration, in this order. GPU: 100
+# images x (100 + 100,000) samples = 10.01 M fixed-n samples per configuration, plus the sequential run's; chunks of
+# 10 images (1 M samples each) are the unit a time budget stops at.
+SEQUENTIAL_CONFIGS = ("denoised-0.25", "denoised-0.5")
+SEQUENTIAL_RADII = ("0", "0.25", "0.5", "0.75", "1", "1.5", "2")
+SEQUENTIAL_ARGS = {
+    "gpu": {"device": "cuda", "images": 100, "n": 100_000, "batch_size": 65536, "chunk": 10},
+    "cpu-smoke": {"device": "cpu", "images": 2, "n": 2000, "batch_size": 500, "chunk": 1},
+}
+# Of a configuration's time limit, the share its fixed-n recording may use (sequential_savings.py --record-seconds):
+# the rest is for start-up (CUDA, Triton compiles), the sequential run (a few times fewer samples, in smaller
+# batches) and the oracle. Seconds kept back for replaying the recorded votes of a configuration stopped at its
+# limit (--replay-only: the record without the sequential run's wall time).
+SEQUENTIAL_RECORD_SHARE = 0.55
+SEQUENTIAL_REPLAY_S = {"gpu": 40, "cpu-smoke": 300}
+SEQUENTIAL_MIN_S = 30  # a configuration with less time left than this is skipped
+VOTES_MAX_BYTES = 15 * 2**20  # the device tool returns files of at most 16 MiB
 
 # ------------------------------------------------------------------------------------------------ running steps
 def python() -> str:
@@ -369,6 +396,154 @@ def summarize_certify(records: list[dict], impls: str) -> dict:
             "missing": [k for k in wanted if k not in by_impl], "device": records[0]["device"] if records else None}
 
 
+# ------------------------------------------------------------------------------------------------ sequential savings
+def sequential_denoised_step(ctx: dict) -> dict:
+    """benchmarks/sequential_savings.py for each of SEQUENTIAL_CONFIGS, one after another, each with its share of
+    the step's time limit: its JSON record (OUTDIR/sequential_<config>_n<N>.json) and its votes
+    (OUTDIR/votes/<config>/chunk_00000_<B>.npz) are written when it ends, so a later configuration stopped at its
+    limit cannot cost an earlier one. A configuration stopped at its limit is replayed on the chunks of images it
+    recorded (the record then has no sequential wall time); one whose run fails is run once more with
+    MSRS_BACKEND=torch (the reference ops) if time is left."""
+    smoke = ctx["smoke"]
+    mode = "cpu-smoke" if smoke else "gpu"
+    size, limit, reserve = SEQUENTIAL_ARGS[mode], ctx["timeouts"]["sequential_denoised"], SEQUENTIAL_REPLAY_S[mode]
+    log = ctx["logs"] / "sequential_denoised.log"
+    log.write_text("")
+    votes_dir, votes_out = ctx["work"] / "votes", ctx["logs"] / "votes"
+    start = time.monotonic()
+    deadline = start + limit
+    configs, problems, partial = {}, [], []
+    for index, name in enumerate(SEQUENTIAL_CONFIGS):
+        timeout = (deadline - time.monotonic() - reserve) / (len(SEQUENTIAL_CONFIGS) - index)
+        if timeout < SEQUENTIAL_MIN_S:
+            configs[name] = {"status": f"skipped: {timeout:.0f} s left"}
+            partial.append(f"{name} skipped")
+            continue
+        out = ctx["logs"] / f"sequential_{name}_n{size['n']}.json"
+        cmd = sequential_command(name, size, votes_dir, votes_out, out, smoke)
+        env, entry = ctx["env"], {"backend": "automatic", "seconds": 0.0}
+        while True:
+            record_s = str(round(SEQUENTIAL_RECORD_SHARE * timeout))
+            code, seconds = run_command(cmd + ["--record-seconds", record_s], log, timeout, env)
+            entry.update(seconds=round(entry["seconds"] + seconds, 1), timeout_s=round(timeout))
+            if code in (0, None) or "MSRS_BACKEND" in env:
+                break
+            # failed, not stopped: once more with the reference ops (msrs.ops.reference, the same votes), so that a
+            # kernel that fails on this GPU cannot cost the measurement; the chunks already recorded are kept
+            timeout = (deadline - time.monotonic() - reserve) / (len(SEQUENTIAL_CONFIGS) - index)
+            if timeout < SEQUENTIAL_MIN_S:
+                break
+            entry["backend"] = f"torch (the automatic backend's run failed: exit code {code})"
+            env = dict(ctx["env"], MSRS_BACKEND="torch")
+        if code is None:
+            done = recorded_images(votes_dir / name)
+            entry["status"] = f"timeout after {timeout:.0f} s"
+            if done:
+                left = max(1.0, min(reserve, deadline - time.monotonic()))
+                replay = sequential_command(name, dict(size, images=done), votes_dir, votes_out, out, smoke)
+                code, replay_s = run_command(replay + ["--replay-only"], log, left, env)
+                entry.update(replayed_images=done, replay_seconds=replay_s)
+                entry["status"] += f"; {done} images replayed from their recorded votes (no sequential wall time)"
+                if code != 0:
+                    entry["status"] += f"; the replay {'timed out' if code is None else f'failed (exit {code})'}"
+        elif code != 0:
+            entry["status"] = f"failed: exit code {code}"
+        records = read_json(out) if code == 0 else None
+        if records:
+            entry.update(summarize_sequential(records[0]), images_requested=size["images"])
+            entry["json"] = out.name
+            entry.update(keep_votes(votes_out / name))
+            if "status" not in entry:
+                entry["status"] = "ok" if entry["images"] == entry["images_requested"] else \
+                    f"partial: {entry['images']} of {entry['images_requested']} images (time budget)"
+                if entry["backend"] != "automatic":
+                    entry["status"] += f"; backend {entry['backend']}"
+        else:
+            entry.setdefault("status", "failed: no record written")
+        if entry["status"].startswith("failed") or not records:
+            problems.append(f"{name}: {entry['status']}")
+        elif not entry["status"].startswith("ok"):
+            partial.append(f"{name}: {entry['status']}")
+        configs[name] = entry
+    seconds = round(time.monotonic() - start, 1)
+    if problems:
+        status = "failed: " + "; ".join(problems + partial)
+    else:
+        status = "partial: " + "; ".join(partial) if partial else "ok"
+    return dict(status=status, seconds=seconds, timeout_s=limit, log=log.name, **sequential_totals(configs),
+                configs=configs)
+
+
+def sequential_command(name: str, size: dict, votes_dir: Path, votes_out: Path, out: Path, smoke: bool) -> list:
+    cmd = [python(), "benchmarks/sequential_savings.py", "--configs", name, "--device", size["device"],
+           "--images", str(size["images"]), "--n", str(size["n"]), "--batch-size", str(size["batch_size"]),
+           "--chunk", str(size["chunk"]), "--target-radii", *SEQUENTIAL_RADII, "--votes-dir", str(votes_dir),
+           "--votes-out", str(votes_out), "--json", str(out)]
+    return cmd + (["--threads", "1"] if smoke else [])
+
+
+def recorded_images(folder: Path) -> int:
+    """Images 0 .. B-1 covered by the complete chunk files of a recording (benchmarks/votes.py names them
+    chunk_<lo>_<hi>.npz, written whole or not at all)."""
+    ends = {}
+    for path in folder.glob("chunk_*_*.npz"):
+        lo, hi = path.stem.split("_")[1:3]
+        ends[int(lo)] = int(hi)
+    done = 0
+    while done in ends:
+        done = ends[done]
+    return done
+
+
+def summarize_sequential(record: dict) -> dict:
+    """The numbers of one sequential_savings.py record the GPU run is read for."""
+    fixed, seq, oracle = record["fixed"], record["sequential"], record["oracle"]
+    return {
+        "images": record["images"], "images_requested": record.get("images_requested", record["images"]),
+        "n0": record["n0"], "n": record["n"], "device": record.get("device"), "gpu": record["machine"].get("gpu"),
+        "samples_fixed": fixed["samples"], "samples_sequential": seq["samples"], "samples_oracle": oracle["samples"],
+        "samples_oracle_at_looks": oracle["samples_at_looks"],
+        "fixed_over_sequential": record["samples_ratio"], "sequential_over_oracle": record["oracle_ratio"],
+        "sequential_over_oracle_at_looks": record["oracle_ratio_at_looks"],
+        "seconds_fixed": fixed["seconds"], "seconds_sequential": seq["seconds"],
+        "time_ratio": record.get("time_ratio"),
+        "samples_per_s_fixed": fixed.get("samples_per_s"), "samples_per_s_sequential": seq.get("samples_per_s"),
+        "per_image_sequential": seq["per_image"], "per_image_oracle": oracle["per_image"],
+        "table_radii": fixed["table_radii"], "certified_fixed": fixed["certified"],
+        "certified_sequential": seq["certified"], "certified_equal": fixed["certified"] == seq["certified"],
+        "certified_accuracy_fixed": fixed["certified_accuracy"],
+        "certified_accuracy_sequential": seq["certified_accuracy"],
+        "certified_accuracy_equal": fixed["certified_accuracy"] == seq["certified_accuracy"],
+        "max_certified_difference": record["max_certified_difference"],
+        "images_with_other_bucket": record["images_with_other_bucket"],
+        "images_in_lower_bucket": record["images_in_lower_bucket"],
+        "replay_matches": seq.get("replay_matches"),
+        "oracle_final_bucket_matches_fixed": oracle["final_bucket_matches_fixed"],
+    }
+
+
+def keep_votes(folder: Path) -> dict:
+    """The recorded votes come back with the summary unless the file is too large for the device tool."""
+    files = sorted(folder.glob("chunk_*.npz"))
+    if not files:
+        return {"votes_file": None}
+    path = files[-1]
+    size = path.stat().st_size
+    if size > VOTES_MAX_BYTES:
+        path.unlink()
+        return {"votes_file": f"left out: {size / 2**20:.1f} MiB (over {VOTES_MAX_BYTES / 2**20:.0f} MiB)"}
+    return {"votes_file": str(path.relative_to(folder.parents[1])), "votes_mib": round(size / 2**20, 2)}
+
+
+def sequential_totals(configs: dict) -> dict:
+    """Samples and engine seconds over the configurations with a record (sequential wall time where measured)."""
+    done = [c for c in configs.values() if "samples_fixed" in c]
+    samples = sum(c["samples_fixed"] + (c["samples_sequential"] if c["seconds_sequential"] else 0) for c in done)
+    seconds = sum(c["seconds_fixed"] + (c["seconds_sequential"] or 0) for c in done)
+    return {"samples_total": samples, "engine_seconds": round(seconds, 1),
+            "samples_per_s": round(samples / seconds, 1) if seconds else None}
+
+
 # ------------------------------------------------------------------------------------------------ goals, summary
 def goals(steps: dict, smoke: bool) -> dict:
     if smoke:
@@ -402,23 +577,35 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("outdir", type=Path, help="where summary.json and the step logs go")
     parser.add_argument("--cpu-smoke", action="store_true", help="every step at tiny sizes on the CPU")
-    parser.add_argument("--steps", default=None, help="comma-separated subset of the steps (default: all)")
+    parser.add_argument("--steps", default=None,
+                        help=f"comma-separated steps (default: {', '.join(DEFAULT_STEPS)}; also: "
+                             f"{', '.join(EXTRA_STEPS)})")
+    parser.add_argument("--sequential-seconds", type=float, default=None,
+                        help="time limit of the sequential_denoised step (default: "
+                             f"{TIMEOUTS['gpu']['sequential_denoised']} s on a GPU); a shorter one certifies fewer "
+                             "images")
     args = parser.parse_args(argv)
     smoke = args.cpu_smoke
     mode = "cpu-smoke" if smoke else "gpu"
     args.outdir.mkdir(parents=True, exist_ok=True)
-    wanted = set(args.steps.split(",")) if args.steps else None
+    wanted = set(args.steps.split(",")) if args.steps else set(DEFAULT_STEPS)
+    unknown = wanted - set(DEFAULT_STEPS) - set(EXTRA_STEPS)
+    if unknown:
+        parser.error(f"--steps: unknown {', '.join(sorted(unknown))}; the steps are "
+                     f"{', '.join(DEFAULT_STEPS + EXTRA_STEPS)}")
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="msrs-device-check-") as tmp:
-        ctx = {"smoke": smoke, "logs": args.outdir, "work": Path(tmp), "timeouts": TIMEOUTS[mode],
-               "env": step_env(smoke)}
+        timeouts = dict(TIMEOUTS[mode])
+        if args.sequential_seconds is not None:
+            timeouts["sequential_denoised"] = args.sequential_seconds
+        ctx = {"smoke": smoke, "logs": args.outdir, "work": Path(tmp), "timeouts": timeouts, "env": step_env(smoke)}
         summary = {"mode": mode, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "host": platform.node(),
-                   "timeouts_s": TIMEOUTS[mode], "steps": {}}
+                   "timeouts_s": timeouts, "steps": {}}
         summary_path = args.outdir / "summary.json"
         lock = threading.Lock()
 
         def record(name: str, fn) -> None:
-            if wanted is not None and name not in wanted:
+            if name not in wanted:
                 return
             try:
                 result = fn(ctx)
@@ -438,6 +625,7 @@ def main(argv=None) -> int:
             thread.join()
         record("ops_bench", ops_bench_step)
         record("certify_bench", certify_bench_step)
+        record("sequential_denoised", sequential_denoised_step)
         summary["goals"] = goals(summary["steps"], smoke)
         summary["wall_s"] = round(time.monotonic() - started, 1)
         write_summary(summary_path, summary)

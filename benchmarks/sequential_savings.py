@@ -24,6 +24,14 @@ replays other rules (named in VARIANTS) on the same samples, to measure what eac
 
 Configurations (demo models, msrs.zoo): smooth-0.25 (the classifier alone), denoised-0.25 and denoised-0.5 (the
 demo DDPM, one sigma), cascade-finetuned (the fine-tuned DDPM, sigmas 1.0, 0.5, 0.25; no oracle or replay).
+
+--device cuda runs the models, the noise and the vote counting on the GPU (both runs; the default batch size is
+then 65,536 rows instead of 4,000); certificates, the oracle and the replays are computed on the host as on a CPU.
+For a run with a time limit (benchmarks/device_check.py's sequential_denoised step), --record-seconds stops the
+fixed-n recording of each configuration before a chunk of images that would not fit; the record then covers the
+images recorded (`images`, with `images_requested`), and both runs certify those images only. --votes-out DIR
+keeps each configuration's recorded votes as one file (DIR/<config>/chunk_00000_<B>.npz, a few MB at N = 100,000),
+which `--votes-dir DIR --images B --chunk B --replay-only` replays later without sampling.
 """
 from __future__ import annotations
 
@@ -57,6 +65,7 @@ CONFIGS = {
     "cascade-finetuned": ("finetuned", (1.0, 0.5, 0.25)),
 }
 TARGET_RADII = tuple(DEFAULT_RADII)
+BATCH_SIZE = {"cpu": 4000, "cuda": 65536}  # rows per batch (--batch-size's default on each device)
 
 # Replayed rules (--variants): name -> msrs.stopping.run_sequential options, over the defaults. "previous" is the
 # rule of the landed main before issue 14 (looks doubling from max(64, n / 256), curtailment only).
@@ -169,14 +178,22 @@ def run_single(name: str, args, x, labels, target_radii, votes_dir: Path) -> dic
     kind, sigmas = CONFIGS[name]
     sigma = sigmas[0]
     n0 = args.n0
-    votes = recorded.record(name, kind, sigma, x, labels, args, votes_dir / name, chunk=args.chunk)
+    votes = recorded.record(name, kind, sigma, x, labels, args, votes_dir / name, chunk=args.chunk,
+                            budget_s=args.record_seconds)
+    requested = int(x.shape[0])
+    x, labels = x[: votes.votes.shape[0]], labels[: votes.votes.shape[0]]  # fewer when the time budget stopped it
+    if args.votes_out is not None:
+        path = recorded.save(votes, args.votes_out / name)
+        print(f"# {name}: votes of {x.shape[0]} images in {path} ({path.stat().st_size / 2**20:.1f} MiB)",
+              file=sys.stderr, flush=True)
     fixed = summary(votes.fixed_prediction, votes.fixed_radius, np.full(len(labels), n0 + args.n), labels,
                     target_radii)
     fixed["seconds"] = round(votes.seconds, 2)
+    fixed["samples_per_s"] = _rate(fixed)
     options = sequential_options(args)
-    record = dict(config=name, sigmas=[sigma], images=int(x.shape[0]), n0=n0, n=args.n, alpha=args.alpha,
-                  target_radii=list(target_radii), dtype=args.dtype, compile=args.compile, seed=args.seed,
-                  batch_size=args.batch_size, options=options, fixed=fixed)
+    record = dict(config=name, sigmas=[sigma], images=int(x.shape[0]), images_requested=requested, n0=n0, n=args.n,
+                  alpha=args.alpha, target_radii=list(target_radii), dtype=args.dtype, compile=args.compile,
+                  seed=args.seed, device=args.device, batch_size=args.batch_size, options=options, fixed=fixed)
     # the sequential run through the engine (timed), and its replay on the recorded votes
     result = replay(votes, target_radii, options)
     replayed = summary(result.prediction, result.radius, n0 + result.samples, labels, target_radii)
@@ -191,6 +208,7 @@ def run_single(name: str, args, x, labels, target_radii, votes_dir: Path) -> dic
         seq = summary([c.prediction for c in certs], [c.radius for c in certs], [c.samples for c in certs],
                       labels, target_radii)
         seq["seconds"] = round(seconds, 2)
+        seq["samples_per_s"] = _rate(seq)
         seq["replay_matches"] = all(seq[k] == replayed[k] for k in ("predictions", "radii", "samples_per_image"))
         print(f"# {name} sequential: {seconds:.1f} s, {seq['samples']:,} samples", file=sys.stderr, flush=True)
     record["sequential"] = seq
@@ -216,6 +234,11 @@ def run_single(name: str, args, x, labels, target_radii, votes_dir: Path) -> dic
         entry.update(compare(fixed, v, target_radii, labels))
         record["variants"][variant] = entry
     return record
+
+
+def _rate(run: dict) -> float | None:
+    """Monte Carlo samples per wall second of a run (None without a time)."""
+    return round(run["samples"] / run["seconds"], 1) if run.get("seconds") else None
 
 
 def _ratios(fixed: dict, seq: dict, oracle: dict) -> dict:
@@ -244,9 +267,11 @@ def run_cascade(name: str, args, x, labels, target_radii) -> dict:
         runs[mode] = summary([c.prediction for c in certs], [c.radius for c in certs], [c.samples for c in certs],
                              labels, target_radii)
         runs[mode]["seconds"] = round(time.perf_counter() - t0, 2)
-    record = dict(config=name, sigmas=list(sigmas), images=int(x.shape[0]), n0=args.n0, n=args.n,
-                  alpha=args.alpha, target_radii=list(target_radii), dtype=args.dtype, compile=args.compile,
-                  seed=args.seed, batch_size=args.batch_size, options=sequential_options(args),
+        runs[mode]["samples_per_s"] = _rate(runs[mode])
+    record = dict(config=name, sigmas=list(sigmas), images=int(x.shape[0]), images_requested=int(x.shape[0]),
+                  n0=args.n0, n=args.n, alpha=args.alpha, target_radii=list(target_radii), dtype=args.dtype,
+                  compile=args.compile, seed=args.seed, device=args.device, batch_size=args.batch_size,
+                  options=sequential_options(args),
                   fixed=runs["fixed"], sequential=runs["sequential"])
     record["samples_ratio"] = round(runs["fixed"]["samples"] / max(runs["sequential"]["samples"], 1), 3)
     record["time_ratio"] = round(runs["fixed"]["seconds"] / max(runs["sequential"]["seconds"], 1e-9), 3)
@@ -255,9 +280,9 @@ def run_cascade(name: str, args, x, labels, target_radii) -> dict:
 
 
 def _engine(kind: str, args) -> SmoothedClassifier:
-    classifier, mean, std, num_classes = zoo.load_demo_classifier()
-    denoiser = None if kind == "none" else zoo.load_demo_denoiser(finetuned=kind == "finetuned")
-    return SmoothedClassifier(classifier, num_classes, denoiser=denoiser, mean=mean, std=std,
+    classifier, mean, std, num_classes = zoo.load_demo_classifier(args.device)
+    denoiser = None if kind == "none" else zoo.load_demo_denoiser(finetuned=kind == "finetuned", device=args.device)
+    return SmoothedClassifier(classifier, num_classes, denoiser=denoiser, mean=mean, std=std, device=args.device,
                               dtype=getattr(torch, args.dtype), compile=args.compile)
 
 
@@ -273,12 +298,16 @@ def _legacy_fields(record: dict) -> dict:
             "table_equal": all(fixed["certified_accuracy"][i] == seq["certified_accuracy"][i] for i in pick)}
 
 
-def machine() -> dict:
+def machine(device: str = "cpu") -> dict:
     flags = sorted(set(re.findall(r"avx512[a-z_0-9]*|amx[a-z_0-9]*|avx2", Path("/proc/cpuinfo").read_text())))\
         if Path("/proc/cpuinfo").exists() else []
     load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else []
-    return {"cpu_flags": flags, "loadavg": load, "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version()}
+    out = {"cpu_flags": flags, "loadavg": load, "threads": torch.get_num_threads(), "torch": torch.__version__,
+           "python": platform.python_version()}
+    if device == "cuda":
+        out.update(gpu=torch.cuda.get_device_name(), torch_cuda=torch.version.cuda,
+                   cudnn_allow_tf32=torch.backends.cudnn.allow_tf32)
+    return out
 
 
 def print_table(records: list[dict]) -> None:
@@ -287,7 +316,8 @@ def print_table(records: list[dict]) -> None:
         print(f"{r['config']} n={r['n']}: samples fixed {fixed['samples']:,} / sequential {seq['samples']:,} = "
               f"{r['samples_ratio']}x" + (f", oracle {r['oracle']['samples']:,} (sequential / oracle "
                                           f"{r['oracle_ratio']})" if "oracle" in r else "")
-              + f"; seconds {fixed['seconds']} / {seq['seconds']}; per image (median, p90, max) "
+              + f"; seconds {fixed['seconds']} / {seq['seconds']} (samples/s {fixed.get('samples_per_s')} / "
+              f"{seq.get('samples_per_s')}); images {r['images']}; per image (median, p90, max) "
               f"{seq['per_image']}; other bucket {r['images_with_other_bucket']}, largest difference at one "
               f"radius {r['max_certified_difference']}")
         print(f"  radii      {fixed['table_radii']}\n  certified  fixed {fixed['certified']}\n"
@@ -317,13 +347,25 @@ def main(argv=None) -> int:
     p.add_argument("--chunk", type=int, default=10, help="images per recorded fixed-n chunk")
     p.add_argument("--replay-only", action="store_true",
                    help="no engine sequential run: replay it on the recorded votes (no wall time)")
-    p.add_argument("--batch-size", type=int, default=4000)
+    p.add_argument("--device", default="cpu", choices=sorted(BATCH_SIZE),
+                   help="where the models, the noise and the vote counting run (default cpu)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="rows per batch (default: " + ", ".join(f"{v} on {k}" for k, v in BATCH_SIZE.items()) + ")")
+    p.add_argument("--record-seconds", type=float, default=None,
+                   help="time budget of each configuration's fixed-n recording: no chunk of images is started that "
+                        "would end after it (the first always runs); both runs then certify the images recorded")
+    p.add_argument("--votes-out", type=Path, default=None,
+                   help="keep each configuration's recorded votes as one file, DIR/<config>/chunk_00000_<B>.npz")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--compile", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
+    if args.batch_size is None:
+        args.batch_size = BATCH_SIZE[args.device]
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: torch sees no CUDA device")
     if args.threads:
         torch.set_num_threads(args.threads)
     names = [c.strip() for c in args.configs.split(",") if c.strip()]
@@ -342,14 +384,14 @@ def main(argv=None) -> int:
             else:
                 record = run_single(name, args, x, labels, target_radii, votes_dir)
             record.update(_legacy_fields(record))
-            record["machine"] = machine()
+            record["machine"] = machine(args.device)
             record["command"] = "python benchmarks/sequential_savings.py " + " ".join(
                 sys.argv[1:] if argv is None else argv)
             records.append(record)
+            if args.json:  # after each configuration: a run stopped later keeps the ones finished
+                args.json.parent.mkdir(parents=True, exist_ok=True)
+                args.json.write_text(json.dumps(records, indent=1) + "\n")
     print_table(records)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(records, indent=1) + "\n")
     return 0
 
 

@@ -6,15 +6,20 @@ a fixed-n run that records every vote in order holds every sequential run's data
 CERTIFY (msrs.procedures.certify) with a classifier wrapper that keeps the argmax of each batch of logits; the
 engine enumerates its rows in a fixed order (selection samples, image-major, then estimation samples, image-major;
 batches in row order on one process), so the kept classes are the votes in sample order. Each chunk of images is
-checked against the certificate's own vote counts and saved (a long run can be resumed chunk by chunk).
+checked against the certificate's own vote counts and saved (a long run can be resumed chunk by chunk). The models
+run on args.device (default cpu); a time budget stops the recording before a chunk that would not fit, and the
+Votes then hold the images recorded so far (the first ones: a shorter run, not a different one).
 
   record(config_name, images, labels, args, out_dir)   -> Votes (and out_dir/chunk_*.npz)
-  load(out_dir)                                        -> Votes
+  load(out_dir, images=B)                              -> Votes of the chunks covering images 0 .. B-1
+  save(votes, out_dir)                                 -> out_dir/chunk_00000_<B>.npz, all images in one chunk
   Votes.prefix_successes(looks)                        -> [B, len(looks)] votes for the selected class
 """
 from __future__ import annotations
 
 import json
+import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,26 +76,36 @@ class Votes:
         return cum[:, np.asarray(looks, dtype=np.int64) - 1]
 
 
-def _engine(kind: str, recorder: VoteRecorder, mean, std, num_classes, dtype) -> SmoothedClassifier:
-    denoiser = None if kind == "none" else zoo.load_demo_denoiser(finetuned=kind == "finetuned")
-    return SmoothedClassifier(recorder, num_classes, denoiser=denoiser, mean=mean, std=std, dtype=dtype)
+def _engine(kind: str, recorder: VoteRecorder, mean, std, num_classes, dtype, device) -> SmoothedClassifier:
+    denoiser = None if kind == "none" else zoo.load_demo_denoiser(finetuned=kind == "finetuned", device=device)
+    return SmoothedClassifier(recorder, num_classes, denoiser=denoiser, mean=mean, std=std, device=device,
+                              dtype=dtype)
 
 
 def record(name: str, kind: str, sigma: float, images: torch.Tensor, labels: np.ndarray, args, out_dir: Path,
-           chunk: int = 10) -> Votes:
+           chunk: int = 10, budget_s: float | None = None) -> Votes:
     """The fixed-n CERTIFY of `images` (global ids 0 .. B-1) in chunks of `chunk` images, each chunk's votes saved
-    to out_dir (an existing chunk with the same settings is loaded, not re-run)."""
+    to out_dir (an existing chunk with the same settings is loaded, not re-run). budget_s: wall seconds for the
+    recording; a chunk is not started when the seconds used plus the last chunk's would exceed them (the first
+    chunk always runs), and the Votes then hold the chunks before it."""
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = dict(config=name, sigma=sigma, n0=args.n0, n=args.n, alpha=args.alpha, seed=args.seed,
                 dtype=args.dtype)
-    classifier, mean, std, num_classes = zoo.load_demo_classifier()
+    device = getattr(args, "device", "cpu")
+    classifier, mean, std, num_classes = zoo.load_demo_classifier(device)
     recorder = VoteRecorder(classifier)
-    engine = _engine(kind, recorder, mean, std, num_classes, getattr(torch, args.dtype))
+    engine = _engine(kind, recorder, mean, std, num_classes, getattr(torch, args.dtype), device)
+    start, last, done = time.perf_counter(), 0.0, images.shape[0]
     for lo in range(0, images.shape[0], chunk):
         hi = min(lo + chunk, images.shape[0])
         path = out_dir / f"chunk_{lo:05d}_{hi:05d}.npz"
         if path.is_file() and json.loads(str(np.load(path)["meta"])) == meta:
             continue
+        if budget_s is not None and last > 0 and time.perf_counter() - start + last > budget_s:
+            done = lo
+            print(f"# {name} fixed-n: stopped before images {lo}..{hi - 1} (time budget {budget_s:.0f} s)",
+                  flush=True)
+            break
         recorder.take()
         t0 = time.perf_counter()
         certs = engine.certify(images[lo:hi], sigma, args.n0, args.n, args.alpha, seed=args.seed,
@@ -107,18 +122,46 @@ def record(name: str, kind: str, sigma: float, images: torch.Tensor, labels: np.
         if not (np.array_equal(counts0, np.stack([c.counts0[0] for c in certs]))
                 and np.array_equal(counts, np.stack([c.counts[0] for c in certs]))):
             raise RuntimeError("the recorded votes do not add up to the certificates' counts (row order changed?)")
-        np.savez_compressed(path, meta=json.dumps(meta), counts0=counts0, votes=est, seconds=seconds,
-                            radius=np.array([c.radius for c in certs]),
-                            prediction=np.array([c.prediction for c in certs]), labels=labels[lo:hi])
+        _save_chunk(path, meta, counts0, est, seconds, np.array([c.radius for c in certs]),
+                    np.array([c.prediction for c in certs]), labels[lo:hi])
+        last = time.perf_counter() - t0
         print(f"# {name} fixed-n: images {lo}..{hi - 1} in {seconds:.1f} s", flush=True)
-    return load(out_dir, meta)
+    return load(out_dir, meta, images=done)
 
 
-def load(out_dir: Path, meta: dict | None = None) -> Votes:
-    """The chunks of out_dir (in image order), all with the same settings (`meta` if given)."""
-    parts = [np.load(p) for p in sorted(Path(out_dir).glob("chunk_*.npz"))]
-    if not parts:
+def _save_chunk(path: Path, meta: dict, counts0, votes, seconds, radius, prediction, labels) -> None:
+    """One chunk file, written under a name that load() does not read and then renamed: a run stopped while
+    writing leaves no broken chunk behind."""
+    partial = path.with_name(".partial_" + path.name)
+    np.savez_compressed(partial, meta=json.dumps(meta), counts0=counts0, votes=votes, seconds=seconds,
+                        radius=radius, prediction=prediction, labels=labels)
+    os.replace(partial, path)
+
+
+def save(votes: Votes, out_dir: Path) -> Path:
+    """All of `votes` as one chunk (out_dir/chunk_00000_<B>.npz), in the format record() writes and reuses:
+    `sequential_savings.py --votes-dir DIR --images B --chunk B` reads it back without sampling."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    meta = {k: v for k, v in votes.meta.items() if k != "images"}
+    path = out_dir / f"chunk_00000_{votes.votes.shape[0]:05d}.npz"
+    _save_chunk(path, meta, votes.counts0, votes.votes, votes.seconds, votes.fixed_radius, votes.fixed_prediction,
+                votes.labels)
+    return path
+
+
+def load(out_dir: Path, meta: dict | None = None, images: int | None = None) -> Votes:
+    """The chunks of out_dir (in image order), all with the same settings (`meta` if given); with `images`, only
+    the chunks inside images 0 .. images-1, which must cover them all."""
+    paths = sorted(Path(out_dir).glob("chunk_*.npz"))
+    if images is not None:
+        ranges = {p: tuple(map(int, re.fullmatch(r"chunk_(\d+)_(\d+)\.npz", p.name).groups())) for p in paths}
+        paths = [p for p in paths if ranges[p][1] <= images]
+        ends = [0] + [ranges[p][1] for p in paths]
+        if paths and ([ranges[p][0] for p in paths] != ends[:-1] or ends[-1] != images):
+            raise ValueError(f"{out_dir}: the chunks {[p.name for p in paths]} do not cover images 0 .. {images - 1}")
+    if not paths:
         raise FileNotFoundError(f"no recorded votes (chunk_*.npz) in {out_dir}")
+    parts = [np.load(p) for p in paths]
     metas = {str(p["meta"]) for p in parts}
     if len(metas) != 1 or (meta is not None and json.loads(metas.pop()) != meta):
         raise ValueError(f"{out_dir}: chunks recorded with other settings")

@@ -60,3 +60,26 @@ def test_sequential_savings_smoke(tmp_path):
     assert 3 * (10 + 64) <= record["samples_sequential"] <= record["samples_fixed"]
     assert record["table_equal"] == (record["table_fixed"] == record["table_sequential"])
     assert len(record["table_fixed"]) == len(module.DEFAULT_RADII)
+
+
+def test_sequential_savings_time_budget_and_kept_votes(tmp_path):
+    """--record-seconds stops the fixed-n recording after the first chunk (both runs then certify that image only,
+    and the record says how many were asked for); --votes-out keeps the votes as one chunk, which a --replay-only
+    run reads back without sampling (the same fixed-n record, its recorded seconds included)."""
+    module = load_script("benchmarks/sequential_savings.py")
+    common = ["--configs", "smooth-0.25", "--n0", "10", "--n", "300", "--batch-size", "64", "--chunk", "1"]
+    first = tmp_path / "first.json"
+    assert module.main([*common, "--images", "3", "--record-seconds", "0", "--votes-dir", str(tmp_path / "votes"),
+                        "--votes-out", str(tmp_path / "kept"), "--json", str(first)]) == 0
+    (record,) = json.loads(first.read_text())
+    assert record["images"] == 1 and record["images_requested"] == 3 and record["device"] == "cpu"
+    assert record["fixed"]["samples"] == 310 and len(record["sequential"]["predictions"]) == 1
+    assert record["sequential"]["replay_matches"] is True and record["fixed"]["samples_per_s"] > 0
+    assert sorted(p.name for p in (tmp_path / "kept" / "smooth-0.25").iterdir()) == ["chunk_00000_00001.npz"]
+    again = tmp_path / "again.json"
+    assert module.main([*common, "--images", "1", "--votes-dir", str(tmp_path / "kept"), "--replay-only",
+                        "--json", str(again)]) == 0
+    (replayed,) = json.loads(again.read_text())
+    assert replayed["fixed"] == record["fixed"] and replayed["oracle"] == record["oracle"]
+    for key in ("predictions", "radii", "samples_per_image"):
+        assert replayed["sequential"][key] == record["sequential"][key]

@@ -67,6 +67,51 @@ def test_cpu_smoke_runs_every_step(tmp_path):
     assert summary["goals"] == {"status": "skipped: no CUDA"}
 
 
+@pytest.mark.slow
+def test_cpu_smoke_sequential_denoised(tmp_path):
+    """The step of the second GPU call (--steps setup,sequential_denoised) at tiny sizes: 2 digits, N = 2,000, both
+    denoised configurations on the CPU; the summary carries samples, ratios and certified fractions equal to the
+    JSON records next to it, and the votes come back as one file per configuration, within the device tool's
+    limits on what comes back (8 files with setup.log, at most 2 folders down)."""
+    pytest.importorskip("diffusers")
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "MSRS_BACKEND")}
+    env["PYTHON"] = sys.executable
+    result = subprocess.run(["bash", str(ROOT / "benchmarks" / "device_check.sh"), str(out), "--cpu-smoke",
+                             "--steps", "sequential_denoised"], check=False, cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=1500)
+    summary = json.loads((out / "summary.json").read_text())
+    step = summary["steps"]["sequential_denoised"]
+    assert result.returncode == 0, (step, result.stdout[-3000:], result.stderr[-3000:])
+    assert list(summary["steps"]) == ["sequential_denoised"] and step["status"] == "ok" and summary["ok"] is True
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert files == ["sequential_denoised-0.25_n2000.json", "sequential_denoised-0.5_n2000.json",
+                     "sequential_denoised.log", "summary.json", "votes/denoised-0.25/chunk_00000_00002.npz",
+                     "votes/denoised-0.5/chunk_00000_00002.npz"]
+    assert len(files) + 1 <= 8  # setup.log comes back too on the GPU
+    votes = load_script("benchmarks/votes.py")
+    assert list(step["configs"]) == ["denoised-0.25", "denoised-0.5"]
+    for name, c in step["configs"].items():
+        (record,) = json.loads((out / c["json"]).read_text())
+        assert record["config"] == name and record["device"] == "cpu" and record["n"] == 2000
+        assert c["status"] == "ok" and c["images"] == c["images_requested"] == 2
+        assert c["samples_fixed"] == record["fixed"]["samples"] == 2 * 2100
+        assert c["samples_sequential"] == record["sequential"]["samples"] <= c["samples_fixed"]
+        assert c["samples_oracle"] == record["oracle"]["samples"] <= c["samples_fixed"]
+        assert c["fixed_over_sequential"] == round(c["samples_fixed"] / c["samples_sequential"], 3)
+        assert c["sequential_over_oracle"] == round(c["samples_sequential"] / c["samples_oracle"], 3)
+        assert c["samples_per_s_fixed"] > 0 and c["samples_per_s_sequential"] > 0
+        assert c["table_radii"] == [0, 0.25, 0.5, 0.75, 1, 1.5, 2]
+        assert c["certified_equal"] == (c["certified_fixed"] == c["certified_sequential"])
+        assert c["certified_fixed"] == record["fixed"]["certified"] and c["replay_matches"] is True
+        kept = votes.load(out / "votes" / name, images=2)
+        assert kept.votes.shape == (2, 2000) and kept.meta["n"] == 2000
+        assert kept.fixed_prediction.tolist() == record["fixed"]["predictions"]
+    done = step["configs"].values()
+    assert step["samples_total"] == sum(c["samples_fixed"] + c["samples_sequential"] for c in done)
+    assert step["samples_per_s"] > 0
+
+
 # ---------------------------------------------------------------------------------------------- the harness logic
 def test_time_limit_kills_the_whole_process_group(tmp_path):
     check = _load("device_check")
@@ -214,3 +259,110 @@ def test_validity_plugin_wrappers():
     host = plugin.HostDenoiser(Denoiser())
     assert host.in_channels == 1 and host.timestep_for(0.5) == (5, 0.5)
     torch.testing.assert_close(host.predict_eps(x, torch.arange(3)), x * 2 + torch.arange(3).reshape(-1, 1, 1, 1))
+
+
+def _savings_record(images: int, requested: int, n: int = 1000) -> dict:
+    """The fields of a benchmarks/sequential_savings.py record the step reads."""
+    run = {"per_image": {"median": 1.0, "p90": 1.0, "max": 1}, "table_radii": [0.0, 0.5],
+           "certified": [0.9, 0.5], "certified_accuracy": [0.9, 0.5]}
+    fixed = dict(run, samples=images * (100 + n), seconds=10.0, samples_per_s=images * (100 + n) / 10.0)
+    seq = dict(run, samples=images * 300, seconds=2.0, samples_per_s=images * 150.0, replay_matches=True)
+    return {"config": "x", "images": images, "images_requested": requested, "n0": 100, "n": n, "device": "cuda",
+            "machine": {"gpu": "H200"}, "fixed": fixed, "sequential": seq,
+            "oracle": {"samples": images * 150, "samples_at_looks": images * 160, "per_image": run["per_image"],
+                       "final_bucket_matches_fixed": True},
+            "samples_ratio": round((100 + n) / 300, 3), "oracle_ratio": 2.0, "oracle_ratio_at_looks": 1.875,
+            "time_ratio": 5.0, "max_certified_difference": 0, "images_with_other_bucket": 0,
+            "images_in_lower_bucket": 0}
+
+
+def test_sequential_step_shares_its_limit_and_replays_a_stopped_configuration(tmp_path, monkeypatch):
+    """sequential_denoised on stand-in processes: the first configuration is stopped at its limit after two chunks
+    of images, and is replayed on them; the second gets the time left, fails with the automatic backend and is run
+    again with the reference ops; the step says partial, not ok."""
+    check = _load("device_check")
+    calls = []
+
+    def fake_run(cmd, log, timeout, env):
+        calls.append((cmd, timeout, env.get("MSRS_BACKEND")))
+        def arg(key):
+            return cmd[cmd.index(key) + 1]
+
+        name, images = arg("--configs"), int(arg("--images"))
+        folder = Path(arg("--votes-dir")) / name
+        folder.mkdir(parents=True, exist_ok=True)
+        if name == "denoised-0.25" and "--replay-only" not in cmd:
+            for lo in (0, 10):  # two whole chunks, and a third being written when the limit came
+                (folder / f"chunk_{lo:05d}_{lo + 10:05d}.npz").write_bytes(b"x")
+            (folder / ".partial_chunk_00020_00030.npz").write_bytes(b"x")
+            return None, timeout
+        if name == "denoised-0.5" and "MSRS_BACKEND" not in env:
+            return 1, 3.0  # a kernel that fails on this GPU
+        Path(arg("--json")).write_text(json.dumps([_savings_record(images, images)]))
+        kept = Path(arg("--votes-out")) / name
+        kept.mkdir(parents=True, exist_ok=True)
+        (kept / f"chunk_00000_{images:05d}.npz").write_bytes(b"v" * 100)
+        return 0, 1.0
+
+    monkeypatch.setattr(check, "run_command", fake_run)
+    ctx = {"smoke": False, "logs": tmp_path, "work": tmp_path / "work", "timeouts": check.TIMEOUTS["gpu"],
+           "env": {}}
+    result = check.sequential_denoised_step(ctx)
+    (first, first_s, _), (replay, replay_s, _), (second, second_s, backend), (retry, _, retry_backend) = calls
+    assert first_s == pytest.approx((420 - 40) / 2, abs=1) and first[first.index("--record-seconds") + 1] == "104"
+    assert "--replay-only" in replay and replay[replay.index("--images") + 1] == "20" and replay_s <= 40
+    assert second_s == pytest.approx(420 - 40, abs=2) and "--replay-only" not in second
+    assert first[first.index("--device") + 1] == "cuda" and first[first.index("--n") + 1] == "100000"
+    assert backend is None and retry_backend == "torch" and retry == second
+    c = result["configs"]["denoised-0.25"]
+    assert c["status"].startswith("timeout after 190 s; 20 images replayed") and c["replayed_images"] == 20
+    assert c["images"] == 20 and c["images_requested"] == 100
+    assert c["votes_file"] == "votes/denoised-0.25/chunk_00000_00020.npz"
+    second = result["configs"]["denoised-0.5"]
+    assert second["status"] == "ok; backend torch (the automatic backend's run failed: exit code 1)"
+    assert second["seconds"] == 4.0
+    assert result["status"].startswith("partial: denoised-0.25: timeout after 190 s")
+    # both records' samples count; the sequential run of the replayed one has a wall time in the stand-in record
+    assert result["samples_total"] == 20 * 1100 + 20 * 300 + 100 * 1100 + 100 * 300
+    assert check.recorded_images(tmp_path / "work" / "votes" / "denoised-0.25") == 20
+
+
+def test_sequential_step_parts(tmp_path, monkeypatch):
+    check = _load("device_check")
+    folder = tmp_path / "votes" / "a"
+    folder.mkdir(parents=True)
+    assert check.recorded_images(folder) == 0 and check.keep_votes(folder) == {"votes_file": None}
+    for lo, hi in ((0, 10), (10, 20), (30, 40)):  # a gap: images 20 .. 29 were not recorded
+        (folder / f"chunk_{lo:05d}_{hi:05d}.npz").write_bytes(b"x" * 10)
+    assert check.recorded_images(folder) == 20
+    monkeypatch.setattr(check, "VOTES_MAX_BYTES", 5)
+    assert check.keep_votes(folder)["votes_file"].startswith("left out: ")
+    assert not (folder / "chunk_00030_00040.npz").exists()
+    summary = check.summarize_sequential(_savings_record(60, 100))
+    assert summary["images"] == 60 and summary["images_requested"] == 100 and summary["gpu"] == "H200"
+    assert summary["fixed_over_sequential"] == round(1100 / 300, 3) and summary["certified_equal"] is True
+    totals = check.sequential_totals({"a": summary, "b": {"status": "skipped: 10 s left"}})
+    assert totals == {"samples_total": 60 * 1400, "engine_seconds": 12.0, "samples_per_s": round(60 * 1400 / 12, 1)}
+    with pytest.raises(SystemExit):
+        check.main([str(tmp_path / "x"), "--cpu-smoke", "--steps", "setup,nonsense"])
+
+
+def test_sequential_step_runs_only_when_named_and_takes_a_shorter_limit(tmp_path, monkeypatch):
+    check = _load("device_check")
+    timeouts = []
+
+    def fake_run(cmd, log, timeout, env):
+        timeouts.append(round(timeout))
+        out = Path(cmd[cmd.index("--json") + 1])
+        out.write_text(json.dumps([_savings_record(100, 100)]))
+        return 0, 1.0
+
+    monkeypatch.setattr(check, "run_command", fake_run)
+    for step in STEPS:
+        monkeypatch.setattr(check, f"{step}_step", lambda ctx: {"status": "ok"})
+    assert check.main([str(tmp_path / "default")]) == 0
+    assert timeouts == []  # not in the default steps
+    assert check.main([str(tmp_path / "short"), "--steps", "sequential_denoised", "--sequential-seconds", "200"]) == 0
+    summary = json.loads((tmp_path / "short" / "summary.json").read_text())
+    assert summary["timeouts_s"]["sequential_denoised"] == 200 and timeouts == [80, 160]
+    assert summary["steps"]["sequential_denoised"]["status"] == "ok"

@@ -474,7 +474,7 @@ def coverage_map(names: list[str]) -> dict:
             print(f"coverage map: running {test_file} once under coverage (a context per test) ...", flush=True)
             start = time.monotonic()
             status, result = run_in_child(_coverage_job([test_file], sources), timeout=3600,
-                                          log=STATE / "coverage.log")
+                                          log=STATE / f"coverage-{os.getpid()}.log")
             if status != "ok" or "lines" not in result:
                 sys.exit(f"coverage run failed ({status}): {result}; see {STATE / 'coverage.log'}")
             failing = sorted(t for t, o in result["outcomes"].items() if o == "failed")
@@ -609,7 +609,7 @@ def run_module(name: str, cov: dict, args, entries) -> list[Outcome]:
 
 def run_mutant(spec, m: Mutant, cov, files, torch_ops, factor) -> Outcome:
     start = time.monotonic()
-    log = STATE / "mutant.log"
+    log = STATE / f"mutant-{os.getpid()}.log"  # per run: two runs at once must not read each other's result
     scopes = ["line", "function"] if m.scope == "line" else ([m.scope] if m.scope == "function" else ["module"])
     if m.scope == "function":
         scopes = ["function"]

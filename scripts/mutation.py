@@ -34,7 +34,7 @@ Mutation operators (one change per mutant, on the AST, line numbers kept):
             (not under torch.no_grad(); not the value of int(), len(), ...)
 Not mutated: docstrings, `raise` statements (their messages), f-strings, annotations, __all__, __repr__.
 
-Usage: python scripts/mutation.py [--module decisions objective ...] [--sample N [--seed S]] [--only-survivors]
+Usage: python scripts/mutation.py [--module decisions objective ...] [--sample N [--seed S]] [--only-survivors | --resume]
 (one mutant at a time: the forked children run one after another)
 """
 from __future__ import annotations
@@ -580,6 +580,8 @@ def run_module(name: str, cov: dict, args, entries) -> list[Outcome]:
     previous = _load_results(name, src)
     if args.only_survivors:
         mutants = [m for m in mutants if previous.get(m.key, {}).get("status") in ("survived", "no_tests", "error")]
+    elif args.resume:  # an interrupted run (same source): the mutants it finished keep their result
+        mutants = [m for m in mutants if m.key not in previous]
     if args.line:
         mutants = [m for m in mutants if m.line in args.line]
     print(f"\n== {name} ({spec[1]}): {len(mutants)} of {total} mutants, tests from {', '.join(files)}", flush=True)
@@ -598,7 +600,7 @@ def run_module(name: str, cov: dict, args, entries) -> list[Outcome]:
             print(f"\n  {o.status}: {o.label}", flush=True)
         _save_results(name, src, previous)
     print(flush=True)
-    if args.only_survivors or args.line:  # the summary covers the whole set: earlier results for the others
+    if args.only_survivors or args.resume or args.line:  # the summary covers the whole set: earlier results too
         keys = {m.key for m in selected}
         outcomes = [Outcome(**previous[k]) for k in keys if k in previous]
         for o in outcomes:
@@ -688,6 +690,8 @@ def main(argv=None) -> int:
                              "source give the same sample (mutant keys hold line numbers: an edit of the module "
                              "draws another one)")
     parser.add_argument("--seed", type=int, default=0, help="the sample's seed (default 0)")
+    parser.add_argument("--resume", action="store_true",
+                        help="skip the mutants that already have a result for this source (an interrupted run)")
     parser.add_argument("--only-survivors", action="store_true",
                         help="rerun only the mutants that survived (or had no tests) in the last run")
     parser.add_argument("--line", type=int, nargs="*", help="only the mutants on these lines (debugging)")

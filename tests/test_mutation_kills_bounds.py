@@ -220,3 +220,11 @@ def test_betting_bounds_are_the_documented_41_bet_grid_sequence(s, t):
     assert lower == pytest.approx(want_lower, rel=1e-9)
     assert 1.0 - upper == pytest.approx(1.0 - want_upper, rel=1e-9, abs=1e-15)
     assert lower <= want_lower * (1 + 1e-12) and upper >= want_upper - 1e-12
+
+
+def test_clopper_pearson_upper_checks_its_counts_with_msrs_errors():
+    """clopper_pearson_upper validates n_a and n itself, as binomial_pvalue does: msrs's ArgumentValueError naming
+    the counts, not a NaN from scipy (kills deleting `n_a, n = _counts(n_a, n)` in clopper_pearson_upper)."""
+    for n_a, n in ((11, 10), (-1, 10), (0, 0), (2.5, 10)):
+        with pytest.raises(checks.ArgumentError, match="n_a"):
+            bounds.clopper_pearson_upper(n_a, n, 0.01)

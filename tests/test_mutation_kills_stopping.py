@@ -283,3 +283,26 @@ def test_cascade_passes_the_spending_weights_on():
 
     with pytest.raises(ValueError, match="^weights: "):
         stopping.run_cascade_sequential(draw, 1, [0.5, 0.25], 10, 1000, 0.001, [0.25], weights=[1.0])
+
+
+def test_thresholds_of_float32_radii_are_computed_in_float64():
+    """Target radii read from a float32 array give the thresholds of their (exact) float64 values, Phi(r / sigma +
+    PhiInv(p0)) restated with Python's statistics module (kills dropping dtype=np.float64 in _positive_radii:
+    numpy 2 then keeps float32 through r / sigma, 1e-8 off)."""
+    radii = np.array([0.1, 0.3, 0.7], dtype=np.float32)
+    got = stopping.thresholds(radii, 0.3, p0=0.6)  # (not a power of 2: r / sigma is rounded)
+    want = [0.6] + [NormalDist().cdf(float(r) / 0.3 + PHI_INV(0.6)) for r in radii]
+    assert got.dtype == np.float64
+    assert got == pytest.approx(want, rel=1e-13, abs=0)
+
+
+def test_radius_from_a_float32_lower_bound_at_p0_is_zero():
+    """A float32 lower bound is compared with p0 in float64: np.float32(0.7) = 0.69999998808 is below p0 = 0.7, so
+    it certifies nothing (radius 0), while 0.9 gets sigma (PhiInv(0.9) - PhiInv(0.7)) of its float64 value, less
+    the relative margin bounds.RADIUS_MARGIN = 1e-9 that every radius gives up to rounding (kills
+    dropping dtype=np.float64 in radius_from_lower: in float32 p0 rounds down to the same 0.69999998808, the bound
+    passes the check and the radius comes out negative)."""
+    got = stopping.radius_from_lower(np.array([0.7, 0.9], dtype=np.float32), SIGMA, p0=0.7)
+    want = SIGMA * (PHI_INV(float(np.float32(0.9))) - PHI_INV(0.7))
+    assert got[0] == 0.0 and not np.signbit(got[0])
+    assert want * (1 - 2e-9) <= got[1] < want

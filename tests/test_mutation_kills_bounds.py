@@ -228,3 +228,12 @@ def test_clopper_pearson_upper_checks_its_counts_with_msrs_errors():
     for n_a, n in ((11, 10), (-1, 10), (0, 0), (2.5, 10)):
         with pytest.raises(checks.ArgumentError, match="n_a"):
             bounds.clopper_pearson_upper(n_a, n, 0.01)
+
+
+def test_radius_takes_a_lower_bound_of_zero_and_refuses_one_among_good_ones():
+    """p_lower = 0 is a probability bound (radius -inf: PhiInv(0) = -inf, as signed_radius documents); p_lower = 1
+    is refused even as one entry of several (kills `p_lower < 0` -> `p_lower <= 0` and np.any -> np.all in the
+    check of p_lower >= 1)."""
+    assert bounds.radius(0.5, 0.0) == -math.inf
+    with pytest.raises(checks.ArgumentValueError, match="p_lower"):
+        bounds.radius(0.5, [0.9, 1.0])

@@ -306,3 +306,29 @@ def test_radius_from_a_float32_lower_bound_at_p0_is_zero():
     want = SIGMA * (PHI_INV(float(np.float32(0.9))) - PHI_INV(0.7))
     assert got[0] == 0.0 and not np.signbit(got[0])
     assert want * (1 - 2e-9) <= got[1] < want
+
+
+def _upper_at_p0(successes, trials, level):
+    """A bound object whose upper end is exactly p0 = 1/2 at every count and whose lower end is s / t - 0.2: at
+    60 of 100 the image cannot certify yet, but the best case at n_max (all 900 remaining samples successes) could."""
+    s, t = np.atleast_1d(successes).astype(float), np.atleast_1d(trials).astype(float)
+    return np.clip(s / t - 0.2, 0.0, 1.0), np.full(s.shape, 0.5)
+
+
+def test_decide_many_abstains_on_an_upper_bound_below_p0_not_at_it():
+    """The rule abstains when upper < p0 (strictly, as documented: p = p0 is not excluded); at upper = p0 with the
+    best case still above p0 the image goes on (kills `hi < p0` -> `hi <= p0` in decide_many's stopping test)."""
+    status, _, _, hi = stopping.decide_many([60], [100], 1000, SIGMA, ALPHA, bound=_upper_at_p0)
+    assert hi[0] == 0.5 and status[0] == stopping.CONTINUE
+    status, _, _, _ = stopping.decide_many([60], [100], 1000, SIGMA, ALPHA, bound=_upper_at_p0,
+                                           upper=[np.nextafter(0.5, 0.0)])
+    assert status[0] == stopping.ABSTAIN
+
+
+def test_decide_many_refuses_a_fractional_budget():
+    """n_max is a sample count: a float, even 1000.0, is refused with a TypeError rather than used as a float budget
+    (kills deleting `n_max = operator.index(n_max)`)."""
+    with pytest.raises(TypeError):
+        stopping.decide_many([60], [100], 1000.0, SIGMA, ALPHA)
+    status, _, _, _ = stopping.decide_many([60], [100], np.int64(1000), SIGMA, ALPHA)  # numpy integers are counts
+    assert status[0] == stopping.CONTINUE

@@ -332,3 +332,17 @@ def test_decide_many_refuses_a_fractional_budget():
         stopping.decide_many([60], [100], 1000.0, SIGMA, ALPHA)
     status, _, _, _ = stopping.decide_many([60], [100], np.int64(1000), SIGMA, ALPHA)  # numpy integers are counts
     assert status[0] == stopping.CONTINUE
+
+
+def test_futility_ramp_of_zero_and_below_one_sample_at_the_first_look():
+    """reachable_successes at t = 0 from its documented formula: with futility_ramp = 0 gamma is the full futility
+    from the first look, so the prediction at m = 1000, rate 1/2 is ceil(m/2 + z sqrt(m/4 (1 + m) / 2)), z =
+    PhiInv(1 - gamma); with a ramp shorter than one sample (0.0005 of 1000 = half a sample) gamma_0 = 0 * gamma = 0,
+    so all m remaining samples count (kills `ramp > 0` -> `ramp >= 0`, where t / 0 = nan at t = 0, and `ramp > 0` ->
+    `ramp > 1`, which skips a ramp of half a sample)."""
+    m, gamma = 1000, 0.3
+    z = NormalDist().inv_cdf(1 - gamma)
+    want = math.ceil(m / 2 + z * math.sqrt(m / 4 * (1 + m) / 2))
+    assert want < m
+    assert stopping.reachable_successes(0, 0, m, futility=gamma, futility_ramp=0.0) == want
+    assert stopping.reachable_successes(0, 0, m, futility=gamma, futility_ramp=0.0005) == m

@@ -218,7 +218,7 @@ def test_objective_makes_its_own_tensors_on_the_images_device():
     images, labels = tiny_data(2)
     den, clf = tiny_denoiser(), tiny_classifier()
     ids = torch.arange(2)
-    kw = dict(sigmas=SIGMAS[:2], samples_per_image=2, backend="torch", seed=4)
+    kw = {"sigmas": SIGMAS[:2], "samples_per_image": 2, "backend": "torch", "seed": 4}
     _, want = ft.calibration_loss(den, clf, images, labels, ids, **kw)
     with torch.device("meta"):
         _, got = ft.calibration_loss(den, clf, images, labels, ids, **kw)

@@ -237,3 +237,14 @@ def test_radius_takes_a_lower_bound_of_zero_and_refuses_one_among_good_ones():
     assert bounds.radius(0.5, 0.0) == -math.inf
     with pytest.raises(checks.ArgumentValueError, match="p_lower"):
         bounds.radius(0.5, [0.9, 1.0])
+
+
+@pytest.mark.parametrize("s,t,alpha", [(1, 1, 0.9), (1, 2, 0.8), (3, 3, 0.5)])
+def test_betting_bounds_at_loose_levels_on_a_few_samples(s, t, alpha):
+    """At a loose level (1 / alpha below the capital the first few successes already make) the lower end lies above
+    s / (t + 1): checked against the 40-digit sequence (seed-4 survivor: the regula falsi bracket capped at s /
+    (t + 1) instead of the estimate s / t, through `np.maximum(total, 1.0)` -> 2.0)."""
+    lower, _ = bounds.betting_bounds(s, t, alpha)
+    want = _betting_end_40(s, t, alpha, "lower")
+    assert lower == pytest.approx(want, rel=1e-9) and lower <= want * (1 + 1e-12)
+

@@ -346,3 +346,20 @@ def test_futility_ramp_of_zero_and_below_one_sample_at_the_first_look():
     assert want < m
     assert stopping.reachable_successes(0, 0, m, futility=gamma, futility_ramp=0.0) == want
     assert stopping.reachable_successes(0, 0, m, futility=gamma, futility_ramp=0.0005) == m
+
+
+def test_decide_passes_upper_and_futility_ramp_on_to_decide_many():
+    """decide is decide_many for one image: the same outcome for a given running upper bound and for a futility
+    ramp other than the default, at counts where each of them changes the outcome (kills dropping upper= and
+    futility_ramp= from decide's call)."""
+    assert stopping.decide(60, 100, 1000, SIGMA, ALPHA, bound=_upper_at_p0) == "continue"
+    assert stopping.decide(60, 100, 1000, SIGMA, ALPHA, bound=_upper_at_p0, upper=np.nextafter(0.5, 0.0)) == (-1, 0.0)
+    radii, n_max, differ = [0.25, 0.5], 10_000, 0
+    for s in range(40, 101, 3):
+        kw = {"futility": 0.3, "futility_ramp": 0.0}
+        status, radius, _, _ = stopping.decide_many([s], [100], n_max, SIGMA, ALPHA, radii, **kw)
+        want = "continue" if status[0] == stopping.CONTINUE else \
+            ((7, float(radius[0])) if status[0] == stopping.CERTIFY else (-1, 0.0))
+        assert stopping.decide(s, 100, n_max, SIGMA, ALPHA, radii, prediction=7, **kw) == want
+        differ += stopping.decide(s, 100, n_max, SIGMA, ALPHA, radii, prediction=7, futility=0.3) != want
+    assert differ > 0  # the ramp matters at some of these counts: the check has power

@@ -248,3 +248,13 @@ def test_betting_bounds_at_loose_levels_on_a_few_samples(s, t, alpha):
     want = _betting_end_40(s, t, alpha, "lower")
     assert lower == pytest.approx(want, rel=1e-9) and lower <= want * (1 + 1e-12)
 
+
+
+def test_cs_after_one_success_in_one_draw_is_the_closed_form():
+    """After one draw, a success: M_1(p) = E[q] / p = (a / (a + b)) / p under a Beta(a, b) prior, so the CS's lower
+    end is alpha a / (a + b) exactly. With the prior (10, 1) and alpha = 0.9 it is 0.818..., above 1/2 (kills
+    `t > 0` -> `t > 1` in the outer np.where of cs_bounds' phat, which starts the bisection of a one-draw row from
+    1/2 instead of s / t = 1 and so never gets above 1/2)."""
+    lower, upper = bounds.cs_bounds(1, 1, 0.9, prior=(10.0, 1.0))
+    want = 0.9 * 10 / 11
+    assert want * (1 - 1e-14) <= lower <= want and upper == 1.0

@@ -363,3 +363,12 @@ def test_decide_passes_upper_and_futility_ramp_on_to_decide_many():
         assert stopping.decide(s, 100, n_max, SIGMA, ALPHA, radii, prediction=7, **kw) == want
         differ += stopping.decide(s, 100, n_max, SIGMA, ALPHA, radii, prediction=7, futility=0.3) != want
     assert differ > 0  # the ramp matters at some of these counts: the check has power
+
+
+def test_geometric_looks_from_a_first_look_of_one_sample():
+    """first = 1 (and first = 0, clamped to one sample) with growth 2 up to n_max = 10, worked by hand from the
+    documented rule: 1, 2, 4, 8 (each look at least one sample after the last, ceil(t * growth)), and no last chunk
+    under half the one before: 10 - 8 = 2 is not below 8 / 2... then 8 + 8 > 10 ends at n_max (kills max(1, first)
+    -> max(2, first))."""
+    assert stopping.checkpoints(10, first=1, growth=2.0) == [1, 2, 4, 8, 10]
+    assert stopping.checkpoints(10, first=0, growth=2.0) == [1, 2, 4, 8, 10]

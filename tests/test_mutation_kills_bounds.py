@@ -258,3 +258,12 @@ def test_cs_after_one_success_in_one_draw_is_the_closed_form():
     lower, upper = bounds.cs_bounds(1, 1, 0.9, prior=(10.0, 1.0))
     want = 0.9 * 10 / 11
     assert want * (1 - 1e-14) <= lower <= want and upper == 1.0
+
+
+def test_cs_brentq_upper_end_near_one():
+    """cs_bounds(method="brentq"), the check-only path, agrees with the bisection on the upper end where the mixture
+    martingale at the largest double below 1 is only just outside the set (g(top) = 0.5, reached at s = 133,421,268
+    successes and one failure): the end is that double, not 1 (kills `g(top) > 0` -> `g(top) > 1`)."""
+    s = 133_421_268
+    up = bounds.cs_bounds(s, s + 1, 0.001, method="brentq")[1]
+    assert up == np.nextafter(1.0, 0.0) == bounds.cs_bounds(s, s + 1, 0.001)[1]

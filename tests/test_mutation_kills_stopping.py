@@ -372,3 +372,20 @@ def test_geometric_looks_from_a_first_look_of_one_sample():
     -> max(2, first))."""
     assert stopping.checkpoints(10, first=1, growth=2.0) == [1, 2, 4, 8, 10]
     assert stopping.checkpoints(10, first=0, growth=2.0) == [1, 2, 4, 8, 10]
+
+
+def test_run_sequential_refuses_a_float_budget_before_drawing_a_sample():
+    """n_max is a sample count: 1000.0 is refused (TypeError) before the first sample is drawn, also when the looks
+    are given (kills deleting `n_max = operator.index(n_max)` in run_sequential: the float then passes the given
+    looks, a chunk of samples is drawn, and only the stopping rule refuses it)."""
+    calls = []
+
+    def draw(idx, num, start):
+        calls.append(num)
+        return _unanimous(idx, num, start)
+
+    with pytest.raises(TypeError):
+        stopping.run_sequential(draw, [1], 1000.0, SIGMA, ALPHA, None, points=[100, 1000])
+    assert calls == []
+    result = stopping.run_sequential(draw, [1], np.int64(1000), SIGMA, ALPHA, None, points=[100, 1000])
+    assert len(result) == 1 and calls

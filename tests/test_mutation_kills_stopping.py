@@ -389,3 +389,27 @@ def test_run_sequential_refuses_a_float_budget_before_drawing_a_sample():
     assert calls == []
     result = stopping.run_sequential(draw, [1], np.int64(1000), SIGMA, ALPHA, None, points=[100, 1000])
     assert len(result) == 1 and calls
+
+
+def _stuck_at_p0(successes, trials, level):
+    """A bound object that can never certify (lower 0.3, also at the best case) and whose upper end is exactly p0."""
+    shape = np.shape(np.atleast_1d(successes))
+    return np.full(shape, 0.3), np.full(shape, 0.5)
+
+
+def test_route_stage_many_is_undecided_when_the_upper_end_stays_at_p0():
+    """A stage that can no longer certify and whose worst-case upper end is exactly p0 (not below it: p = p0 is not
+    excluded) is undecided: it can neither certify nor fall through under the paper's rule (kills `>= p0` -> `> p0`
+    in the stuck test, which keeps such a stage running to n_max); under fall-through it falls through."""
+    assert stopping.route_stage_many([60], [100], 1000, 0.001, bound=_stuck_at_p0).tolist() == \
+        [stopping.ROUTE_UNDECIDED]
+    assert stopping.route_stage_many([60], [100], 1000, 0.001, bound=_stuck_at_p0,
+                                     undecided="fall_through").tolist() == [stopping.ROUTE_FALL_THROUGH]
+
+
+def test_route_stage_many_refuses_an_unknown_undecided_rule():
+    """undecided is checked by name: the CLI's spelling "fall-through" is not the API's "fall_through", and a typo
+    must not silently mean the paper's "abstain" (kills deleting the checks.choice call)."""
+    for bad in ("fall-through", "Abstain", ""):
+        with pytest.raises(ValueError, match="undecided"):
+            stopping.route_stage_many([60], [100], 1000, 0.001, undecided=bad)

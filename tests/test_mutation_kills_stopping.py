@@ -413,3 +413,20 @@ def test_route_stage_many_refuses_an_unknown_undecided_rule():
     for bad in ("fall-through", "Abstain", ""):
         with pytest.raises(ValueError, match="undecided"):
             stopping.route_stage_many([60], [100], 1000, 0.001, undecided=bad)
+
+
+def test_cascade_checks_p0_and_the_radii_before_drawing_a_sample():
+    """A bad p0 or a non-finite target radius is refused before the first selection sample is drawn (kills deleting
+    the up-front `thresholds(target_radii, sigmas[-1], p0)` call, after which the cascade draws, then fails)."""
+    calls = []
+    inner = _unanimous_votes()
+
+    def draw(*args):
+        calls.append(args)
+        return inner(*args)
+
+    with pytest.raises(ValueError, match="p0"):
+        stopping.run_cascade_sequential(draw, 1, [SIGMA], 10, 1000, ALPHA, None, p0=0.4)
+    with pytest.raises(ValueError, match="target_radii"):
+        stopping.run_cascade_sequential(draw, 1, [SIGMA], 10, 1000, ALPHA, [0.25, float("nan")])
+    assert calls == []

@@ -267,3 +267,26 @@ def test_cs_brentq_upper_end_near_one():
     s = 133_421_268
     up = bounds.cs_bounds(s, s + 1, 0.001, method="brentq")[1]
     assert up == np.nextafter(1.0, 0.0) == bounds.cs_bounds(s, s + 1, 0.001)[1]
+
+
+@pytest.mark.parametrize("s,t,side", [(172, 172, "lower"), (0, 172, "upper")])
+def test_betting_bounds_at_the_smallest_levels_reach_the_crossing(s, t, side):
+    """At alpha = 1e-300 (need = 690.8 nats) the regula falsi still ends within 1e-12 of the 40-digit crossing, on
+    its conservative side (kills `hv >= 0` -> `hv > 0`, after which a point where the capital is exactly 1 / alpha
+    is taken as inside: 1e-10 off here)."""
+    lower, upper = bounds.betting_bounds(s, t, 1e-300)
+    want = _betting_end_40(s, t, 1e-300, side)
+    got = lower if side == "lower" else upper
+    assert got == pytest.approx(want, rel=1e-12)
+
+
+def test_betting_bounds_after_one_success_in_a_billion_draws_raise_no_warning():
+    """One success in 10^9 draws: the regula falsi's secant divides by a zero difference of h at some step (the
+    capital is flat there); the step falls back to bisection silently and the end matches the 40-digit crossing
+    (kills dropping divide="ignore" or the whole errstate around the secant: a RuntimeWarning)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lower, _ = bounds.betting_bounds(1, 10**9, 0.001)
+    assert lower == pytest.approx(_betting_end_40(1, 10**9, 0.001, "lower"), rel=1e-9)

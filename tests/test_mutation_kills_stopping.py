@@ -9,7 +9,7 @@ from statistics import NormalDist
 import numpy as np
 import pytest
 
-from msrs import bounds, stopping
+from msrs import bounds, stopping, streams
 
 SIGMA, ALPHA = 0.5, 0.01
 PHI_INV = NormalDist().inv_cdf
@@ -430,3 +430,71 @@ def test_cascade_checks_p0_and_the_radii_before_drawing_a_sample():
     with pytest.raises(ValueError, match="target_radii"):
         stopping.run_cascade_sequential(draw, 1, [SIGMA], 10, 1000, ALPHA, [0.25, float("nan")])
     assert calls == []
+
+
+def _synthetic_cascade_draw(seed, n, k=4, stages=3):
+    """run_cascade_sequential's draw for n synthetic images: at each stage an image's votes are multinomial with
+    its own class probabilities (top class 0 at 0.3-0.7 at the largest sigma, cleaner at the smaller ones), the
+    samples of (image, stream, start) from their own seeded generator (the same votes whatever the batch)."""
+    rng = np.random.default_rng(seed)
+    tops = np.stack([rng.uniform(0.3, 0.7, n), rng.uniform(0.4, 0.95, n), rng.uniform(0.5, 0.999, n)], axis=1)
+    probs = np.empty((n, stages, k))
+    for i in range(n):
+        for s in range(stages):
+            probs[i, s] = np.concatenate(([tops[i, s]], rng.dirichlet(np.ones(k - 1)) * (1 - tops[i, s])))
+    stage_of = {streams_fn(s): s for s in range(stages) for streams_fn in (streams.selection, streams.estimation)}
+
+    def draw(idx, stream, num, start):
+        out = np.zeros((len(idx), k), dtype=np.int64)
+        for row, i in enumerate(idx):
+            out[row] = np.random.default_rng([seed, int(i), int(stream), int(start)]).multinomial(
+                num, probs[i, stage_of[stream]])
+        return out
+    return draw
+
+
+@pytest.mark.parametrize("undecided,intersect", [("abstain", False), ("fall_through", False), ("abstain", True)])
+def test_sequential_cascade_certificates_recomputed_from_the_returned_counts(undecided, intersect):
+    """Every outcome of the sequential cascade (target radii, so fall-through stages are resumed after a later stage
+    certifies) recomputed from the counts it returns, by the rule of msrs.decisions written out with the public
+    pieces: a certified image's radius is min(R_s, -r_j) with R_s from its stage's spending bound at the samples
+    drawn there and -r_j from the off-class bound of each earlier stage (groups pooled on that stage's selection
+    counts without cA); an abstained image whose last stage's bound certifies its class must have R <= 0. No stage
+    after an image's last one has samples. With intersect=True the certifying stage's running lower bound can only
+    be higher than the one recomputed at the last look, so the radius is at least the recomputed one. (Kills `&
+    want[:, s]` -> `| want[:, s]` in _CascadeRun.route: certified images resuming an earlier stage were routed there
+    again, re-entered the next stage and lost their certificate: last = 1 with stage 2 drawn.)"""
+    from msrs import decisions
+
+    sigmas, n_max, alpha, p0 = [1.0, 0.5, 0.25], 3000, 0.01, 0.5
+    bound = bounds.make_bound("spending", stopping.checkpoints(n_max))
+    cert, off = decisions.schedule_levels(alpha, len(sigmas), "union")
+    checked = 0
+    for seed in range(2):
+        r = stopping.run_cascade_sequential(_synthetic_cascade_draw(seed, 40), 40, sigmas, 50, n_max, alpha,
+                                            [0.25, 0.5, 0.75, 1.0], intersect=intersect, undecided=undecided)
+        for b in range(len(r)):
+            last = int(r.last[b])  # stages are entered in order: none after the last one has samples
+            assert not r.counts0[b, last + 1:].any() and not r.samples[b, last + 1:].any(), (seed, b)
+            c = int(r.prediction[b]) if r.prediction[b] >= 0 else int(np.argmax(r.counts0[b, last]))
+            s = int(r.stage[b]) if r.prediction[b] >= 0 else last
+            lower = float(np.ravel(bound(r.counts[b, s, c], r.samples[b, s], cert[s])[0])[0])
+            radius = float(bounds.signed_radius(sigmas[s], lower, p0))
+            for j in range(s):
+                groups = decisions.pool_groups(r.counts0[b, j], c)
+                upper = float(np.ravel(bounds.other_classes_upper(r.counts[b, j], c, off[j, s], groups=groups,
+                                                                  bound=bound))[0])
+                radius = min(radius, -float(bounds.signed_radius(sigmas[j], upper, p0)))
+            if r.prediction[b] >= 0:
+                assert (r.radius[b] >= radius if intersect else r.radius[b] == radius and lower >= p0), (seed, b)
+                checked += 1
+            elif lower >= p0 and r.samples[b, s] > 0:
+                assert radius <= 0, (seed, b, radius)
+    assert checked >= 20  # most images certify here: the check has something to check
+
+
+def test_sequential_cascade_of_no_images_has_no_classes():
+    """With no images nothing is drawn, so the number of classes is unknown: the count arrays are [0, L, 0] (kills
+    `k = 0` -> `k = 1` for a run that never drew)."""
+    r = stopping.run_cascade_sequential(_unanimous_votes(), 0, [1.0, SIGMA], 10, 1000, ALPHA, None)
+    assert len(r) == 0 and r.counts.shape == r.counts0.shape == (0, 2, 0) and r.samples.shape == (0, 2)

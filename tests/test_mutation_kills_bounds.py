@@ -290,3 +290,32 @@ def test_betting_bounds_after_one_success_in_a_billion_draws_raise_no_warning():
         warnings.simplefilter("error")
         lower, _ = bounds.betting_bounds(1, 10**9, 0.001)
     assert lower == pytest.approx(_betting_end_40(1, 10**9, 0.001, "lower"), rel=1e-9)
+
+
+def test_betting_lower_end_is_never_above_the_crossing_at_a_billion_draws():
+    """At 886,885,343 successes in 10^9 draws and alpha = 1e-100 the computed log K rounds so coarsely that the
+    regula falsi cannot confirm any point outside the set; the bound then says nothing (0) rather than return an
+    unconfirmed point, which here would be 2e-14 above the 40-digit crossing: a certificate too large (kills
+    `(wins > 0) & ok` -> `(wins > 0) | ok`, which returns the unconfirmed point)."""
+    lower, _ = bounds.betting_bounds(886_885_343, 10**9, 1e-100)
+    assert lower <= _betting_end_40(886_885_343, 10**9, 1e-100, "lower")
+
+
+def test_betting_bounds_and_betting_final_check_their_arguments():
+    """betting_bounds refuses a level outside (0, 1) by name (kills deleting its checks.level call); BettingFinal
+    refuses looks that are empty, start below one sample or do not increase, also when only a later pair is out of
+    order, and takes a first look of one sample (kills `or` -> `and` and the two 1 -> 2 mutants of its check)."""
+    for alpha in (0.0, 1.5, float("nan")):
+        with pytest.raises(checks.ArgumentValueError, match="alpha"):
+            bounds.betting_bounds(5, 10, alpha)
+    for looks in ([], [0, 10], [10, 5], [10, 20, 15]):
+        with pytest.raises(checks.ArgumentValueError, match="looks"):
+            bounds.BettingFinal(looks)
+    assert bounds.BettingFinal([1, 10]).n_max == 10
+
+
+def test_spending_weights_refuse_a_nan_share_among_good_ones():
+    """A NaN share passes `w <= 0` and makes the sum NaN, which passes `abs(sum - 1) > 1e-9`; only the finiteness
+    check of every share refuses it (kills np.all(np.isfinite(w)) -> np.any)."""
+    with pytest.raises(checks.ArgumentValueError, match="weights"):
+        bounds.spending_weights(3, weights=[0.25, float("nan"), 0.75])

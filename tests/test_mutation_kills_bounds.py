@@ -319,3 +319,15 @@ def test_spending_weights_refuse_a_nan_share_among_good_ones():
     check of every share refuses it (kills np.all(np.isfinite(w)) -> np.any)."""
     with pytest.raises(checks.ArgumentValueError, match="weights"):
         bounds.spending_weights(3, weights=[0.25, float("nan"), 0.75])
+
+
+def test_spending_weights_normalise_given_shares_exactly_and_refuse_a_zero_final_share():
+    """Given shares that sum to 1 within the 1e-9 tolerance are divided by their sum: each returned share is w_i / S
+    with S the exact (rational) sum, to 1e-15 (kills w / w.sum() -> w * w.sum(), 1e-9 off); with one look a final
+    share of 0 is refused by name (kills 0.0 < share -> 0.0 <= share)."""
+    given = [0.25, 0.25, 0.5 + 5e-10]
+    exact_sum = sum(Fraction(w) for w in given)
+    got = bounds.spending_weights(3, weights=given)
+    assert got.tolist() == pytest.approx([float(Fraction(w) / exact_sum) for w in given], rel=1e-15)
+    with pytest.raises(checks.ArgumentValueError, match="final_share"):
+        bounds.spending_weights(1, final_share=0.0)

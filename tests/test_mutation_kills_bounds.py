@@ -331,3 +331,15 @@ def test_spending_weights_normalise_given_shares_exactly_and_refuse_a_zero_final
     assert got.tolist() == pytest.approx([float(Fraction(w) / exact_sum) for w in given], rel=1e-15)
     with pytest.raises(checks.ArgumentValueError, match="final_share"):
         bounds.spending_weights(1, final_share=0.0)
+
+
+def test_final_share_ranges_of_the_spending_and_voracek_shares():
+    """spending_weights with one look takes a final share in (0, 1] (1.5 refused: kills `share <= 1.0` -> `<= 2.0`);
+    voracek_weights takes final_share in (0, 1): 1.0 would leave nothing for the earlier looks and 1.5 would give
+    them negative shares, both refused by name (kills `share < 1.0` -> `share <= 1.0` and -> `share < 2.0`)."""
+    assert bounds.spending_weights(1, final_share=1.0).tolist() == [1.0]
+    with pytest.raises(checks.ArgumentValueError, match="final_share"):
+        bounds.spending_weights(1, final_share=1.5)
+    for share in (1.0, 1.5):
+        with pytest.raises(checks.ArgumentValueError, match="final_share"):
+            bounds.voracek_weights(5, final_share=share)

@@ -343,3 +343,19 @@ def test_final_share_ranges_of_the_spending_and_voracek_shares():
     for share in (1.0, 1.5):
         with pytest.raises(checks.ArgumentValueError, match="final_share"):
             bounds.voracek_weights(5, final_share=share)
+
+
+def test_other_classes_upper_checks_level_and_every_excluded_class_and_takes_batches():
+    """other_classes_upper refuses a bad level by its name and one out-of-range excluded class among good ones
+    (kills deleting checks.level, np.any -> np.all and | -> & in the exclude check); on a [2, 2, 3] batch of counts
+    each entry is the bound of that row alone (kills deleting _group_bounds' reshape of the groups to rows)."""
+    counts = np.array([[[900, 60, 40], [500, 300, 200]], [[10, 80, 10], [33, 33, 34]]])
+    with pytest.raises(checks.ArgumentValueError, match="level"):
+        bounds.other_classes_upper(counts[0, 0], 0, 1.5)
+    with pytest.raises(checks.ArgumentValueError, match="exclude"):
+        bounds.other_classes_upper(counts[0], [0, 3], 0.02)
+    exclude = np.array([[0, 1], [1, 2]])
+    batch = bounds.other_classes_upper(counts, exclude, 0.02)
+    for i in range(2):
+        for j in range(2):
+            assert batch[i, j] == bounds.other_classes_upper(counts[i, j], int(exclude[i, j]), 0.02)

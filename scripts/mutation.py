@@ -711,11 +711,18 @@ def main(argv=None) -> int:
         return 0
     STATE.mkdir(exist_ok=True)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # msrs must come from this checkout: an msrs installed from another one would be imported by the coverage runs
+    # (which then record nothing for this checkout's files, so no test is ever picked for a mutant) and by the tests
+    sys.path.insert(0, str(ROOT))
     for mod in PRELOAD:
         try:
             __import__(mod)
         except ImportError:
             pass
+    where = Path(sys.modules["msrs"].__file__).resolve().parent
+    if where != ROOT / "msrs":
+        sys.exit(f"msrs is imported from {where}, not from this checkout ({ROOT / 'msrs'}): run from a checkout "
+                 f"whose msrs Python imports (pip install -e . there), or set PYTHONPATH={ROOT}")
     loaded = [MODULES[n][0] for n in MODULES if MODULES[n][0] in sys.modules]
     assert not loaded, f"the fork server must not import the modules under test: {loaded}"
     start = time.monotonic()

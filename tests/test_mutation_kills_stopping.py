@@ -15,11 +15,16 @@ SIGMA, ALPHA = 0.5, 0.01
 PHI_INV = NormalDist().inv_cdf
 
 
-def _at_p0(successes, trials, level):
-    """A bound object whose lower end is exactly p0 = 1/2 (and upper end 0.9) at every count: a running lower
-    bound that reaches p0 but can never exceed it."""
-    shape = np.shape(np.atleast_1d(successes))
-    return np.full(shape, 0.5), np.full(shape, 0.9)
+def _constant_bound(lower: float, upper: float):
+    """A bound object that gives the same (lower, upper) at every count."""
+    def bound(successes, trials, level):
+        shape = np.shape(np.atleast_1d(successes))
+        return np.full(shape, lower), np.full(shape, upper)
+    return bound
+
+
+# a running lower bound that reaches p0 = 1/2 but can never exceed it (upper end 0.9)
+_at_p0 = _constant_bound(0.5, 0.9)
 
 
 def _unanimous(idx, num, start):
@@ -391,10 +396,8 @@ def test_run_sequential_refuses_a_float_budget_before_drawing_a_sample():
     assert len(result) == 1 and calls
 
 
-def _stuck_at_p0(successes, trials, level):
-    """A bound object that can never certify (lower 0.3, also at the best case) and whose upper end is exactly p0."""
-    shape = np.shape(np.atleast_1d(successes))
-    return np.full(shape, 0.3), np.full(shape, 0.5)
+# a stage that can never certify (lower 0.3, also at the best case) and whose upper end is exactly p0
+_stuck_at_p0 = _constant_bound(0.3, 0.5)
 
 
 def test_route_stage_many_is_undecided_when_the_upper_end_stays_at_p0():

@@ -359,3 +359,18 @@ def test_other_classes_upper_checks_level_and_every_excluded_class_and_takes_bat
     for i in range(2):
         for j in range(2):
             assert batch[i, j] == bounds.other_classes_upper(counts[i, j], int(exclude[i, j]), 0.02)
+
+
+def test_betting_lower_end_at_a_billion_draws_and_the_smallest_level():
+    """831,678,490 successes in 10^9 draws at alpha = 1e-300: the regula falsi reaches the 40-digit crossing (1e-9)
+    rather than giving up with the trivial 0 (kills `secant > vo` -> `secant >= vo`, whose secant step that lands on
+    the outside end stalls the bracket)."""
+    lower, _ = bounds.betting_bounds(831_678_490, 10**9, 1e-300)
+    assert lower == pytest.approx(_betting_end_40(831_678_490, 10**9, 1e-300, "lower"), rel=1e-9)
+
+
+def test_successes_trials_are_float64_and_broadcast_together():
+    """The counts helper's contract, on which every bound builds: integer counts come back as float64 arrays of
+    the broadcast shape (kills deleting the np.broadcast_arrays(... astype(np.float64)) line)."""
+    s, t = bounds._successes_trials(5, [10, 20])
+    assert s.dtype == t.dtype == np.float64 and s.shape == t.shape == (2,) and s.tolist() == [5.0, 5.0]

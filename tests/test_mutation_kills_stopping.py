@@ -501,3 +501,19 @@ def test_sequential_cascade_of_no_images_has_no_classes():
     `k = 0` -> `k = 1` for a run that never drew)."""
     r = stopping.run_cascade_sequential(_unanimous_votes(), 0, [1.0, SIGMA], 10, 1000, ALPHA, None)
     assert len(r) == 0 and r.counts.shape == r.counts0.shape == (0, 2, 0) and r.samples.shape == (0, 2)
+
+
+def test_checkpoints_refuse_a_float_budget_and_run_sequential_one_bad_vote_count():
+    """checkpoints(1000.0) is refused (TypeError) instead of ending its looks with the float 1000.0 (kills deleting
+    `n_max = operator.index(n_max)` there); run_sequential refuses a draw in which one image of several has more
+    votes than samples (kills np.any(votes > num) -> np.all)."""
+    with pytest.raises(TypeError):
+        stopping.checkpoints(1000.0)
+
+    def draw(idx, num, start):
+        votes = np.full(len(idx), num)
+        votes[0] = num + 1
+        return votes
+
+    with pytest.raises(ValueError, match="draw"):
+        stopping.run_sequential(draw, [1, 1], 1000, SIGMA, ALPHA, None, points=[100, 1000])

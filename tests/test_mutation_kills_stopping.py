@@ -517,3 +517,30 @@ def test_checkpoints_refuse_a_float_budget_and_run_sequential_one_bad_vote_count
 
     with pytest.raises(ValueError, match="draw"):
         stopping.run_sequential(draw, [1, 1], 1000, SIGMA, ALPHA, None, points=[100, 1000])
+
+
+def _half_then_unanimous(k=10):
+    """run_cascade_sequential's draw for one image: at stage 0 sample i votes class 0 when i is even, else class
+    1 + (i // 2) % (k - 1) (p = 1/2 exactly for the selected class 0, the rest spread thin); at stage 1 every
+    sample votes class 0."""
+    def draw(idx, stream, num, start):
+        out = np.zeros((len(idx), k), dtype=np.int64)
+        if stream in (streams.selection(0), streams.estimation(0)):
+            i = np.arange(start, start + num)
+            out[:] = np.bincount(np.where(i % 2 == 0, 0, 1 + (i // 2) % (k - 1)), minlength=k)
+        else:
+            out[:, 0] = num
+        return out
+    return draw
+
+
+def test_sequential_cascade_routes_an_undecided_stage_by_the_chosen_rule():
+    """Stage 0 sits at p = 1/2 (it can neither certify nor fall through): under "abstain" (the paper's rule) the
+    image abstains there; under "fall_through" stage 0 falls through once it can no longer certify, stage 1
+    certifies class 0, and stage 0's off-class cap (nine classes at 1/18 each) leaves the radius positive (kills
+    dropping undecided= from the cascade's routing call, which then always abstains)."""
+    kw = {"num_images": 1, "sigmas": [1.0, 0.5], "n0": 100, "n_max": 3000, "alpha": 0.01, "target_radii": None}
+    fell = stopping.run_cascade_sequential(_half_then_unanimous(), undecided="fall_through", **kw)
+    assert fell.prediction.tolist() == [0] and fell.stage.tolist() == [1] and fell.radius[0] > 0
+    stuck = stopping.run_cascade_sequential(_half_then_unanimous(), undecided="abstain", **kw)
+    assert stuck.prediction.tolist() == [-1] and stuck.samples[0, 1] == 0

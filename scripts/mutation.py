@@ -473,10 +473,10 @@ def coverage_map(names: list[str]) -> dict:
         else:
             print(f"coverage map: running {test_file} once under coverage (a context per test) ...", flush=True)
             start = time.monotonic()
-            status, result = run_in_child(_coverage_job([test_file], sources), timeout=3600,
-                                          log=STATE / f"coverage-{os.getpid()}.log")
+            log = STATE / f"coverage-{os.getpid()}.log"
+            status, result = run_in_child(_coverage_job([test_file], sources), timeout=3600, log=log)
             if status != "ok" or "lines" not in result:
-                sys.exit(f"coverage run failed ({status}): {result}; see {STATE / 'coverage.log'}")
+                sys.exit(f"coverage run failed ({status}): {result}; see {log}")
             failing = sorted(t for t, o in result["outcomes"].items() if o == "failed")
             if failing:
                 sys.exit(f"the tests must pass before mutation testing; failing: {failing}")
@@ -690,10 +690,11 @@ def main(argv=None) -> int:
                              "source give the same sample (mutant keys hold line numbers: an edit of the module "
                              "draws another one)")
     parser.add_argument("--seed", type=int, default=0, help="the sample's seed (default 0)")
-    parser.add_argument("--resume", action="store_true",
-                        help="skip the mutants that already have a result for this source (an interrupted run)")
-    parser.add_argument("--only-survivors", action="store_true",
-                        help="rerun only the mutants that survived (or had no tests) in the last run")
+    rerun = parser.add_mutually_exclusive_group()
+    rerun.add_argument("--resume", action="store_true",
+                       help="skip the mutants that already have a result for this source (an interrupted run)")
+    rerun.add_argument("--only-survivors", action="store_true",
+                       help="rerun only the mutants that survived (or had no tests) in the last run")
     parser.add_argument("--line", type=int, nargs="*", help="only the mutants on these lines (debugging)")
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
     parser.add_argument("--timeout-factor", type=float, default=3.0,
@@ -719,7 +720,7 @@ def main(argv=None) -> int:
             __import__(mod)
         except ImportError:
             pass
-    where = Path(sys.modules["msrs"].__file__).resolve().parent
+    where = Path(sys.modules["msrs"].__file__).resolve().parent if "msrs" in sys.modules else None
     if where != ROOT / "msrs":
         sys.exit(f"msrs is imported from {where}, not from this checkout ({ROOT / 'msrs'}): run from a checkout "
                  f"whose msrs Python imports (pip install -e . there), or set PYTHONPATH={ROOT}")

@@ -34,6 +34,10 @@ Mutation operators (one change per mutant, on the AST, line numbers kept):
             (not under torch.no_grad(); not the value of int(), len(), ...)
 Not mutated: docstrings, `raise` statements (their messages), f-strings, annotations, __all__, __repr__.
 
+Results are kept in .mutation/results-MODULE.json. After an edit of the module, --resume and --only-survivors
+keep the results of the mutants whose function (or top-level statement) has the same text as in the committed
+version the results were measured on (carry_results), so that fixing one function reruns only its mutants.
+
 Usage: python scripts/mutation.py [--module decisions objective ...] [--sample N [--seed S]] [--only-survivors | --resume]
 (one mutant at a time: the forked children run one after another)
 """
@@ -48,6 +52,7 @@ import importlib.util
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 import tomllib
@@ -210,8 +215,9 @@ class _Skip(Exception):
     pass
 
 
-def enumerate_mutants(module: str, path: Path, torch_ops: bool) -> list[Mutant]:
-    source = path.read_text()
+def enumerate_mutants(module: str, path: Path, torch_ops: bool, source: str | None = None) -> list[Mutant]:
+    """The module's mutants, in AST walk order; `source`: another version of the file's text (default: the file)."""
+    source = path.read_text() if source is None else source
     tree = ast.parse(source)
     lines = source.splitlines()
     mutants = []
@@ -458,6 +464,11 @@ def _digest(paths) -> str:
     return h.hexdigest()[:16]
 
 
+def _digest_bytes(path: str, data: bytes) -> str:
+    """_digest([path]) of a file whose content is `data`."""
+    return hashlib.sha256(path.encode() + data).hexdigest()[:16]
+
+
 def coverage_map(names: list[str]) -> dict:
     """Per-test line coverage of all the modules' sources, test file by test file, merged (each file's map is
     cached under .mutation/ while it, the test modules it imports, conftest.py and msrs's sources are unchanged)."""
@@ -642,12 +653,81 @@ def _results_path(name: str) -> Path:
 
 
 def _load_results(name: str, src: Path) -> dict:
-    """The previous results of this module, while its source is unchanged (mutant keys hold line numbers)."""
+    """The previous results of this module: all of them while its source is unchanged; after an edit, those of the
+    mutants in code whose text did not change (carry_results; mutant keys hold line numbers, which move)."""
     p = _results_path(name)
     if not p.exists():
         return {}
     data = json.loads(p.read_text())
-    return data["mutants"] if data.get("source") == _digest([str(src.relative_to(ROOT))]) else {}
+    rel = str(src.relative_to(ROOT))
+    if data.get("source") == _digest([rel]):
+        return data["mutants"]
+    old_text = _committed_source(rel, data.get("source"))
+    if old_text is None:
+        print(f"{p.name}: results of a version of {rel} that is not in git history: not carried over", flush=True)
+        return {}
+    carried = carry_results(name, src, old_text, src.read_text(), data["mutants"])
+    print(f"{p.name}: carried {len(carried)} of {len(data['mutants'])} results over from the committed version "
+          f"{data['source']} of {rel} (the mutants of functions and statements whose text is unchanged)", flush=True)
+    return carried
+
+
+def carry_results(name: str, src: Path, old_text: str, new_text: str, results: dict) -> dict:
+    """Results of `old_text`'s mutants, re-keyed to the same mutants of `new_text`, for every unit of code whose text
+    is identical in both (a function with its decorators; outside functions, a top-level statement, a class with
+    its methods): its mutants are then the same edits of the same code, in the same order, only shifted by the
+    lines added or removed above it. A carried result was obtained with the tests of its run (a test added since
+    can only kill more: --only-survivors reruns the carried survivors)."""
+    torch_ops = "import torch" in new_text
+    old_by = _by_unit(old_text, enumerate_mutants(name, src, torch_ops, old_text))
+    new_by = _by_unit(new_text, enumerate_mutants(name, src, torch_ops, new_text))
+    carried = {}
+    for unit, (first, new_ms) in new_by.items():
+        old_first, old_ms = old_by.get(unit, (0, []))
+        if len(old_ms) != len(new_ms):
+            continue
+        for o, m in zip(old_ms, new_ms):
+            same = (o.op, o.before, o.after, o.choice, o.col, o.line - old_first) == (m.op, m.before, m.after,
+                                                                                      m.choice, m.col, m.line - first)
+            if same and o.key in results:
+                r = dict(results[o.key])
+                r.update(key=m.key, label=m.label(), mutant=asdict(m))
+                carried[m.key] = r
+    return carried
+
+
+def _by_unit(source: str, mutants: list[Mutant]) -> dict:
+    """unit text -> (its first line, its mutants in order), a unit being the innermost function around a mutant
+    (decorators included) or, outside functions, the top-level statement around it."""
+    lines = source.splitlines()
+    tree = ast.parse(source)
+    spans = {}
+    for node, _, qual, _, _ in _walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            spans[qual] = (min([node.lineno] + [d.lineno for d in node.decorator_list]), node.end_lineno)
+    top = [(min([n.lineno] + [d.lineno for d in getattr(n, "decorator_list", [])]), n.end_lineno) for n in tree.body]
+    out: dict = {}
+    for m in mutants:
+        span = spans.get(m.function) or next(s for s in top if s[0] <= m.line <= s[1])
+        text = "\n".join(lines[span[0] - 1:span[1]])
+        out.setdefault(text, (span[0], []))[1].append(m)
+    return out
+
+
+def _committed_source(rel: str, digest: str | None) -> str | None:
+    """The text of the committed version of `rel` whose _digest is `digest` (None if no commit has it)."""
+    if not digest:
+        return None
+    try:
+        revs = subprocess.run(["git", "-C", str(ROOT), "log", "--format=%H", "-n", "500", "--", rel],
+                              capture_output=True, text=True, check=True).stdout.split()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    for rev in revs:
+        blob = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:{rel}"], capture_output=True, check=False)
+        if blob.returncode == 0 and _digest_bytes(rel, blob.stdout) == digest:
+            return blob.stdout.decode()
+    return None
 
 
 def _save_results(name: str, src: Path, results: dict) -> None:

@@ -202,8 +202,8 @@ def clopper_pearson_interval(n_a, n, alpha):
 
 def binomial_pvalue(n_a: int, n: int, p: float = 0.5) -> float:
     """Two-sided exact binomial test p-value of n_a successes in n draws under success probability p."""
+    _counts(n_a, n)  # before int(), which would truncate a fractional count and take True for 1
     n_a, n = int(n_a), int(n)
-    _counts(n_a, n)
     return float(stats.binomtest(n_a, n, p).pvalue)
 
 
@@ -283,15 +283,22 @@ def _check_prior(prior) -> tuple[float, float]:
 def _successes_trials(successes, trials, *, names=("successes", "trials"), min_trials: int = 0):
     """Integer counts (any int or integral float dtype) with 0 <= successes <= trials and trials >= min_trials,
     broadcast together, as float64 arrays."""
-    s, t = np.asarray(successes), np.asarray(trials)
-    for name, v in zip(names, (s, t)):
-        if v.dtype.kind not in "iuf" or (v.dtype.kind == "f" and not np.all(v == np.floor(v))):
-            raise checks.ArgumentTypeError(f"{name}: expected integer counts, got {v.dtype} values {v}")
+    s, t = (_integers(name, v) for name, v in zip(names, (successes, trials)))
     s, t = np.broadcast_arrays(s.astype(np.float64), t.astype(np.float64))
     if np.any(t < min_trials) or np.any(s < 0) or np.any(s > t):
         raise checks.ArgumentValueError(f"{', '.join(names)}: expected 0 <= {names[0]} <= {names[1]} and "
                                         f"{names[1]} >= {min_trials}, got {names[0]}={successes}, {names[1]}={trials}")
     return s, t
+
+
+def _integers(name: str, values) -> np.ndarray:
+    """`values` (counts, classes) as an array, checked to hold integers (any int dtype, or finite integral
+    floats): bool, infinite and fractional values are refused rather than truncated."""
+    v = np.asarray(values)
+    integral = v.dtype.kind in "iu" or (v.dtype.kind == "f" and np.all(np.isfinite(v) & (v == np.floor(v))))
+    if not integral:
+        raise checks.ArgumentTypeError(f"{name}: expected integers, got {v.dtype} values {v}")
+    return v
 
 
 def log_martingale(successes, trials, p, prior=DEFAULT_PRIOR) -> np.ndarray:
@@ -751,12 +758,12 @@ def other_classes_upper(counts, exclude, level: float, prior=DEFAULT_PRIOR, *, g
     (the class a later stage certifies) depends only on the later stages' samples, so a union over the groups
     of the *other* classes suffices (msrs.decisions' argument, unchanged by stopping: each bound is valid at the
     stopping look). This replaces Goodman's / fixed-n Clopper-Pearson's bounds, not valid on a stopped sample."""
-    counts = np.asarray(counts, dtype=np.int64)
+    counts = _integers("counts", counts).astype(np.int64)
     if counts.ndim < 1 or counts.shape[-1] < 2:
         raise checks.ArgumentValueError("counts: expected [..., K] with K >= 2")
     level = checks.level("level", level)
     k = counts.shape[-1]
-    exclude = np.broadcast_to(np.asarray(exclude, dtype=np.int64), counts.shape[:-1])
+    exclude = np.broadcast_to(_integers("exclude", exclude).astype(np.int64), counts.shape[:-1])
     if np.any((exclude < 0) | (exclude >= k)):
         raise checks.ArgumentValueError(f"exclude: expected classes in [0, {k})")
     gid, ngroups = _group_ids(k, exclude, groups)

@@ -374,3 +374,28 @@ def test_successes_trials_are_float64_and_broadcast_together():
     the broadcast shape (kills deleting the np.broadcast_arrays(... astype(np.float64)) line)."""
     s, t = bounds._successes_trials(5, [10, 20])
     assert s.dtype == t.dtype == np.float64 and s.shape == t.shape == (2,) and s.tolist() == [5.0, 5.0]
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda: bounds.binomial_pvalue(3.5, 10), "n_a"),
+    (lambda: bounds.binomial_pvalue(True, 2), "n_a"),
+    (lambda: bounds.binomial_pvalue(3, 10.5), "n"),
+    (lambda: bounds.clopper_pearson_lower(3, np.inf, 0.01), "n"),
+    (lambda: bounds.other_classes_upper([[3, 4, 5]], 0.5, 0.01), "exclude"),
+    (lambda: bounds.other_classes_upper([[3, 4.5, 5]], 0, 0.01), "counts"),
+    (lambda: bounds.other_classes_upper([[3, 4, 5]], True, 0.01), "exclude"),
+])
+def test_fractional_and_bool_counts_are_refused_not_truncated(call, name):
+    """A count or class that is not an integer is refused with an error naming it; before, binomial_pvalue
+    truncated 3.5 to 3 (int() before the check) and other_classes_upper truncated counts and `exclude` (an
+    int64 cast) and answered for other numbers than it was given."""
+    with pytest.raises(checks.ArgumentTypeError, match=f"^{name}: expected integers"):
+        call()
+
+
+def test_integral_float_counts_give_the_integer_answer():
+    """Whole floats are counts: binomial_pvalue(3.0, 10.0) is the exact two-sided p-value of 3 in 10,
+    (1 + 10 + 45 + 120) * 2 / 1024, and other_classes_upper takes float counts as their integers."""
+    assert bounds.binomial_pvalue(3.0, 10.0) == pytest.approx(2 * 176 / 1024, rel=1e-12)
+    as_int = bounds.other_classes_upper([[3, 4, 5]], 2, 0.01)
+    assert np.array_equal(bounds.other_classes_upper([[3.0, 4.0, 5.0]], 2.0, 0.01), as_int)

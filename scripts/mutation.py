@@ -591,6 +591,8 @@ def run_module(name: str, cov: dict, args, entries) -> list[Outcome]:
     previous = _load_results(name, src)
     if args.only_survivors:
         mutants = [m for m in mutants if previous.get(m.key, {}).get("status") in ("survived", "no_tests", "error")]
+        if args.not_listed:  # the listed equivalents survived their last run: rerun only what new tests may kill
+            mutants = [m for m in mutants if match_equivalent(m, entries) is None]
     elif args.resume:  # an interrupted run (same source): the mutants it finished keep their result
         mutants = [m for m in mutants if m.key not in previous]
     if args.line:
@@ -775,6 +777,9 @@ def main(argv=None) -> int:
                        help="skip the mutants that already have a result for this source (an interrupted run)")
     rerun.add_argument("--only-survivors", action="store_true",
                        help="rerun only the mutants that survived (or had no tests) in the last run")
+    parser.add_argument("--not-listed", action="store_true",
+                        help="with --only-survivors: skip the survivors listed as equivalent (they keep their result; "
+                             "the stale-entry check then cannot see whether a new test kills one)")
     parser.add_argument("--line", type=int, nargs="*", help="only the mutants on these lines (debugging)")
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
     parser.add_argument("--timeout-factor", type=float, default=3.0,
@@ -782,6 +787,8 @@ def main(argv=None) -> int:
     parser.add_argument("--fail-under", type=float, default=0.0, help="exit 1 when a module scores below this")
     parser.add_argument("--verbose", "-v", action="store_true", help="print each new survivor as it happens")
     args = parser.parse_args(argv)
+    if args.not_listed and not args.only_survivors:
+        parser.error("--not-listed goes with --only-survivors")
     entries = load_equivalents()
     if args.list:
         for name in args.module:

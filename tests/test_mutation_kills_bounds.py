@@ -3,9 +3,10 @@ independent value (a closed form, 40-digit arithmetic with mpmath, or a hand-der
 kills is named in its docstring."""
 from __future__ import annotations
 
-from fractions import Fraction
-
 import math
+from fractions import Fraction
+from statistics import NormalDist
+
 import mpmath
 import numpy as np
 import pytest
@@ -374,3 +375,26 @@ def test_successes_trials_are_float64_and_broadcast_together():
     the broadcast shape (kills deleting the np.broadcast_arrays(... astype(np.float64)) line)."""
     s, t = bounds._successes_trials(5, [10, 20])
     assert s.dtype == t.dtype == np.float64 and s.shape == t.shape == (2,) and s.tolist() == [5.0, 5.0]
+
+
+# ----------------------------------------------------------------------------------- full run (all mutants, 2026-12)
+def test_binomial_pvalue_takes_whole_float_and_numpy_counts():
+    """Counts that are whole floats or numpy scalars are counts (binomial_pvalue's `n_a, n = int(n_a), int(n)`;
+    kills deleting it, after which scipy's binomtest refuses a float k): 2 of 10 at p = 1/2 has the two-sided
+    p-value P[X <= 2] + P[X >= 8] = 2 (1 + 10 + 45) / 2^10 = 112 / 1024."""
+    exact = float(Fraction(2 * (1 + 10 + 45), 2**10))
+    for n_a, n in ((2.0, 10.0), (np.float64(2), np.float64(10)), (np.int64(2), np.int32(10))):
+        assert bounds.binomial_pvalue(n_a, n) == pytest.approx(exact, rel=1e-12)
+
+
+def test_goodman_bounds_refuse_a_negative_count_among_positive_ones_and_a_zero_total():
+    """goodman_bounds needs k >= 2 non-negative counts with a positive total: one negative count among positive
+    ones is refused by name (kills np.any(counts < 0) -> np.all), and so is the all-zero vector, whose formula
+    divides 0 by 0 (kills `counts.sum() <= 0` -> `< 0`); a vector with one zero count is fine: its interval is
+    the closed form [0, A / (N + A)] (n_i = 0 in the module's formula)."""
+    for counts in ([-1, 5], [3, -1, 4], [0, 0], [0.0, 0.0, 0.0]):
+        with pytest.raises(checks.ArgumentValueError, match="counts"):
+            bounds.goodman_bounds(counts, 0.05)
+    a = NormalDist().inv_cdf(1 - 0.05 / 2 / 2) ** 2  # chi2(1) quantile = squared normal quantile
+    out = bounds.goodman_bounds([0, 7], 0.05)
+    assert out[0, 0] == 0.0 and out[0, 1] == pytest.approx(a / (7 + a), rel=1e-12)

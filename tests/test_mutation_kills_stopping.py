@@ -4,6 +4,7 @@ Python's statistics module); the mutant each one kills is named in its docstring
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from statistics import NormalDist
 
 import numpy as np
@@ -544,3 +545,40 @@ def test_sequential_cascade_routes_an_undecided_stage_by_the_chosen_rule():
     assert fell.prediction.tolist() == [0] and fell.stage.tolist() == [1] and fell.radius[0] > 0
     stuck = stopping.run_cascade_sequential(_half_then_unanimous(), undecided="abstain", **kw)
     assert stuck.prediction.tolist() == [-1] and stuck.samples[0, 1] == 0
+
+
+# ----------------------------------------------------------------------------------- full run (all mutants, 2026-12)
+def test_decide_many_refuses_one_image_past_its_budget_among_several():
+    """trials <= n_max is checked for every image (_trial_counts' `np.any(t > n_max)`; kills np.all): one image
+    of two with 200 trials against n_max = 100 is refused by name."""
+    with pytest.raises(ValueError, match="trials"):
+        stopping.decide_many([5, 200], [10, 200], 100, SIGMA, ALPHA)
+
+
+def test_decide_many_with_a_given_lower_bound_only_takes_the_upper_from_the_bound_object():
+    """lower given, upper not: the upper end comes from the bound object and the lower end is the given one
+    (_current's `lower is None or upper is None`; kills `upper is not None`, which leaves the upper end unset):
+    at the final look a lower end 0.7 > p0 certifies sigma PhiInv(0.7) (statistics.NormalDist; less the margin)."""
+    status, radius, lo, hi = stopping.decide_many([80], [100], 100, SIGMA, ALPHA, lower=[0.7],
+                                                  bound=_constant_bound(0.2, 0.9))
+    assert lo.tolist() == [0.7] and hi.tolist() == [0.9]
+    assert status.tolist() == [stopping.CERTIFY]
+    assert radius[0] == pytest.approx(_radius(0.7), rel=1e-12)
+
+
+def test_decide_many_reads_float32_bounds_at_their_float64_values():
+    """Given bounds are read as float64 (_current's np.asarray(lower / upper, dtype=np.float64)): float32(0.6) =
+    10066330 / 2^24 is above p0 = 0.6, so at the final look it certifies (a radius > 0), and float32(0.7) =
+    11744051 / 2^24 is below p0 = 0.7, so an upper end there abstains at once. Kept as float32, each is compared
+    with p0 in float32 (numpy 2 reads the Python float p0 as float32 next to a float32 array), where the two are
+    equal: no certificate, and no abstention (kills dropping either dtype=np.float64)."""
+    assert Fraction(float(np.float32(0.6))) == Fraction(10066330, 2**24) > Fraction(0.6)
+    assert Fraction(float(np.float32(0.7))) == Fraction(11744051, 2**24) < Fraction(0.7)
+    status, radius, lo, hi = stopping.decide_many([100], [100], 100, SIGMA, ALPHA, p0=0.6,
+                                                  lower=np.float32(0.6), upper=0.95, bound=_constant_bound(0.2, 0.9))
+    assert lo.dtype == hi.dtype == np.float64 and lo[0] == 10066330 / 2**24
+    assert status.tolist() == [stopping.CERTIFY] and radius[0] > 0
+    status, radius, lo, hi = stopping.decide_many([10], [10], 1000, SIGMA, ALPHA, p0=0.7, lower=0.3,
+                                                  upper=np.float32(0.7), bound=_constant_bound(0.8, 0.95))
+    assert lo.dtype == hi.dtype == np.float64 and hi[0] == 11744051 / 2**24
+    assert status.tolist() == [stopping.ABSTAIN] and radius.tolist() == [0.0]

@@ -582,3 +582,15 @@ def test_decide_many_reads_float32_bounds_at_their_float64_values():
                                                   upper=np.float32(0.7), bound=_constant_bound(0.8, 0.95))
     assert lo.dtype == hi.dtype == np.float64 and hi[0] == 11744051 / 2**24
     assert status.tolist() == [stopping.ABSTAIN] and radius.tolist() == [0.0]
+
+
+def test_decide_many_certifies_a_lower_bound_exactly_at_the_top_threshold():
+    """A threshold equal to the lower end counts as reached (decide_many's `np.searchsorted(ths, lo, side="right")`,
+    thresholds <= lower; kills dropping side="right", which counts only those below): with the one target radius
+    0.25 at sigma = 0.5 the threshold is Phi(0.5) (statistics.NormalDist), and a running lower end exactly there
+    certifies at once, well before n_max, with the radius sigma PhiInv(Phi(0.5)) = 0.25 (less the margin)."""
+    top = stopping.thresholds([0.25], SIGMA)[1]
+    assert top == pytest.approx(NormalDist().cdf(0.25 / SIGMA), rel=1e-14)
+    status, radius, _, _ = stopping.decide_many([1000], [1000], 100_000, SIGMA, ALPHA, [0.25], lower=top, upper=1.0)
+    assert status.tolist() == [stopping.CERTIFY]
+    assert radius[0] == pytest.approx(0.25, rel=1e-8) and radius[0] <= 0.25

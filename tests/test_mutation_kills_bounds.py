@@ -4,6 +4,7 @@ kills is named in its docstring."""
 from __future__ import annotations
 
 import math
+from decimal import Decimal
 from fractions import Fraction
 from statistics import NormalDist
 
@@ -398,3 +399,16 @@ def test_goodman_bounds_refuse_a_negative_count_among_positive_ones_and_a_zero_t
     a = NormalDist().inv_cdf(1 - 0.05 / 2 / 2) ** 2  # chi2(1) quantile = squared normal quantile
     out = bounds.goodman_bounds([0, 7], 0.05)
     assert out[0, 0] == 0.0 and out[0, 1] == pytest.approx(a / (7 + a), rel=1e-12)
+
+
+def test_radius_of_an_exact_fraction_or_decimal_lower_bound():
+    """radius reads p_lower as float64 first (`np.asarray(p_lower, dtype=np.float64)`; kills dropping the dtype,
+    after which a Fraction or a Decimal makes an object array that np.isfinite refuses): sigma (PhiInv(p) -
+    PhiInv(1/2)) = sigma PhiInv(p), shrunk by RADIUS_MARGIN, against 40-digit erfinv and statistics.NormalDist."""
+    for p in (Fraction(3, 4), Decimal("0.975"), [Fraction(9, 10), Decimal("0.6")]):
+        ps = [Fraction(v) for v in (p if isinstance(p, list) else [p])]
+        expected = [0.5 * _phi_inv_40(v) * (1 - bounds.RADIUS_MARGIN) for v in ps]
+        out = np.atleast_1d(bounds.radius(0.5, p))
+        assert out.dtype == np.float64
+        np.testing.assert_allclose(out, expected, rtol=1e-13)
+        np.testing.assert_allclose(out, [0.5 * NormalDist().inv_cdf(float(v)) for v in ps], rtol=1e-8)

@@ -594,3 +594,17 @@ def test_decide_many_certifies_a_lower_bound_exactly_at_the_top_threshold():
     status, radius, _, _ = stopping.decide_many([1000], [1000], 100_000, SIGMA, ALPHA, [0.25], lower=top, upper=1.0)
     assert status.tolist() == [stopping.CERTIFY]
     assert radius[0] == pytest.approx(0.25, rel=1e-8) and radius[0] <= 0.25
+
+
+def test_decide_many_keeps_sampling_while_the_upper_end_sits_exactly_at_the_next_threshold():
+    """A threshold is reached when the lower end is >= it (thresholds <= lower), so an upper end exactly at the
+    next threshold still leaves it reachable (decide_many's `hi < nxt`; kills `hi <= nxt`, which stops and
+    certifies the lower target): lower 0.6 (radius 0 reached: 0.6 > 1/2), upper exactly Phi(0.25 / sigma), all
+    1000 draws so far successes and 99,000 left, so the image goes on sampling; one ulp lower, it stops there."""
+    nxt = stopping.thresholds([0.25], SIGMA)[1]
+    assert nxt == pytest.approx(NormalDist().cdf(0.25 / SIGMA), rel=1e-14) and 0.6 < nxt
+    status, radius, _, _ = stopping.decide_many([1000], [1000], 100_000, SIGMA, ALPHA, [0.25], lower=0.6, upper=nxt)
+    assert status.tolist() == [stopping.CONTINUE] and radius.tolist() == [0.0]
+    status, _, _, _ = stopping.decide_many([1000], [1000], 100_000, SIGMA, ALPHA, [0.25], lower=0.6,
+                                           upper=math.nextafter(nxt, 0))
+    assert status.tolist() == [stopping.CERTIFY]

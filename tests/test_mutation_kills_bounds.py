@@ -412,3 +412,22 @@ def test_radius_of_an_exact_fraction_or_decimal_lower_bound():
         assert out.dtype == np.float64
         np.testing.assert_allclose(out, expected, rtol=1e-13)
         np.testing.assert_allclose(out, [0.5 * NormalDist().inv_cdf(float(v)) for v in ps], rtol=1e-8)
+
+
+def test_radius_refuses_one_bad_entry_among_good_ones_and_takes_the_closed_ends():
+    """radius' checks, value by value: one p_lower outside [0, 1) or not finite among good ones is refused by name
+    (kills np.any -> np.all and `or` -> `and` on line 235), and so is one p0 outside [1/2, 1) (kills np.all ->
+    np.any and & -> |); the closed ends are valid: p_lower = 0 gives -inf, p0 = 1/2 the plain sigma PhiInv(p)
+    (kills `< 0` -> `<= 0` and `>= 0.5` -> `> 0.5`), and p_lower = 1 and p0 = 1 are refused (kills `>= 1` ->
+    `> 1` and `< 1` -> `<= 1`). Values against statistics.NormalDist, shrunk by RADIUS_MARGIN."""
+    for p_lower in ([0.7, -0.1], [0.7, 1.0], [0.7, np.nan], [0.7, np.inf], [-0.1, 0.7], 1.0):
+        with pytest.raises(checks.ArgumentValueError, match="p_lower"):
+            bounds.radius(0.5, p_lower)
+    for p0 in ([0.6, 0.4], [0.4, 0.6], 1.0, 0.4):
+        with pytest.raises(checks.ArgumentValueError, match="p0"):
+            bounds.radius(0.5, 0.7, p0)
+    inv, keep = NormalDist().inv_cdf, 1 - bounds.RADIUS_MARGIN
+    out = bounds.radius(0.5, [0.0, 0.7], 0.5)
+    assert out[0] == -np.inf and out[1] == pytest.approx(0.5 * inv(0.7) * keep, rel=1e-12)
+    out = bounds.radius(0.5, 0.7, [0.5, 0.6])
+    np.testing.assert_allclose(out, [0.5 * inv(0.7) * keep, 0.5 * (inv(0.7) - inv(0.6)) * keep], rtol=1e-12)

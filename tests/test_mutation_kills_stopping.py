@@ -608,3 +608,35 @@ def test_decide_many_keeps_sampling_while_the_upper_end_sits_exactly_at_the_next
     status, _, _, _ = stopping.decide_many([1000], [1000], 100_000, SIGMA, ALPHA, [0.25], lower=0.6,
                                            upper=math.nextafter(nxt, 0))
     assert status.tolist() == [stopping.CERTIFY]
+
+
+def test_decide_many_keeps_sampling_while_the_best_reachable_lower_end_is_exactly_the_next_threshold():
+    """The best lower end still reachable (the bound at n_max after every remaining sample succeeds) exactly at
+    the next threshold leaves that threshold reachable (thresholds <= lower count; decide_many's `best < nxt`;
+    kills `best <= nxt`, which stops and certifies the lower target): a bound that reads Phi(0.25 / sigma) at
+    every count, lower 0.6 given, 99,000 samples left: the image goes on sampling; one ulp lower, it stops."""
+    nxt = stopping.thresholds([0.25], SIGMA)[1]
+    assert nxt == pytest.approx(NormalDist().cdf(0.25 / SIGMA), rel=1e-14) and 0.6 < nxt
+    for best, expected in ((nxt, stopping.CONTINUE), (math.nextafter(nxt, 0), stopping.CERTIFY)):
+        status, _, _, _ = stopping.decide_many([1000], [1000], 100_000, SIGMA, ALPHA, [0.25], lower=0.6,
+                                               upper=0.95, bound=_constant_bound(best, 0.95))
+        assert status.tolist() == [expected]
+
+
+def test_decide_many_upper_end_exactly_at_p0_neither_stops_nor_vetoes_a_certificate():
+    """Only an upper end below p0 counts against p0, both for stopping early (decide_many's `done = ... | (hi < p0)`)
+    and for vetoing a certificate (`certified & ~(hi < p0)`); kills `hi <= p0` in either. Lower 0.3, upper
+    exactly 1/2, best reachable lower end 0.9 > 1/2 (single-sigma rule, no targets): the image goes on sampling,
+    and one ulp below 1/2 it abstains. Crossed running bounds (an intersection of two looks' intervals can be
+    empty) at the final look, lower 0.6 > upper = 1/2: certified with sigma PhiInv(0.6) (statistics.NormalDist,
+    less the margin), and abstained one ulp below 1/2."""
+    for hi, expected in ((0.5, stopping.CONTINUE), (math.nextafter(0.5, 0), stopping.ABSTAIN)):
+        status, radius, _, _ = stopping.decide_many([10], [100], 10_000, SIGMA, ALPHA, lower=0.3, upper=hi,
+                                                    bound=_constant_bound(0.9, 0.95))
+        assert status.tolist() == [expected] and radius.tolist() == [0.0]
+    status, radius, _, _ = stopping.decide_many([60], [100], 100, SIGMA, ALPHA, lower=0.6, upper=0.5,
+                                                bound=_constant_bound(0.9, 0.95))
+    assert status.tolist() == [stopping.CERTIFY] and radius[0] == pytest.approx(_radius(0.6), rel=1e-12)
+    status, radius, _, _ = stopping.decide_many([60], [100], 100, SIGMA, ALPHA, lower=0.6,
+                                                upper=math.nextafter(0.5, 0), bound=_constant_bound(0.9, 0.95))
+    assert status.tolist() == [stopping.ABSTAIN] and radius.tolist() == [0.0]

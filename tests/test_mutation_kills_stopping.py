@@ -640,3 +640,16 @@ def test_decide_many_upper_end_exactly_at_p0_neither_stops_nor_vetoes_a_certific
     status, radius, _, _ = stopping.decide_many([60], [100], 100, SIGMA, ALPHA, lower=0.6,
                                                 upper=math.nextafter(0.5, 0), bound=_constant_bound(0.9, 0.95))
     assert status.tolist() == [stopping.ABSTAIN] and radius.tolist() == [0.0]
+
+
+def test_reachable_successes_predictive_variance_at_small_budgets():
+    """The predictive variance m q (1 - q) (t + 1 + m) / (t + 2) of the docstring, restated with Python's
+    statistics module, at budgets small enough that its (t + 1 + m) factor moves the ceiling: 1 of 2 with 27 left
+    at gamma = 0.05 predicts 26 (25.20 before the ceiling; kills `t + 1.0` -> `t - 1.0` there: 24.81 -> 25), and
+    0 of 1 with 31 left predicts 21 (20.90; kills its `1.0` -> `2.0`: 21.10 -> 22)."""
+    z = NormalDist().inv_cdf(1 - 0.05)
+    for s, t, n_max, want in ((1, 2, 29, 26), (0, 1, 32, 21)):
+        m, q = n_max - t, (s + 0.5) / (t + 1)
+        raw = m * q + z * math.sqrt(m * q * (1 - q) * (t + 1 + m) / (t + 2))
+        assert math.ceil(raw) == want and want - raw > 0.09
+        assert stopping.reachable_successes(s, t, n_max, 0.05, futility_ramp=0.0) == want

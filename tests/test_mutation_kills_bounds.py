@@ -431,3 +431,27 @@ def test_radius_refuses_one_bad_entry_among_good_ones_and_takes_the_closed_ends(
     assert out[0] == -np.inf and out[1] == pytest.approx(0.5 * inv(0.7) * keep, rel=1e-12)
     out = bounds.radius(0.5, 0.7, [0.5, 0.6])
     np.testing.assert_allclose(out, [0.5 * inv(0.7) * keep, 0.5 * (inv(0.7) - inv(0.6)) * keep], rtol=1e-12)
+
+
+def test_signed_radius_of_exact_decimal_and_fraction_arguments():
+    """signed_radius reads sigma and p as float64 first (`np.asarray(sigma / p, dtype=np.float64)`; kills dropping
+    either dtype: a Decimal sigma times a float raises TypeError, and scipy's norm.ppf has no loop for an object
+    array of Fractions): sigma (PhiInv(p) - PhiInv(p0)), shrunk by RADIUS_MARGIN, against 40-digit erfinv."""
+    keep = 1 - bounds.RADIUS_MARGIN
+    out = bounds.signed_radius(Decimal("0.25"), [Fraction(7, 10), Fraction(1, 5)])
+    assert out.dtype == np.float64
+    np.testing.assert_allclose(out, [0.25 * _phi_inv_40(Fraction(7, 10)) * keep,
+                                     0.25 * _phi_inv_40(Fraction(1, 5)) * keep], rtol=1e-13)
+    value = bounds.signed_radius(0.5, Decimal("0.9"), 0.6)
+    assert value == pytest.approx(0.5 * (_phi_inv_40(Fraction(9, 10)) - _phi_inv_40(Fraction(3, 5))) * keep,
+                                  rel=1e-13)
+
+
+def test_beta_prior_needs_both_parameters_positive():
+    """_check_prior refuses a = 0 or b = 0 by name (kills `a > 0` / `b > 0` -> `>= 0`) and takes Jeffreys' (1/2,
+    1/2) (kills `0` -> `1` in either): log M_1(p) after one success is log(B(3/2, 1/2) / B(1/2, 1/2)) - log p =
+    log(a / (a + b)) - log p = log 2 at p = 1/4."""
+    for prior in ((1.0, 0.0), (0.0, 1.0), (0, 0)):
+        with pytest.raises(checks.ArgumentValueError, match="prior"):
+            bounds.log_martingale(1, 1, 0.25, prior=prior)
+    assert bounds.log_martingale(1, 1, 0.25, prior=(0.5, 0.5)) == pytest.approx(math.log(2), rel=1e-14)

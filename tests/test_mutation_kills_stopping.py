@@ -9,8 +9,9 @@ from statistics import NormalDist
 
 import numpy as np
 import pytest
+from test_sequential import _cs_end  # CS ends by bisection, 40-digit arithmetic
 
-from msrs import bounds, stopping, streams
+from msrs import bounds, checks, stopping, streams
 
 SIGMA, ALPHA = 0.5, 0.01
 PHI_INV = NormalDist().inv_cdf
@@ -653,3 +654,41 @@ def test_reachable_successes_predictive_variance_at_small_budgets():
         raw = m * q + z * math.sqrt(m * q * (1 - q) * (t + 1 + m) / (t + 2))
         assert math.ceil(raw) == want and want - raw > 0.09
         assert stopping.reachable_successes(s, t, n_max, 0.05, futility_ramp=0.0) == want
+
+
+def test_decide_passes_its_keywords_on_and_returns_plain_numbers():
+    """decide hands prior=, lower=, upper=, bound=, futility= and futility_ramp= to decide_many (kills dropping any
+    one of them from its call), certifies the default prediction 0 (kills `prediction: int = 0` -> `= 1`), and
+    returns a Python int and float (kills deleting `status, radius = int(status[0]), float(radius[0])`, which
+    returned a one-element radius array). Expected values: prior (1, 1) after 20 of 20: M = 1 / (21 p^20), so the
+    CS lower end is (alpha / 21)^(1/20); given bounds 0.7 / 0.9 certify sigma PhiInv(0.7); futility by the
+    documented predictive quantile (statistics) and the 40-digit CS lower end at n_max."""
+    prediction, radius = stopping.decide(20, 20, 20, SIGMA, ALPHA, prior=(1, 1))
+    assert type(prediction) is int and type(radius) is float and prediction == 0
+    assert radius == pytest.approx(SIGMA * PHI_INV((ALPHA / 21) ** (1 / 20)), rel=1e-8)
+    given = stopping.decide(60, 100, 100, SIGMA, ALPHA, prediction=3, lower=0.7, upper=0.9,
+                            bound=_constant_bound(0.2, 0.3))
+    from_bound = stopping.decide(0, 100, 100, SIGMA, ALPHA, prediction=3, bound=_constant_bound(0.7, 0.9))
+    for got in (given, from_bound):
+        assert got[0] == 3 and got[1] == pytest.approx(_radius(0.7), rel=1e-12)
+    # 40 of 100 with 9,900 left at futility 0.3: gamma = 0.3 from the first look (ramp 0) predicts too few
+    # successes to lift the lower end at n_max above 1/2; ramped over the whole budget (gamma = 0.3 * 100 / 10^4)
+    # it predicts enough; curtailment alone (no futility) keeps sampling too
+    s, t, n_max = 40, 100, 10_000
+    for ramp, gamma, want in ((0.0, 0.3, (-1, 0.0)), (1.0, 0.003, "continue")):
+        left, q = n_max - t, (s + 0.5) / (t + 1)
+        sd = math.sqrt(left * q * (1 - q) * (t + 1 + left) / (t + 2))
+        reach = min(left, math.ceil(left * q + NormalDist().inv_cdf(1 - gamma) * sd))
+        assert (_cs_end(s + reach, n_max, ALPHA, "lower") > 0.5) == (want == "continue")
+        assert stopping.decide(s, t, n_max, SIGMA, ALPHA, futility=0.3, futility_ramp=ramp) == want
+    assert _cs_end(40, 100, ALPHA, "upper") > 0.5  # the upper end does not end it early either
+
+
+def test_checkpoints_of_a_one_sample_budget():
+    """n_max = 1 is a budget (checkpoints' `n_max < 1`; kills `n_max <= 1` and `1` -> `2`): its only look is the
+    single sample, under either schedule; n_max = 0 is refused by name."""
+    assert stopping.checkpoints(1) == [1]
+    assert stopping.checkpoints(1, "fixed") == [1]
+    assert stopping.checkpoints(1, first=5) == [1]
+    with pytest.raises(checks.ArgumentValueError, match="n_max"):
+        stopping.checkpoints(0)

@@ -455,3 +455,31 @@ def test_beta_prior_needs_both_parameters_positive():
         with pytest.raises(checks.ArgumentValueError, match="prior"):
             bounds.log_martingale(1, 1, 0.25, prior=prior)
     assert bounds.log_martingale(1, 1, 0.25, prior=(0.5, 0.5)) == pytest.approx(math.log(2), rel=1e-14)
+
+
+def test_counts_checks_catch_one_bad_entry_among_good_ones():
+    """_successes_trials checks every entry: one fractional count among whole ones is refused as a type error
+    (kills np.all(v == np.floor(v)) -> np.any), and one count above its trials, one negative count or one trial
+    count below the minimum among good ones as a value error (kills np.any(s > t), np.any(s < 0) and np.any(t <
+    min_trials) -> np.all), each naming the counts; whole float counts are fine: 2.0 of 10.0 has the CS ends of 2
+    of 10 (40-digit bisection)."""
+    with pytest.raises(checks.ArgumentTypeError, match="successes"):
+        bounds.cs_bounds([2.0, 2.5], 10, 0.05)
+    with pytest.raises(checks.ArgumentTypeError, match="trials"):
+        bounds.cs_bounds(2, [10.0, 10.5], 0.05)
+    for s, t in (([3, 11], 10), ([3, -1], 10), ([-1, 3], [10, 10])):
+        with pytest.raises(checks.ArgumentValueError, match="successes"):
+            bounds.cs_bounds(s, t, 0.05)
+    with pytest.raises(checks.ArgumentValueError, match="n_a"):
+        bounds.clopper_pearson_lower([1, 0], [10, 0], 0.05)  # n >= 1 there
+    lower, upper = bounds.cs_bounds([2.0, 2.0], [10.0, 10.0], 0.05)
+    assert lower[0] == pytest.approx(_cs_end(2, 10, 0.05, "lower"), rel=1e-9)
+    assert upper[1] == pytest.approx(_cs_end(2, 10, 0.05, "upper"), rel=1e-9)
+
+
+def test_log_martingale_of_a_list_or_fraction_of_probabilities():
+    """log_martingale reads p as float64 (`p = np.asarray(p, dtype=np.float64)`; kills deleting it, where -p of a
+    list raises TypeError, and dropping the dtype, where scipy's xlogy has no loop for a Fraction): after one
+    success in one draw, log M_1(p) = log(B(3/2, 1/2) / B(1/2, 1/2)) - log p = log(1 / (2 p)) (Jeffreys prior)."""
+    np.testing.assert_allclose(bounds.log_martingale(1, 1, [0.25, 0.5]), [math.log(2), 0.0], rtol=1e-14, atol=1e-15)
+    assert bounds.log_martingale(1, 1, Fraction(1, 4)) == pytest.approx(math.log(2), rel=1e-14)

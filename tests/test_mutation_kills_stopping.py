@@ -692,3 +692,19 @@ def test_checkpoints_of_a_one_sample_budget():
     assert stopping.checkpoints(1, first=5) == [1]
     with pytest.raises(checks.ArgumentValueError, match="n_max"):
         stopping.checkpoints(0)
+
+
+def test_run_sequential_looks_at_the_chunks_of_a_fixed_schedule():
+    """schedule="fixed" with chunk=250 looks every 250 samples (looks' `checkpoints(..., chunk=chunk)`; kills
+    dropping chunk=, which falls back to max(64, n_max // 32) = 64): an image whose every sample votes for its
+    class certifies but, with no target radii, samples on to n_max, drawing 250 at a time."""
+    calls = []
+
+    def draw(idx, num, start):
+        calls.append((start, num))
+        return np.full(len(idx), num)
+
+    result = stopping.run_sequential(draw, [4], 1000, SIGMA, ALPHA, None, schedule="fixed", chunk=250, futility=None)
+    assert calls == [(0, 250), (250, 250), (500, 250), (750, 250)]
+    assert result.samples.tolist() == [1000] and result.prediction.tolist() == [4]
+    assert stopping.looks(1000, None, "fixed", None, 1.1, 250) == [250, 500, 750, 1000]

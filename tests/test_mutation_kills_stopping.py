@@ -708,3 +708,15 @@ def test_run_sequential_looks_at_the_chunks_of_a_fixed_schedule():
     assert calls == [(0, 250), (250, 250), (500, 250), (750, 250)]
     assert result.samples.tolist() == [1000] and result.prediction.tolist() == [4]
     assert stopping.looks(1000, None, "fixed", None, 1.1, 250) == [250, 500, 750, 1000]
+
+
+def test_given_looks_must_lie_in_one_to_n_max():
+    """Given checkpoints must lie in [1, n_max] (looks' `points[0] < 1 or points[-1] > n_max`; kills `or` ->
+    `and`): a look at 0 alone and one past n_max alone are each refused by name; a first look at 1 is fine, and
+    n_max is added (kills `points[0] < 1` -> `<= 1` and 1 -> 2)."""
+    for points in ([0, 50], [50, 200]):
+        with pytest.raises(checks.ArgumentValueError, match="points"):
+            stopping.looks(100, points, "geometric", None, 1.1, None)
+        with pytest.raises(checks.ArgumentValueError, match="points"):
+            stopping.run_sequential(_unanimous, [1], 100, SIGMA, ALPHA, None, points=points)
+    assert stopping.looks(100, [50, 1, 50], "geometric", None, 1.1, None) == [1, 50, 100]

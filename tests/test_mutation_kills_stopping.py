@@ -720,3 +720,29 @@ def test_given_looks_must_lie_in_one_to_n_max():
         with pytest.raises(checks.ArgumentValueError, match="points"):
             stopping.run_sequential(_unanimous, [1], 100, SIGMA, ALPHA, None, points=points)
     assert stopping.looks(100, [50, 1, 50], "geometric", None, 1.1, None) == [1, 50, 100]
+
+
+def test_run_sequential_checks_alpha_before_drawing():
+    """run_sequential refuses a bad level by name before it draws a sample (its `alpha = checks.level("alpha",
+    alpha)`; kills deleting it, after which nothing checks alpha when every image abstains without sampling, and
+    the first draw happens before the bound refuses it)."""
+    calls = []
+
+    def draw(idx, num, start):
+        calls.append(num)
+        return np.full(len(idx), num)
+
+    for alpha, predictions in ((1.5, [-1]), (0.0, [-1, -1]), (1.5, [2])):
+        with pytest.raises(checks.ArgumentValueError, match="alpha"):
+            stopping.run_sequential(draw, predictions, 100, SIGMA, alpha, None)
+    assert calls == []
+
+
+def test_run_sequential_hands_its_prior_to_the_confidence_sequence():
+    """bound="cs" with prior=(1, 1) uses that prior (run_sequential's `make_bound(..., prior=prior)`; kills
+    dropping it, which falls back to Jeffreys'): 20 of 20 at the one look n_max = 20 certifies with the CS lower
+    end of a uniform prior, M = 1 / (21 p^20) < 1 / alpha, i.e. p > (alpha / 21)^(1/20) (Jeffreys' is 0.716)."""
+    result = stopping.run_sequential(_unanimous, [5], 20, SIGMA, ALPHA, None, bound="cs", prior=(1, 1),
+                                     points=[20], futility=None)
+    assert result.prediction.tolist() == [5]
+    assert result.radius[0] == pytest.approx(SIGMA * PHI_INV((ALPHA / 21) ** (1 / 20)), rel=1e-8)

@@ -483,3 +483,12 @@ def test_log_martingale_of_a_list_or_fraction_of_probabilities():
     success in one draw, log M_1(p) = log(B(3/2, 1/2) / B(1/2, 1/2)) - log p = log(1 / (2 p)) (Jeffreys prior)."""
     np.testing.assert_allclose(bounds.log_martingale(1, 1, [0.25, 0.5]), [math.log(2), 0.0], rtol=1e-14, atol=1e-15)
     assert bounds.log_martingale(1, 1, Fraction(1, 4)) == pytest.approx(math.log(2), rel=1e-14)
+
+
+def test_cs_end_that_lands_exactly_on_the_crossing_is_the_crossing():
+    """The CS is {p : M_t(p) < 1/alpha}, so a point where M_t(p) = 1/alpha exactly is outside it and is the end
+    (cs_bounds' `outside(p)`: `... >= 0`; kills `> 0`, which takes the crossing for inside and ends one ulp
+    further out). Uniform prior (1, 1), one draw, alpha = 1/2: M_1(p) = 1 / (2p) after a success and 1 / (2 (1 - p))
+    after a failure, so the ends are exactly 1/4 and 3/4, dyadic points the bisection lands on."""
+    lower, upper = bounds.cs_bounds([1, 0], [1, 1], 0.5, prior=(1, 1))
+    assert lower.tolist() == [0.25, 0.0] and upper.tolist() == [1.0, 0.75]

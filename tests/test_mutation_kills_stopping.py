@@ -746,3 +746,47 @@ def test_run_sequential_hands_its_prior_to_the_confidence_sequence():
                                      points=[20], futility=None)
     assert result.prediction.tolist() == [5]
     assert result.radius[0] == pytest.approx(SIGMA * PHI_INV((ALPHA / 21) ** (1 / 20)), rel=1e-8)
+
+
+def _bound_by_look(table):
+    """A bound object that gives table[trials] = (lower, upper) (the stopping rule also reads it at n_max)."""
+    def bound(successes, trials, level):
+        t = np.atleast_1d(trials)
+        return (np.array([table[int(v)][0] for v in t], dtype=np.float64),
+                np.array([table[int(v)][1] for v in t], dtype=np.float64))
+    return bound
+
+
+def _votes(k):
+    """run_sequential's draw: k successes per 100 samples."""
+    return lambda idx, num, start: np.full(len(idx), num * k // 100)
+
+
+def test_run_sequential_decides_on_the_running_intersection_with_its_own_settings():
+    """run_sequential's decide_many call gets the running bounds, the bound object and the futility settings
+    (kills dropping lower=, upper=, bound=, futility= or futility_ramp= there), and the running upper end is the
+    minimum over the looks (kills np.minimum(hi, upper) -> np.maximum). Bounds by look, hand-checked outcomes:
+    lower 0.7 then 0.45 certifies sigma PhiInv(0.7) at n_max; with targets 0.25 and 0.5 (thresholds Phi(0.5) and
+    Phi(1)) lower 0.55 -> 0.72 under upper 0.75 -> 0.95 stops at the second look (running upper 0.75 < Phi(1))
+    with sigma PhiInv(0.72); a bound read 0.6 at n_max keeps an image with no successes going at futility 0.3
+    (the default bound would give it up); 40 of 100 at futility 0.3 stops at once with the ramp 0 (as decide)."""
+    kw = {"futility": None}
+    lower = _bound_by_look({100: (0.7, 0.9), 1000: (0.45, 0.9)})
+    res = stopping.run_sequential(_votes(50), [3], 1000, SIGMA, ALPHA, None, bound=lower, points=[100, 1000], **kw)
+    assert res.prediction.tolist() == [3] and res.radius[0] == pytest.approx(_radius(0.7), rel=1e-12)
+    assert res.lower.tolist() == [0.7] and res.upper.tolist() == [0.9]
+    assert [stopping.thresholds([0.25, 0.5], SIGMA)[i] for i in (1, 2)] == pytest.approx(
+        [NormalDist().cdf(0.5), NormalDist().cdf(1.0)], rel=1e-14)
+    upper = _bound_by_look({100: (0.55, 0.75), 200: (0.72, 0.95), 300: (0.9, 0.95)})
+    res = stopping.run_sequential(_votes(50), [3], 300, SIGMA, ALPHA, [0.25, 0.5], bound=upper,
+                                  points=[100, 200, 300], **kw)
+    assert res.samples.tolist() == [200] and res.upper.tolist() == [0.75]
+    assert res.prediction.tolist() == [3] and res.radius[0] == pytest.approx(_radius(0.72), rel=1e-12)
+    best = _bound_by_look({100: (0.3, 0.9), 1000: (0.6, 0.9)})
+    res = stopping.run_sequential(_votes(0), [3], 1000, SIGMA, ALPHA, None, bound=best, points=[100, 1000],
+                                  futility=0.3, futility_ramp=0.0)
+    assert res.samples.tolist() == [1000] and res.radius[0] == pytest.approx(_radius(0.6), rel=1e-12)
+    for ramp, samples in ((0.0, 100), (1.0, 10_000)):
+        res = stopping.run_sequential(_votes(40), [3], 10_000, SIGMA, ALPHA, None, bound="cs",
+                                      points=[100, 10_000], futility=0.3, futility_ramp=ramp)
+        assert res.samples.tolist() == [samples] and res.prediction.tolist() == [-1]

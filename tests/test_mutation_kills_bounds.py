@@ -14,7 +14,7 @@ import pytest
 
 from msrs import bounds, checks
 
-from test_sequential import _cs_end  # the CS end by bisection on the 40-digit mixture martingale
+from test_sequential import _cs_end, _log_mixture  # 40-digit mixture martingale and its CS ends
 
 
 def _phi_inv_40(p) -> float:
@@ -492,3 +492,35 @@ def test_cs_end_that_lands_exactly_on_the_crossing_is_the_crossing():
     after a failure, so the ends are exactly 1/4 and 3/4, dyadic points the bisection lands on."""
     lower, upper = bounds.cs_bounds([1, 0], [1, 1], 0.5, prior=(1, 1))
     assert lower.tolist() == [0.25, 0.0] and upper.tolist() == [1.0, 0.75]
+
+
+def test_brentq_ends_at_extreme_levels_and_counts():
+    """cs_bounds(method="brentq"), the checking path: the lower end of 2 in 10^6 at alpha = 1e-250 needs 483 of
+    brentq's iterations and is where the 40-digit log M_t crosses log(1/alpha), within 1e-9 relative on either
+    side (kills dropping maxiter=500 there: scipy's 100 give up); the upper end of 1 in 10^7 is the 40-digit
+    crossing to 1e-12 (kills dropping xtol=1e-300: scipy's absolute 2e-12 stops 7e-9 relative short); and with
+    one failure in one draw at alpha = 1e-20 the set reaches every float below 1 (M_1(p) = 1 / (2 (1 - p)) <=
+    2^52 < 1e20), so the upper end is 1 for both methods (kills `else 1.0` -> `else 2.0`)."""
+    alpha = 1e-250
+    lower, _ = bounds.cs_bounds(2, 10**6, alpha, method="brentq")
+    assert 0 < lower < 1e-100
+    assert _log_mixture(2, 10**6, lower * (1 - 1e-9)) >= -math.log(alpha)
+    assert _log_mixture(2, 10**6, lower * (1 + 1e-9)) < -math.log(alpha)
+    _, upper = bounds.cs_bounds(1, 10**7, 0.001, method="brentq")
+    assert upper == pytest.approx(_cs_end(1, 10**7, 0.001, "upper"), rel=1e-12, abs=0)
+    for method in ("brentq", "bisect"):
+        assert bounds.cs_bounds(0, 1, 1e-20, method=method) == (0.0, 1.0)
+
+
+def test_betting_ratios_as_fractions_and_one_bad_ratio_among_good_ones():
+    """_check_ratios reads the grid as float64 (`np.asarray(ratios, dtype=np.float64)`; kills dropping the dtype,
+    after which a list of Fractions is an object array that np.isfinite refuses): log K(m) of 7 in 10 at m = 3/10
+    on the lower side is log of the mean over r of ((1 - r (1 - m)) / m)^7 r^3, in exact rational arithmetic. One
+    NaN or infinite ratio among good ones is refused by name (kills np.all(np.isfinite(r)) -> np.any)."""
+    ratios, m = [Fraction(1, 4), Fraction(1, 2), Fraction(3, 4)], Fraction(3, 10)
+    exact = sum(((1 - r * (1 - m)) / m) ** 7 * r ** 3 for r in ratios) / len(ratios)
+    got = float(bounds.betting_log_capital(7, 10, float(m), ratios))
+    assert got == pytest.approx(math.log(exact), rel=1e-12, abs=0)
+    for bad in ([0.5, np.nan], [np.inf, 0.5], [0.25, -np.inf, 0.75]):
+        with pytest.raises(checks.ArgumentValueError, match="ratios"):
+            bounds.betting_log_capital(7, 10, 0.3, bad)

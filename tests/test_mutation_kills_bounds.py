@@ -11,10 +11,9 @@ from statistics import NormalDist
 import mpmath
 import numpy as np
 import pytest
+from test_sequential import _cs_end, _log_mixture  # 40-digit references
 
 from msrs import bounds, checks
-
-from test_sequential import _cs_end, _log_mixture  # 40-digit mixture martingale and its CS ends
 
 
 def _phi_inv_40(p) -> float:

@@ -523,3 +523,13 @@ def test_betting_ratios_as_fractions_and_one_bad_ratio_among_good_ones():
     for bad in ([0.5, np.nan], [np.inf, 0.5], [0.25, -np.inf, 0.75]):
         with pytest.raises(checks.ArgumentValueError, match="ratios"):
             bounds.betting_log_capital(7, 10, 0.3, bad)
+
+
+def test_betting_log_capital_at_a_fractional_mean():
+    """betting_log_capital reads m as float64 (`np.asarray(m, dtype=np.float64)`; kills dropping the dtype, after
+    which a Fraction m is an object array that the capital's numpy logs refuse): 7 in 10 at m = 3/10 on the lower
+    side, log of the mean over r of ((1 - r (1 - m)) / m)^7 r^3 in exact rational arithmetic."""
+    ratios, m = [0.25, 0.5, 0.75], Fraction(3, 10)
+    exact = sum(((1 - Fraction(r) * (1 - m)) / m) ** 7 * Fraction(r) ** 3 for r in ratios) / len(ratios)
+    got = bounds.betting_log_capital(7, 10, m, ratios)
+    assert got.dtype == np.float64 and float(got) == pytest.approx(math.log(exact), rel=1e-12, abs=0)

@@ -790,3 +790,40 @@ def test_run_sequential_decides_on_the_running_intersection_with_its_own_setting
         res = stopping.run_sequential(_votes(40), [3], 10_000, SIGMA, ALPHA, None, bound="cs",
                                       points=[100, 10_000], futility=0.3, futility_ramp=ramp)
         assert res.samples.tolist() == [samples] and res.prediction.tolist() == [-1]
+
+
+def test_route_stage_at_the_edges_of_certifying_and_of_the_budget():
+    """Routing rules at their edges, with given bounds 0.3 / 0.9 and a bound object read at n_max: a best
+    reachable lower end exactly p0 = 1/2 can still certify (certify needs lower >= p0), so the stage goes on under
+    both rules, and one ulp below it cannot (route_stage_many's `np.maximum(best_lower, lo) < p0`; kills `<= p0`);
+    at t = n_max an uncertified stage that could still have certified is undecided under "abstain" and falls
+    through under "fall_through" (`t >= n_max` in both places; kills `t > n_max`, which keeps it sampling past its
+    budget, or leaves it undecided under "fall_through")."""
+    kw = {"lower": 0.3, "upper": 0.9}
+    below = math.nextafter(0.5, 0)
+    for rule, stuck in (("abstain", "undecided"), ("fall_through", "fall_through")):
+        assert stopping.route_stage(10, 100, 1000, ALPHA, bound=_constant_bound(0.5, 0.9), undecided=rule,
+                                    **kw) == "continue"
+        assert stopping.route_stage(10, 100, 1000, ALPHA, bound=_constant_bound(below, 0.9), undecided=rule,
+                                    **kw) == stuck
+        assert stopping.route_stage(500, 1000, 1000, ALPHA, bound=_constant_bound(0.6, 0.9), undecided=rule,
+                                    **kw) == stuck
+
+
+def test_cascade_checks_its_arguments_before_drawing():
+    """run_cascade_sequential checks its arguments up front, by name, before any draw: sigmas as a numpy array
+    (kills deleting `sigmas = [float(s) for s in sigmas]`, after which `not sigmas` is ambiguous), one sigma <= 0
+    among positive ones (kills any(s <= 0) -> all and `<= 0` -> `< 0`: the later per-stage check names "sigma",
+    not "sigmas"), an unknown `undecided` rule (kills deleting its checks.choice: the routing refuses it only after
+    the selection draws), and float counts n0 / num_images (kills deleting their operator.index)."""
+    def draw(idx, stream, num, start):
+        raise AssertionError("drew samples")
+
+    for sigmas in (np.array([0.5, 0.5]), [1.0, -0.5], [1.0, 0.0]):
+        with pytest.raises(checks.ArgumentValueError, match="^sigmas"):
+            stopping.run_cascade_sequential(draw, 2, sigmas, 10, 1000, ALPHA)
+    with pytest.raises(checks.ArgumentValueError, match="^undecided"):
+        stopping.run_cascade_sequential(draw, 2, [1.0, 0.5], 10, 1000, ALPHA, undecided="maybe")
+    for n0, num_images in ((10.0, 2), (10, 2.0)):
+        with pytest.raises(TypeError):
+            stopping.run_cascade_sequential(draw, num_images, [1.0, 0.5], n0, 1000, ALPHA)

@@ -533,3 +533,15 @@ def test_betting_log_capital_at_a_fractional_mean():
     exact = sum(((1 - Fraction(r) * (1 - m)) / m) ** 7 * Fraction(r) ** 3 for r in ratios) / len(ratios)
     got = bounds.betting_log_capital(7, 10, m, ratios)
     assert got.dtype == np.float64 and float(got) == pytest.approx(math.log(exact), rel=1e-12, abs=0)
+
+
+def test_betting_ratios_must_lie_strictly_between_zero_and_one():
+    """Every failure ratio must lie in the open interval (0, 1): 0 and 1 themselves are refused (kills `r <= 0` ->
+    `r < 0` and `r >= 1` -> `r > 1`), and so is one bad ratio among good ones (kills np.any -> np.all in both), and
+    an empty grid; the grid's ends just inside are accepted, and a grid of one ratio r = 1/2 on one success at m =
+    1/2 has log K = log((1 - r (1 - m)) / m) = log(3/2)."""
+    for bad in ([0.5, 0.0], [0.0], [0.5, -0.25], [0.5, 1.0], [1.0], [1.5, 0.5], []):
+        with pytest.raises(checks.ArgumentValueError, match="ratios"):
+            bounds.betting_log_capital(1, 1, 0.5, bad)
+    assert np.isfinite(bounds.betting_log_capital(1, 1, 0.5, [5e-324, np.nextafter(1.0, 0.0)]))
+    assert float(bounds.betting_log_capital(1, 1, 0.5, [0.5])) == pytest.approx(math.log(1.5), rel=1e-14, abs=0)

@@ -545,3 +545,18 @@ def test_betting_ratios_must_lie_strictly_between_zero_and_one():
             bounds.betting_log_capital(1, 1, 0.5, bad)
     assert np.isfinite(bounds.betting_log_capital(1, 1, 0.5, [5e-324, np.nextafter(1.0, 0.0)]))
     assert float(bounds.betting_log_capital(1, 1, 0.5, [0.5])) == pytest.approx(math.log(1.5), rel=1e-14, abs=0)
+
+
+def test_betting_ends_at_a_level_just_below_one():
+    """At alpha = 1 - 2^-53 the sets shrink onto the estimate, where _betting_end caps its bracket at the estimate
+    log(wins / (wins + losses)) (kills np.maximum(total, 1.0) -> np.minimum and safe / ... -> safe * ..., which
+    cap at log(wins) or log(wins total) instead, landing 9 ulps out on the lower end of 2 in 2 and 9 times too high
+    on the upper end of 0 in 2; the latter was listed as equivalent, checked only up to alpha = 0.9): both ends
+    against the 40-digit crossing of the documented 41-bet grid, on the conservative side."""
+    alpha = 1 - 2.0**-53
+    lower, _ = bounds.betting_bounds(2, 2, alpha)
+    want = _betting_end_40(2, 2, alpha, "lower")
+    assert lower <= want and lower == pytest.approx(want, rel=3e-16, abs=0)
+    _, upper = bounds.betting_bounds(0, 2, alpha)
+    want = _betting_end_40(0, 2, alpha, "upper")
+    assert upper >= want and upper == pytest.approx(want, rel=1e-12, abs=0)

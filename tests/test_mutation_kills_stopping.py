@@ -827,3 +827,15 @@ def test_cascade_checks_its_arguments_before_drawing():
     for n0, num_images in ((10.0, 2), (10, 2.0)):
         with pytest.raises(TypeError):
             stopping.run_cascade_sequential(draw, num_images, [1.0, 0.5], n0, 1000, ALPHA)
+
+
+def test_cascade_hands_its_prior_to_the_confidence_sequence():
+    """run_cascade_sequential with bound="cs" and prior=(1, 1) uses that prior (its `make_bound(..., prior=prior)`;
+    kills dropping it, which falls back to Jeffreys'): one stage (its level is alpha), every vote for class 1,
+    one look at n_max = 20: the running lower end is the uniform prior's CS end (alpha / 21)^(1/20), from
+    M = 1 / (21 p^20) < 1 / alpha, and the radius is sigma PhiInv of it."""
+    result = stopping.run_cascade_sequential(_unanimous_votes(), 1, [SIGMA], 10, 20, ALPHA, None, bound="cs",
+                                             prior=(1, 1), points=[20], futility=None)
+    lower = (ALPHA / 21) ** (1 / 20)
+    assert result.p_lower[0] == pytest.approx(lower, rel=1e-9)
+    assert result.prediction.tolist() == [1] and result.radius[0] == pytest.approx(SIGMA * PHI_INV(lower), rel=1e-8)

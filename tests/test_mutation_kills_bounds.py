@@ -560,3 +560,13 @@ def test_betting_ends_at_a_level_just_below_one():
     _, upper = bounds.betting_bounds(0, 2, alpha)
     want = _betting_end_40(0, 2, alpha, "upper")
     assert upper >= want and upper == pytest.approx(want, rel=1e-12, abs=0)
+
+
+def test_betting_upper_end_at_a_tiny_level_converges_to_the_crossing():
+    """The upper end of 10,959 in 29,661 at alpha = 1.0685e-224 is the 40-digit crossing of the 41-bet grid to
+    1e-13 (relative), on the conservative side (the regula falsi's bracket starts at the largest one-bet end,
+    `np.max(...)` in one_bet_end; kills np.min, whose other bracket ends 1.7e-12 further out)."""
+    alpha = 1.06850051263938e-224
+    _, upper = bounds.betting_bounds(10_959, 29_661, alpha)
+    want = _betting_end_40(10_959, 29_661, alpha, "upper")
+    assert upper >= want and upper == pytest.approx(want, rel=1e-13, abs=0)

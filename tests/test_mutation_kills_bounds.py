@@ -551,8 +551,10 @@ def test_betting_ends_at_a_level_just_below_one():
     """At alpha = 1 - 2^-53 the sets shrink onto the estimate, where _betting_end caps its bracket at the estimate
     log(wins / (wins + losses)) (kills np.maximum(total, 1.0) -> np.minimum and safe / ... -> safe * ..., which
     cap at log(wins) or log(wins total) instead, landing 9 ulps out on the lower end of 2 in 2 and 9 times too high
-    on the upper end of 0 in 2; the latter was listed as equivalent, checked only up to alpha = 0.9): both ends
-    against the 40-digit crossing of the documented 41-bet grid, on the conservative side."""
+    on the upper end of 0 in 2; the latter was listed as equivalent, checked only up to alpha = 0.9). There the
+    first inside end can round to outside (h_in >= 0), and the estimate takes its place (kills deleting
+    `v_in[back] = estimate[back]` or the h_in[back] recomputation after it). Both ends against the 40-digit
+    crossing of the documented 41-bet grid, on the conservative side."""
     alpha = 1 - 2.0**-53
     lower, _ = bounds.betting_bounds(2, 2, alpha)
     want = _betting_end_40(2, 2, alpha, "lower")
@@ -565,7 +567,8 @@ def test_betting_ends_at_a_level_just_below_one():
 def test_betting_upper_end_at_a_tiny_level_converges_to_the_crossing():
     """The upper end of 10,959 in 29,661 at alpha = 1.0685e-224 is the 40-digit crossing of the 41-bet grid to
     1e-13 (relative), on the conservative side (the regula falsi's bracket starts at the largest one-bet end,
-    `np.max(...)` in one_bet_end; kills np.min, whose other bracket ends 1.7e-12 further out)."""
+    `np.max(...)` in one_bet_end; kills np.min, whose other bracket ends 1.7e-12 further out, and `np.log1p(-r)`
+    -> `np.log1p(r)` there)."""
     alpha = 1.06850051263938e-224
     _, upper = bounds.betting_bounds(10_959, 29_661, alpha)
     want = _betting_end_40(10_959, 29_661, alpha, "upper")

@@ -573,3 +573,17 @@ def test_betting_upper_end_at_a_tiny_level_converges_to_the_crossing():
     _, upper = bounds.betting_bounds(10_959, 29_661, alpha)
     want = _betting_end_40(10_959, 29_661, alpha, "upper")
     assert upper >= want and upper == pytest.approx(want, rel=1e-13, abs=0)
+
+
+def test_betting_bounds_of_a_batch_are_each_rows_own_ends():
+    """A batch of counts gets each row's own ends (one_bet_end's max over the grid is per row, `axis=-1`; kills
+    dropping the axis, which takes the largest one-bet end over every row and ratio and leaves the other rows
+    with the trivial (0, 1)): each end within 1e-9 of its 40-digit crossing, on the conservative side up to the
+    rounding of log K (1e-12)."""
+    s, t = [5, 900, 37], [1000, 1000, 64]
+    lower, upper = bounds.betting_bounds(s, t, 0.001)
+    for i in range(3):
+        want_lower = _betting_end_40(s[i], t[i], 0.001, "lower")
+        want_upper = _betting_end_40(s[i], t[i], 0.001, "upper")
+        assert lower[i] <= want_lower * (1 + 1e-12) and lower[i] == pytest.approx(want_lower, rel=1e-9, abs=0)
+        assert upper[i] >= want_upper * (1 - 1e-12) and upper[i] == pytest.approx(want_upper, rel=1e-9, abs=0)

@@ -839,3 +839,13 @@ def test_cascade_hands_its_prior_to_the_confidence_sequence():
     lower = (ALPHA / 21) ** (1 / 20)
     assert result.p_lower[0] == pytest.approx(lower, rel=1e-9)
     assert result.prediction.tolist() == [1] and result.radius[0] == pytest.approx(SIGMA * PHI_INV(lower), rel=1e-8)
+
+
+def test_cascade_samples_are_int64_counts():
+    """CascadeResult.samples is int64 [B, L] (_CascadeRun's `self.drawn = np.zeros(shape, dtype=np.int64)`; kills
+    dropping the dtype, which returned float64 sample counts): one stage, every vote for class 1, looks 100 and
+    1000, no targets: 1000 samples drawn, and none at a stage never entered."""
+    result = stopping.run_cascade_sequential(_unanimous_votes(), 1, [1.0, SIGMA], 10, 1000, ALPHA, None,
+                                             points=[100, 1000])
+    assert result.samples.dtype == np.int64
+    assert result.samples.tolist() == [[1000, 0]] and result.prediction.tolist() == [1]

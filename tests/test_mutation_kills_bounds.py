@@ -587,3 +587,14 @@ def test_betting_bounds_of_a_batch_are_each_rows_own_ends():
         want_upper = _betting_end_40(s[i], t[i], 0.001, "upper")
         assert lower[i] <= want_lower * (1 + 1e-12) and lower[i] == pytest.approx(want_lower, rel=1e-9, abs=0)
         assert upper[i] >= want_upper * (1 - 1e-12) and upper[i] == pytest.approx(want_upper, rel=1e-9, abs=0)
+
+
+def test_betting_upper_end_where_the_illinois_step_matters():
+    """The upper end of 64,080 in 868,106 at alpha = 4.49e-102 is the 40-digit crossing of the 41-bet grid to 1e-13
+    (relative), on the conservative side: the Illinois rule halves the kept outside end's h only when that end was
+    kept the step before (`np.where(k == 1, 0.5 * ho, ho)`; kills `k != 1`, which halves it at the wrong steps and
+    ends 1.6e-11 further out)."""
+    alpha = 4.4924184785019654e-102
+    _, upper = bounds.betting_bounds(64_080, 868_106, alpha)
+    want = _betting_end_40(64_080, 868_106, alpha, "upper")
+    assert upper >= want and upper == pytest.approx(want, rel=1e-13, abs=0)

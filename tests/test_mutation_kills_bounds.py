@@ -598,3 +598,13 @@ def test_betting_upper_end_where_the_illinois_step_matters():
     _, upper = bounds.betting_bounds(64_080, 868_106, alpha)
     want = _betting_end_40(64_080, 868_106, alpha, "upper")
     assert upper >= want and upper == pytest.approx(want, rel=1e-13, abs=0)
+
+
+def test_betting_upper_end_where_the_inside_illinois_step_matters():
+    """The upper end of 1,244 in 158,117 at alpha = 1.97e-91 is the 40-digit crossing of the 41-bet grid to 5e-14
+    (relative), on the conservative side: the Illinois rule halves the kept inside end's h only when that end was
+    kept the step before (`np.where(k == -1, 0.5 * hi_, hi_)`; kills `k != -1`, which ends 4.2e-13 further out)."""
+    alpha = 1.9721859273303368e-91
+    _, upper = bounds.betting_bounds(1244, 158_117, alpha)
+    want = _betting_end_40(1244, 158_117, alpha, "upper")
+    assert upper >= want and upper == pytest.approx(want, rel=5e-14, abs=0)

@@ -849,3 +849,17 @@ def test_cascade_samples_are_int64_counts():
                                              points=[100, 1000])
     assert result.samples.dtype == np.int64
     assert result.samples.tolist() == [[1000, 0]] and result.prediction.tolist() == [1]
+
+
+def test_cascade_refuses_a_negative_vote_count_in_one_image():
+    """run_cascade_sequential checks every vote count of every image: a row [n + 1, -1] sums to the n samples
+    drawn, so only the sign check catches it, and one such row among good ones is refused by name (kills
+    np.any(votes < 0) -> np.all in _CascadeRun._draw)."""
+    def draw(idx, stream, num, start):
+        votes = np.zeros((len(idx), 2), dtype=np.int64)
+        votes[:, 1] = num
+        votes[0] = [num + 1, -1]
+        return votes
+
+    with pytest.raises(checks.ArgumentValueError, match="^draw"):
+        stopping.run_cascade_sequential(draw, 2, [SIGMA], 10, 1000, ALPHA, None, points=[100, 1000])

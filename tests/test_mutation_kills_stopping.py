@@ -863,3 +863,23 @@ def test_cascade_refuses_a_negative_vote_count_in_one_image():
 
     with pytest.raises(checks.ArgumentValueError, match="^draw"):
         stopping.run_cascade_sequential(draw, 2, [SIGMA], 10, 1000, ALPHA, None, points=[100, 1000])
+
+
+def test_cascade_routes_with_its_own_bound_object():
+    """The cascade's routing reads the best reachable lower end from the run's bound object (_CascadeRun.route's
+    `route_stage_many(..., bound=self.bound)`; kills dropping it, which reads the default confidence sequence): a
+    bound that reads (0.3, 0.9) before n_max and (0.6, 0.9) at n_max keeps a one-stage image routing under
+    undecided="fall_through" although only 10 % of its estimation votes go to its class (by the confidence
+    sequence it could no longer certify, so it would fall through, out of stages: abstain, at the first look), and
+    at n_max the lower end 0.6 certifies sigma PhiInv(0.6), less the margin."""
+    def draw(idx, stream, num, start):
+        votes = np.zeros((len(idx), 2), dtype=np.int64)
+        votes[:, 1] = num if stream == streams.selection(0) else num // 10
+        votes[:, 0] = num - votes[:, 1]
+        return votes
+
+    bound = _bound_by_look({100: (0.3, 0.9), 1000: (0.6, 0.9)})
+    result = stopping.run_cascade_sequential(draw, 1, [SIGMA], 10, 1000, ALPHA, None, bound=bound,
+                                             points=[100, 1000], undecided="fall_through")
+    assert result.samples.tolist() == [[1000]] and result.prediction.tolist() == [1]
+    assert result.radius[0] == pytest.approx(_radius(0.6), rel=1e-12)

@@ -3,16 +3,17 @@ independent value (a closed form, 40-digit arithmetic with mpmath, or a hand-der
 kills is named in its docstring."""
 from __future__ import annotations
 
-from fractions import Fraction
-
 import math
+from decimal import Decimal
+from fractions import Fraction
+from statistics import NormalDist
+
 import mpmath
 import numpy as np
 import pytest
+from test_sequential import _cs_end, _log_mixture  # 40-digit references
 
 from msrs import bounds, checks
-
-from test_sequential import _cs_end  # the CS end by bisection on the 40-digit mixture martingale
 
 
 def _phi_inv_40(p) -> float:
@@ -399,3 +400,236 @@ def test_integral_float_counts_give_the_integer_answer():
     assert bounds.binomial_pvalue(3.0, 10.0) == pytest.approx(2 * 176 / 1024, rel=1e-12)
     as_int = bounds.other_classes_upper([[3, 4, 5]], 2, 0.01)
     assert np.array_equal(bounds.other_classes_upper([[3.0, 4.0, 5.0]], 2.0, 0.01), as_int)
+
+
+# ----------------------------------------------------------------------------------- full run (all mutants, 2026-12)
+def test_binomial_pvalue_takes_whole_float_and_numpy_counts():
+    """Counts that are whole floats or numpy scalars are counts (binomial_pvalue's `n_a, n = int(n_a), int(n)`;
+    kills deleting it, after which scipy's binomtest refuses a float k): 2 of 10 at p = 1/2 has the two-sided
+    p-value P[X <= 2] + P[X >= 8] = 2 (1 + 10 + 45) / 2^10 = 112 / 1024."""
+    exact = float(Fraction(2 * (1 + 10 + 45), 2**10))
+    for n_a, n in ((2.0, 10.0), (np.float64(2), np.float64(10)), (np.int64(2), np.int32(10))):
+        assert bounds.binomial_pvalue(n_a, n) == pytest.approx(exact, rel=1e-12)
+
+
+def test_goodman_bounds_refuse_a_negative_count_among_positive_ones_and_a_zero_total():
+    """goodman_bounds needs k >= 2 non-negative counts with a positive total: one negative count among positive
+    ones is refused by name (kills np.any(counts < 0) -> np.all), and so is the all-zero vector, whose formula
+    divides 0 by 0 (kills `counts.sum() <= 0` -> `< 0`); a vector with one zero count is fine: its interval is
+    the closed form [0, A / (N + A)] (n_i = 0 in the module's formula)."""
+    for counts in ([-1, 5], [3, -1, 4], [0, 0], [0.0, 0.0, 0.0]):
+        with pytest.raises(checks.ArgumentValueError, match="counts"):
+            bounds.goodman_bounds(counts, 0.05)
+    a = NormalDist().inv_cdf(1 - 0.05 / 2 / 2) ** 2  # chi2(1) quantile = squared normal quantile
+    out = bounds.goodman_bounds([0, 7], 0.05)
+    assert out[0, 0] == 0.0 and out[0, 1] == pytest.approx(a / (7 + a), rel=1e-12)
+
+
+def test_radius_of_an_exact_fraction_or_decimal_lower_bound():
+    """radius reads p_lower as float64 first (`np.asarray(p_lower, dtype=np.float64)`; kills dropping the dtype,
+    after which a Fraction or a Decimal makes an object array that np.isfinite refuses): sigma (PhiInv(p) -
+    PhiInv(1/2)) = sigma PhiInv(p), shrunk by RADIUS_MARGIN, against 40-digit erfinv and statistics.NormalDist."""
+    for p in (Fraction(3, 4), Decimal("0.975"), [Fraction(9, 10), Decimal("0.6")]):
+        ps = [Fraction(v) for v in (p if isinstance(p, list) else [p])]
+        expected = [0.5 * _phi_inv_40(v) * (1 - bounds.RADIUS_MARGIN) for v in ps]
+        out = np.atleast_1d(bounds.radius(0.5, p))
+        assert out.dtype == np.float64
+        np.testing.assert_allclose(out, expected, rtol=1e-13)
+        np.testing.assert_allclose(out, [0.5 * NormalDist().inv_cdf(float(v)) for v in ps], rtol=1e-8)
+
+
+def test_radius_refuses_one_bad_entry_among_good_ones_and_takes_the_closed_ends():
+    """radius' checks, value by value: one p_lower outside [0, 1) or not finite among good ones is refused by name
+    (kills np.any -> np.all and `or` -> `and` on line 235), and so is one p0 outside [1/2, 1) (kills np.all ->
+    np.any and & -> |); the closed ends are valid: p_lower = 0 gives -inf, p0 = 1/2 the plain sigma PhiInv(p)
+    (kills `< 0` -> `<= 0` and `>= 0.5` -> `> 0.5`), and p_lower = 1 and p0 = 1 are refused (kills `>= 1` ->
+    `> 1` and `< 1` -> `<= 1`). Values against statistics.NormalDist, shrunk by RADIUS_MARGIN."""
+    for p_lower in ([0.7, -0.1], [0.7, 1.0], [0.7, np.nan], [0.7, np.inf], [-0.1, 0.7], 1.0):
+        with pytest.raises(checks.ArgumentValueError, match="p_lower"):
+            bounds.radius(0.5, p_lower)
+    for p0 in ([0.6, 0.4], [0.4, 0.6], 1.0, 0.4):
+        with pytest.raises(checks.ArgumentValueError, match="p0"):
+            bounds.radius(0.5, 0.7, p0)
+    inv, keep = NormalDist().inv_cdf, 1 - bounds.RADIUS_MARGIN
+    out = bounds.radius(0.5, [0.0, 0.7], 0.5)
+    assert out[0] == -np.inf and out[1] == pytest.approx(0.5 * inv(0.7) * keep, rel=1e-12)
+    out = bounds.radius(0.5, 0.7, [0.5, 0.6])
+    np.testing.assert_allclose(out, [0.5 * inv(0.7) * keep, 0.5 * (inv(0.7) - inv(0.6)) * keep], rtol=1e-12)
+
+
+def test_signed_radius_of_exact_decimal_and_fraction_arguments():
+    """signed_radius reads sigma and p as float64 first (`np.asarray(sigma / p, dtype=np.float64)`; kills dropping
+    either dtype: a Decimal sigma times a float raises TypeError, and scipy's norm.ppf has no loop for an object
+    array of Fractions): sigma (PhiInv(p) - PhiInv(p0)), shrunk by RADIUS_MARGIN, against 40-digit erfinv."""
+    keep = 1 - bounds.RADIUS_MARGIN
+    out = bounds.signed_radius(Decimal("0.25"), [Fraction(7, 10), Fraction(1, 5)])
+    assert out.dtype == np.float64
+    np.testing.assert_allclose(out, [0.25 * _phi_inv_40(Fraction(7, 10)) * keep,
+                                     0.25 * _phi_inv_40(Fraction(1, 5)) * keep], rtol=1e-13)
+    value = bounds.signed_radius(0.5, Decimal("0.9"), 0.6)
+    assert value == pytest.approx(0.5 * (_phi_inv_40(Fraction(9, 10)) - _phi_inv_40(Fraction(3, 5))) * keep,
+                                  rel=1e-13)
+
+
+def test_beta_prior_needs_both_parameters_positive():
+    """_check_prior refuses a = 0 or b = 0 by name (kills `a > 0` / `b > 0` -> `>= 0`) and takes Jeffreys' (1/2,
+    1/2) (kills `0` -> `1` in either): log M_1(p) after one success is log(B(3/2, 1/2) / B(1/2, 1/2)) - log p =
+    log(a / (a + b)) - log p = log 2 at p = 1/4."""
+    for prior in ((1.0, 0.0), (0.0, 1.0), (0, 0)):
+        with pytest.raises(checks.ArgumentValueError, match="prior"):
+            bounds.log_martingale(1, 1, 0.25, prior=prior)
+    assert bounds.log_martingale(1, 1, 0.25, prior=(0.5, 0.5)) == pytest.approx(math.log(2), rel=1e-14)
+
+
+def test_counts_checks_catch_one_bad_entry_among_good_ones():
+    """_successes_trials checks every entry: one fractional count among whole ones is refused as a type error
+    (kills np.all(v == np.floor(v)) -> np.any), and one count above its trials, one negative count or one trial
+    count below the minimum among good ones as a value error (kills np.any(s > t), np.any(s < 0) and np.any(t <
+    min_trials) -> np.all), each naming the counts; whole float counts are fine: 2.0 of 10.0 has the CS ends of 2
+    of 10 (40-digit bisection)."""
+    with pytest.raises(checks.ArgumentTypeError, match="successes"):
+        bounds.cs_bounds([2.0, 2.5], 10, 0.05)
+    with pytest.raises(checks.ArgumentTypeError, match="trials"):
+        bounds.cs_bounds(2, [10.0, 10.5], 0.05)
+    for s, t in (([3, 11], 10), ([3, -1], 10), ([-1, 3], [10, 10])):
+        with pytest.raises(checks.ArgumentValueError, match="successes"):
+            bounds.cs_bounds(s, t, 0.05)
+    with pytest.raises(checks.ArgumentValueError, match="n_a"):
+        bounds.clopper_pearson_lower([1, 0], [10, 0], 0.05)  # n >= 1 there
+    lower, upper = bounds.cs_bounds([2.0, 2.0], [10.0, 10.0], 0.05)
+    assert lower[0] == pytest.approx(_cs_end(2, 10, 0.05, "lower"), rel=1e-9)
+    assert upper[1] == pytest.approx(_cs_end(2, 10, 0.05, "upper"), rel=1e-9)
+
+
+def test_log_martingale_of_a_list_or_fraction_of_probabilities():
+    """log_martingale reads p as float64 (`p = np.asarray(p, dtype=np.float64)`; kills deleting it, where -p of a
+    list raises TypeError, and dropping the dtype, where scipy's xlogy has no loop for a Fraction): after one
+    success in one draw, log M_1(p) = log(B(3/2, 1/2) / B(1/2, 1/2)) - log p = log(1 / (2 p)) (Jeffreys prior)."""
+    np.testing.assert_allclose(bounds.log_martingale(1, 1, [0.25, 0.5]), [math.log(2), 0.0], rtol=1e-14, atol=1e-15)
+    assert bounds.log_martingale(1, 1, Fraction(1, 4)) == pytest.approx(math.log(2), rel=1e-14)
+
+
+def test_cs_end_that_lands_exactly_on_the_crossing_is_the_crossing():
+    """The CS is {p : M_t(p) < 1/alpha}, so a point where M_t(p) = 1/alpha exactly is outside it and is the end
+    (cs_bounds' `outside(p)`: `... >= 0`; kills `> 0`, which takes the crossing for inside and ends one ulp
+    further out). Uniform prior (1, 1), one draw, alpha = 1/2: M_1(p) = 1 / (2p) after a success and 1 / (2 (1 - p))
+    after a failure, so the ends are exactly 1/4 and 3/4, dyadic points the bisection lands on."""
+    lower, upper = bounds.cs_bounds([1, 0], [1, 1], 0.5, prior=(1, 1))
+    assert lower.tolist() == [0.25, 0.0] and upper.tolist() == [1.0, 0.75]
+
+
+def test_brentq_ends_at_extreme_levels_and_counts():
+    """cs_bounds(method="brentq"), the checking path: the lower end of 2 in 10^6 at alpha = 1e-250 needs 483 of
+    brentq's iterations and is where the 40-digit log M_t crosses log(1/alpha), within 1e-9 relative on either
+    side (kills dropping maxiter=500 there: scipy's 100 give up); the upper end of 1 in 10^7 is the 40-digit
+    crossing to 1e-12 (kills dropping xtol=1e-300: scipy's absolute 2e-12 stops 7e-9 relative short); and with
+    one failure in one draw at alpha = 1e-20 the set reaches every float below 1 (M_1(p) = 1 / (2 (1 - p)) <=
+    2^52 < 1e20), so the upper end is 1 for both methods (kills `else 1.0` -> `else 2.0`)."""
+    alpha = 1e-250
+    lower, _ = bounds.cs_bounds(2, 10**6, alpha, method="brentq")
+    assert 0 < lower < 1e-100
+    assert _log_mixture(2, 10**6, lower * (1 - 1e-9)) >= -math.log(alpha)
+    assert _log_mixture(2, 10**6, lower * (1 + 1e-9)) < -math.log(alpha)
+    _, upper = bounds.cs_bounds(1, 10**7, 0.001, method="brentq")
+    assert upper == pytest.approx(_cs_end(1, 10**7, 0.001, "upper"), rel=1e-12, abs=0)
+    for method in ("brentq", "bisect"):
+        assert bounds.cs_bounds(0, 1, 1e-20, method=method) == (0.0, 1.0)
+
+
+def test_betting_ratios_as_fractions_and_one_bad_ratio_among_good_ones():
+    """_check_ratios reads the grid as float64 (`np.asarray(ratios, dtype=np.float64)`; kills dropping the dtype,
+    after which a list of Fractions is an object array that np.isfinite refuses): log K(m) of 7 in 10 at m = 3/10
+    on the lower side is log of the mean over r of ((1 - r (1 - m)) / m)^7 r^3, in exact rational arithmetic. One
+    NaN or infinite ratio among good ones is refused by name (kills np.all(np.isfinite(r)) -> np.any)."""
+    ratios, m = [Fraction(1, 4), Fraction(1, 2), Fraction(3, 4)], Fraction(3, 10)
+    exact = sum(((1 - r * (1 - m)) / m) ** 7 * r ** 3 for r in ratios) / len(ratios)
+    got = float(bounds.betting_log_capital(7, 10, float(m), ratios))
+    assert got == pytest.approx(math.log(exact), rel=1e-12, abs=0)
+    for bad in ([0.5, np.nan], [np.inf, 0.5], [0.25, -np.inf, 0.75]):
+        with pytest.raises(checks.ArgumentValueError, match="ratios"):
+            bounds.betting_log_capital(7, 10, 0.3, bad)
+
+
+def test_betting_log_capital_at_a_fractional_mean():
+    """betting_log_capital reads m as float64 (`np.asarray(m, dtype=np.float64)`; kills dropping the dtype, after
+    which a Fraction m is an object array that the capital's numpy logs refuse): 7 in 10 at m = 3/10 on the lower
+    side, log of the mean over r of ((1 - r (1 - m)) / m)^7 r^3 in exact rational arithmetic."""
+    ratios, m = [0.25, 0.5, 0.75], Fraction(3, 10)
+    exact = sum(((1 - Fraction(r) * (1 - m)) / m) ** 7 * Fraction(r) ** 3 for r in ratios) / len(ratios)
+    got = bounds.betting_log_capital(7, 10, m, ratios)
+    assert got.dtype == np.float64 and float(got) == pytest.approx(math.log(exact), rel=1e-12, abs=0)
+
+
+def test_betting_ratios_must_lie_strictly_between_zero_and_one():
+    """Every failure ratio must lie in the open interval (0, 1): 0 and 1 themselves are refused (kills `r <= 0` ->
+    `r < 0` and `r >= 1` -> `r > 1`), and so is one bad ratio among good ones (kills np.any -> np.all in both), and
+    an empty grid; the grid's ends just inside are accepted, and a grid of one ratio r = 1/2 on one success at m =
+    1/2 has log K = log((1 - r (1 - m)) / m) = log(3/2)."""
+    for bad in ([0.5, 0.0], [0.0], [0.5, -0.25], [0.5, 1.0], [1.0], [1.5, 0.5], []):
+        with pytest.raises(checks.ArgumentValueError, match="ratios"):
+            bounds.betting_log_capital(1, 1, 0.5, bad)
+    assert np.isfinite(bounds.betting_log_capital(1, 1, 0.5, [5e-324, np.nextafter(1.0, 0.0)]))
+    assert float(bounds.betting_log_capital(1, 1, 0.5, [0.5])) == pytest.approx(math.log(1.5), rel=1e-14, abs=0)
+
+
+def test_betting_ends_at_a_level_just_below_one():
+    """At alpha = 1 - 2^-53 the sets shrink onto the estimate, where _betting_end caps its bracket at the estimate
+    log(wins / (wins + losses)) (kills np.maximum(total, 1.0) -> np.minimum and safe / ... -> safe * ..., which
+    cap at log(wins) or log(wins total) instead, landing 9 ulps out on the lower end of 2 in 2 and 9 times too high
+    on the upper end of 0 in 2; the latter was listed as equivalent, checked only up to alpha = 0.9). There the
+    first inside end can round to outside (h_in >= 0), and the estimate takes its place (kills deleting
+    `v_in[back] = estimate[back]` or the h_in[back] recomputation after it). Both ends against the 40-digit
+    crossing of the documented 41-bet grid, on the conservative side."""
+    alpha = 1 - 2.0**-53
+    lower, _ = bounds.betting_bounds(2, 2, alpha)
+    want = _betting_end_40(2, 2, alpha, "lower")
+    assert lower <= want and lower == pytest.approx(want, rel=3e-16, abs=0)
+    _, upper = bounds.betting_bounds(0, 2, alpha)
+    want = _betting_end_40(0, 2, alpha, "upper")
+    assert upper >= want and upper == pytest.approx(want, rel=1e-12, abs=0)
+
+
+def test_betting_upper_end_at_a_tiny_level_converges_to_the_crossing():
+    """The upper end of 10,959 in 29,661 at alpha = 1.0685e-224 is the 40-digit crossing of the 41-bet grid to
+    1e-13 (relative), on the conservative side (the regula falsi's bracket starts at the largest one-bet end,
+    `np.max(...)` in one_bet_end; kills np.min, whose other bracket ends 1.7e-12 further out, and `np.log1p(-r)`
+    -> `np.log1p(r)` there)."""
+    alpha = 1.06850051263938e-224
+    _, upper = bounds.betting_bounds(10_959, 29_661, alpha)
+    want = _betting_end_40(10_959, 29_661, alpha, "upper")
+    assert upper >= want and upper == pytest.approx(want, rel=1e-13, abs=0)
+
+
+def test_betting_bounds_of_a_batch_are_each_rows_own_ends():
+    """A batch of counts gets each row's own ends (one_bet_end's max over the grid is per row, `axis=-1`; kills
+    dropping the axis, which takes the largest one-bet end over every row and ratio and leaves the other rows
+    with the trivial (0, 1)): each end within 1e-9 of its 40-digit crossing, on the conservative side up to the
+    rounding of log K (1e-12)."""
+    s, t = [5, 900, 37], [1000, 1000, 64]
+    lower, upper = bounds.betting_bounds(s, t, 0.001)
+    for i in range(3):
+        want_lower = _betting_end_40(s[i], t[i], 0.001, "lower")
+        want_upper = _betting_end_40(s[i], t[i], 0.001, "upper")
+        assert lower[i] <= want_lower * (1 + 1e-12) and lower[i] == pytest.approx(want_lower, rel=1e-9, abs=0)
+        assert upper[i] >= want_upper * (1 - 1e-12) and upper[i] == pytest.approx(want_upper, rel=1e-9, abs=0)
+
+
+def test_betting_upper_end_where_the_illinois_step_matters():
+    """The upper end of 64,080 in 868,106 at alpha = 4.49e-102 is the 40-digit crossing of the 41-bet grid to 1e-13
+    (relative), on the conservative side: the Illinois rule halves the kept outside end's h only when that end was
+    kept the step before (`np.where(k == 1, 0.5 * ho, ho)`; kills `k != 1`, which halves it at the wrong steps and
+    ends 1.6e-11 further out)."""
+    alpha = 4.4924184785019654e-102
+    _, upper = bounds.betting_bounds(64_080, 868_106, alpha)
+    want = _betting_end_40(64_080, 868_106, alpha, "upper")
+    assert upper >= want and upper == pytest.approx(want, rel=1e-13, abs=0)
+
+
+def test_betting_upper_end_where_the_inside_illinois_step_matters():
+    """The upper end of 1,244 in 158,117 at alpha = 1.97e-91 is the 40-digit crossing of the 41-bet grid to 5e-14
+    (relative), on the conservative side: the Illinois rule halves the kept inside end's h only when that end was
+    kept the step before (`np.where(k == -1, 0.5 * hi_, hi_)`; kills `k != -1`, which ends 4.2e-13 further out)."""
+    alpha = 1.9721859273303368e-91
+    _, upper = bounds.betting_bounds(1244, 158_117, alpha)
+    want = _betting_end_40(1244, 158_117, alpha, "upper")
+    assert upper >= want and upper == pytest.approx(want, rel=5e-14, abs=0)

@@ -4,12 +4,14 @@ Python's statistics module); the mutant each one kills is named in its docstring
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from statistics import NormalDist
 
 import numpy as np
 import pytest
+from test_sequential import _cs_end  # CS ends by bisection, 40-digit arithmetic
 
-from msrs import bounds, stopping, streams
+from msrs import bounds, checks, stopping, streams
 
 SIGMA, ALPHA = 0.5, 0.01
 PHI_INV = NormalDist().inv_cdf
@@ -544,3 +546,340 @@ def test_sequential_cascade_routes_an_undecided_stage_by_the_chosen_rule():
     assert fell.prediction.tolist() == [0] and fell.stage.tolist() == [1] and fell.radius[0] > 0
     stuck = stopping.run_cascade_sequential(_half_then_unanimous(), undecided="abstain", **kw)
     assert stuck.prediction.tolist() == [-1] and stuck.samples[0, 1] == 0
+
+
+# ----------------------------------------------------------------------------------- full run (all mutants, 2026-12)
+def test_decide_many_refuses_one_image_past_its_budget_among_several():
+    """trials <= n_max is checked for every image (_trial_counts' `np.any(t > n_max)`; kills np.all): one image
+    of two with 200 trials against n_max = 100 is refused by name."""
+    with pytest.raises(ValueError, match="trials"):
+        stopping.decide_many([5, 200], [10, 200], 100, SIGMA, ALPHA)
+
+
+def test_decide_many_with_a_given_lower_bound_only_takes_the_upper_from_the_bound_object():
+    """lower given, upper not: the upper end comes from the bound object and the lower end is the given one
+    (_current's `lower is None or upper is None`; kills `upper is not None`, which leaves the upper end unset):
+    at the final look a lower end 0.7 > p0 certifies sigma PhiInv(0.7) (statistics.NormalDist; less the margin)."""
+    status, radius, lo, hi = stopping.decide_many([80], [100], 100, SIGMA, ALPHA, lower=[0.7],
+                                                  bound=_constant_bound(0.2, 0.9))
+    assert lo.tolist() == [0.7] and hi.tolist() == [0.9]
+    assert status.tolist() == [stopping.CERTIFY]
+    assert radius[0] == pytest.approx(_radius(0.7), rel=1e-12)
+
+
+def test_decide_many_reads_float32_bounds_at_their_float64_values():
+    """Given bounds are read as float64 (_current's np.asarray(lower / upper, dtype=np.float64)): float32(0.6) =
+    10066330 / 2^24 is above p0 = 0.6, so at the final look it certifies (a radius > 0), and float32(0.7) =
+    11744051 / 2^24 is below p0 = 0.7, so an upper end there abstains at once. Kept as float32, each is compared
+    with p0 in float32 (numpy 2 reads the Python float p0 as float32 next to a float32 array), where the two are
+    equal: no certificate, and no abstention (kills dropping either dtype=np.float64)."""
+    assert Fraction(float(np.float32(0.6))) == Fraction(10066330, 2**24) > Fraction(0.6)
+    assert Fraction(float(np.float32(0.7))) == Fraction(11744051, 2**24) < Fraction(0.7)
+    status, radius, lo, hi = stopping.decide_many([100], [100], 100, SIGMA, ALPHA, p0=0.6,
+                                                  lower=np.float32(0.6), upper=0.95, bound=_constant_bound(0.2, 0.9))
+    assert lo.dtype == hi.dtype == np.float64 and lo[0] == 10066330 / 2**24
+    assert status.tolist() == [stopping.CERTIFY] and radius[0] > 0
+    status, radius, lo, hi = stopping.decide_many([10], [10], 1000, SIGMA, ALPHA, p0=0.7, lower=0.3,
+                                                  upper=np.float32(0.7), bound=_constant_bound(0.8, 0.95))
+    assert lo.dtype == hi.dtype == np.float64 and hi[0] == 11744051 / 2**24
+    assert status.tolist() == [stopping.ABSTAIN] and radius.tolist() == [0.0]
+
+
+def test_decide_many_certifies_a_lower_bound_exactly_at_the_top_threshold():
+    """A threshold equal to the lower end counts as reached (decide_many's `np.searchsorted(ths, lo, side="right")`,
+    thresholds <= lower; kills dropping side="right", which counts only those below): with the one target radius
+    0.25 at sigma = 0.5 the threshold is Phi(0.5) (statistics.NormalDist), and a running lower end exactly there
+    certifies at once, well before n_max, with the radius sigma PhiInv(Phi(0.5)) = 0.25 (less the margin)."""
+    top = stopping.thresholds([0.25], SIGMA)[1]
+    assert top == pytest.approx(NormalDist().cdf(0.25 / SIGMA), rel=1e-14)
+    status, radius, _, _ = stopping.decide_many([1000], [1000], 100_000, SIGMA, ALPHA, [0.25], lower=top, upper=1.0)
+    assert status.tolist() == [stopping.CERTIFY]
+    assert radius[0] == pytest.approx(0.25, rel=1e-8) and radius[0] <= 0.25
+
+
+def test_decide_many_keeps_sampling_while_the_upper_end_sits_exactly_at_the_next_threshold():
+    """A threshold is reached when the lower end is >= it (thresholds <= lower), so an upper end exactly at the
+    next threshold still leaves it reachable (decide_many's `hi < nxt`; kills `hi <= nxt`, which stops and
+    certifies the lower target): lower 0.6 (radius 0 reached: 0.6 > 1/2), upper exactly Phi(0.25 / sigma), all
+    1000 draws so far successes and 99,000 left, so the image goes on sampling; one ulp lower, it stops there."""
+    nxt = stopping.thresholds([0.25], SIGMA)[1]
+    assert nxt == pytest.approx(NormalDist().cdf(0.25 / SIGMA), rel=1e-14) and 0.6 < nxt
+    status, radius, _, _ = stopping.decide_many([1000], [1000], 100_000, SIGMA, ALPHA, [0.25], lower=0.6, upper=nxt)
+    assert status.tolist() == [stopping.CONTINUE] and radius.tolist() == [0.0]
+    status, _, _, _ = stopping.decide_many([1000], [1000], 100_000, SIGMA, ALPHA, [0.25], lower=0.6,
+                                           upper=math.nextafter(nxt, 0))
+    assert status.tolist() == [stopping.CERTIFY]
+
+
+def test_decide_many_keeps_sampling_while_the_best_reachable_lower_end_is_exactly_the_next_threshold():
+    """The best lower end still reachable (the bound at n_max after every remaining sample succeeds) exactly at
+    the next threshold leaves that threshold reachable (thresholds <= lower count; decide_many's `best < nxt`;
+    kills `best <= nxt`, which stops and certifies the lower target): a bound that reads Phi(0.25 / sigma) at
+    every count, lower 0.6 given, 99,000 samples left: the image goes on sampling; one ulp lower, it stops."""
+    nxt = stopping.thresholds([0.25], SIGMA)[1]
+    assert nxt == pytest.approx(NormalDist().cdf(0.25 / SIGMA), rel=1e-14) and 0.6 < nxt
+    for best, expected in ((nxt, stopping.CONTINUE), (math.nextafter(nxt, 0), stopping.CERTIFY)):
+        status, _, _, _ = stopping.decide_many([1000], [1000], 100_000, SIGMA, ALPHA, [0.25], lower=0.6,
+                                               upper=0.95, bound=_constant_bound(best, 0.95))
+        assert status.tolist() == [expected]
+
+
+def test_decide_many_upper_end_exactly_at_p0_neither_stops_nor_vetoes_a_certificate():
+    """Only an upper end below p0 counts against p0, both for stopping early (decide_many's `done = ... | (hi < p0)`)
+    and for vetoing a certificate (`certified & ~(hi < p0)`); kills `hi <= p0` in either. Lower 0.3, upper
+    exactly 1/2, best reachable lower end 0.9 > 1/2 (single-sigma rule, no targets): the image goes on sampling,
+    and one ulp below 1/2 it abstains. Crossed running bounds (an intersection of two looks' intervals can be
+    empty) at the final look, lower 0.6 > upper = 1/2: certified with sigma PhiInv(0.6) (statistics.NormalDist,
+    less the margin), and abstained one ulp below 1/2."""
+    for hi, expected in ((0.5, stopping.CONTINUE), (math.nextafter(0.5, 0), stopping.ABSTAIN)):
+        status, radius, _, _ = stopping.decide_many([10], [100], 10_000, SIGMA, ALPHA, lower=0.3, upper=hi,
+                                                    bound=_constant_bound(0.9, 0.95))
+        assert status.tolist() == [expected] and radius.tolist() == [0.0]
+    status, radius, _, _ = stopping.decide_many([60], [100], 100, SIGMA, ALPHA, lower=0.6, upper=0.5,
+                                                bound=_constant_bound(0.9, 0.95))
+    assert status.tolist() == [stopping.CERTIFY] and radius[0] == pytest.approx(_radius(0.6), rel=1e-12)
+    status, radius, _, _ = stopping.decide_many([60], [100], 100, SIGMA, ALPHA, lower=0.6,
+                                                upper=math.nextafter(0.5, 0), bound=_constant_bound(0.9, 0.95))
+    assert status.tolist() == [stopping.ABSTAIN] and radius.tolist() == [0.0]
+
+
+def test_reachable_successes_predictive_variance_at_small_budgets():
+    """The predictive variance m q (1 - q) (t + 1 + m) / (t + 2) of the docstring, restated with Python's
+    statistics module, at budgets small enough that its (t + 1 + m) factor moves the ceiling: 1 of 2 with 27 left
+    at gamma = 0.05 predicts 26 (25.20 before the ceiling; kills `t + 1.0` -> `t - 1.0` there: 24.81 -> 25), and
+    0 of 1 with 31 left predicts 21 (20.90; kills its `1.0` -> `2.0`: 21.10 -> 22)."""
+    z = NormalDist().inv_cdf(1 - 0.05)
+    for s, t, n_max, want in ((1, 2, 29, 26), (0, 1, 32, 21)):
+        m, q = n_max - t, (s + 0.5) / (t + 1)
+        raw = m * q + z * math.sqrt(m * q * (1 - q) * (t + 1 + m) / (t + 2))
+        assert math.ceil(raw) == want and want - raw > 0.09
+        assert stopping.reachable_successes(s, t, n_max, 0.05, futility_ramp=0.0) == want
+
+
+def test_decide_passes_its_keywords_on_and_returns_plain_numbers():
+    """decide hands prior=, lower=, upper=, bound=, futility= and futility_ramp= to decide_many (kills dropping any
+    one of them from its call), certifies the default prediction 0 (kills `prediction: int = 0` -> `= 1`), and
+    returns a Python int and float (kills deleting `status, radius = int(status[0]), float(radius[0])`, which
+    returned a one-element radius array). Expected values: prior (1, 1) after 20 of 20: M = 1 / (21 p^20), so the
+    CS lower end is (alpha / 21)^(1/20); given bounds 0.7 / 0.9 certify sigma PhiInv(0.7); futility by the
+    documented predictive quantile (statistics) and the 40-digit CS lower end at n_max."""
+    prediction, radius = stopping.decide(20, 20, 20, SIGMA, ALPHA, prior=(1, 1))
+    assert type(prediction) is int and type(radius) is float and prediction == 0
+    assert radius == pytest.approx(SIGMA * PHI_INV((ALPHA / 21) ** (1 / 20)), rel=1e-8)
+    given = stopping.decide(60, 100, 100, SIGMA, ALPHA, prediction=3, lower=0.7, upper=0.9,
+                            bound=_constant_bound(0.2, 0.3))
+    from_bound = stopping.decide(0, 100, 100, SIGMA, ALPHA, prediction=3, bound=_constant_bound(0.7, 0.9))
+    for got in (given, from_bound):
+        assert got[0] == 3 and got[1] == pytest.approx(_radius(0.7), rel=1e-12)
+    # 40 of 100 with 9,900 left at futility 0.3: gamma = 0.3 from the first look (ramp 0) predicts too few
+    # successes to lift the lower end at n_max above 1/2; ramped over the whole budget (gamma = 0.3 * 100 / 10^4)
+    # it predicts enough; curtailment alone (no futility) keeps sampling too
+    s, t, n_max = 40, 100, 10_000
+    for ramp, gamma, want in ((0.0, 0.3, (-1, 0.0)), (1.0, 0.003, "continue")):
+        left, q = n_max - t, (s + 0.5) / (t + 1)
+        sd = math.sqrt(left * q * (1 - q) * (t + 1 + left) / (t + 2))
+        reach = min(left, math.ceil(left * q + NormalDist().inv_cdf(1 - gamma) * sd))
+        assert (_cs_end(s + reach, n_max, ALPHA, "lower") > 0.5) == (want == "continue")
+        assert stopping.decide(s, t, n_max, SIGMA, ALPHA, futility=0.3, futility_ramp=ramp) == want
+    assert _cs_end(40, 100, ALPHA, "upper") > 0.5  # the upper end does not end it early either
+
+
+def test_checkpoints_of_a_one_sample_budget():
+    """n_max = 1 is a budget (checkpoints' `n_max < 1`; kills `n_max <= 1` and `1` -> `2`): its only look is the
+    single sample, under either schedule; n_max = 0 is refused by name."""
+    assert stopping.checkpoints(1) == [1]
+    assert stopping.checkpoints(1, "fixed") == [1]
+    assert stopping.checkpoints(1, first=5) == [1]
+    with pytest.raises(checks.ArgumentValueError, match="n_max"):
+        stopping.checkpoints(0)
+
+
+def test_run_sequential_looks_at_the_chunks_of_a_fixed_schedule():
+    """schedule="fixed" with chunk=250 looks every 250 samples (looks' `checkpoints(..., chunk=chunk)`; kills
+    dropping chunk=, which falls back to max(64, n_max // 32) = 64): an image whose every sample votes for its
+    class certifies but, with no target radii, samples on to n_max, drawing 250 at a time."""
+    calls = []
+
+    def draw(idx, num, start):
+        calls.append((start, num))
+        return np.full(len(idx), num)
+
+    result = stopping.run_sequential(draw, [4], 1000, SIGMA, ALPHA, None, schedule="fixed", chunk=250, futility=None)
+    assert calls == [(0, 250), (250, 250), (500, 250), (750, 250)]
+    assert result.samples.tolist() == [1000] and result.prediction.tolist() == [4]
+    assert stopping.looks(1000, None, "fixed", None, 1.1, 250) == [250, 500, 750, 1000]
+
+
+def test_given_looks_must_lie_in_one_to_n_max():
+    """Given checkpoints must lie in [1, n_max] (looks' `points[0] < 1 or points[-1] > n_max`; kills `or` ->
+    `and`): a look at 0 alone and one past n_max alone are each refused by name; a first look at 1 is fine, and
+    n_max is added (kills `points[0] < 1` -> `<= 1` and 1 -> 2)."""
+    for points in ([0, 50], [50, 200]):
+        with pytest.raises(checks.ArgumentValueError, match="points"):
+            stopping.looks(100, points, "geometric", None, 1.1, None)
+        with pytest.raises(checks.ArgumentValueError, match="points"):
+            stopping.run_sequential(_unanimous, [1], 100, SIGMA, ALPHA, None, points=points)
+    assert stopping.looks(100, [50, 1, 50], "geometric", None, 1.1, None) == [1, 50, 100]
+
+
+def test_run_sequential_checks_alpha_before_drawing():
+    """run_sequential refuses a bad level by name before it draws a sample (its `alpha = checks.level("alpha",
+    alpha)`; kills deleting it, after which nothing checks alpha when every image abstains without sampling, and
+    the first draw happens before the bound refuses it)."""
+    calls = []
+
+    def draw(idx, num, start):
+        calls.append(num)
+        return np.full(len(idx), num)
+
+    for alpha, predictions in ((1.5, [-1]), (0.0, [-1, -1]), (1.5, [2])):
+        with pytest.raises(checks.ArgumentValueError, match="alpha"):
+            stopping.run_sequential(draw, predictions, 100, SIGMA, alpha, None)
+    assert calls == []
+
+
+def test_run_sequential_hands_its_prior_to_the_confidence_sequence():
+    """bound="cs" with prior=(1, 1) uses that prior (run_sequential's `make_bound(..., prior=prior)`; kills
+    dropping it, which falls back to Jeffreys'): 20 of 20 at the one look n_max = 20 certifies with the CS lower
+    end of a uniform prior, M = 1 / (21 p^20) < 1 / alpha, i.e. p > (alpha / 21)^(1/20) (Jeffreys' is 0.716)."""
+    result = stopping.run_sequential(_unanimous, [5], 20, SIGMA, ALPHA, None, bound="cs", prior=(1, 1),
+                                     points=[20], futility=None)
+    assert result.prediction.tolist() == [5]
+    assert result.radius[0] == pytest.approx(SIGMA * PHI_INV((ALPHA / 21) ** (1 / 20)), rel=1e-8)
+
+
+def _bound_by_look(table):
+    """A bound object that gives table[trials] = (lower, upper) (the stopping rule also reads it at n_max)."""
+    def bound(successes, trials, level):
+        t = np.atleast_1d(trials)
+        return (np.array([table[int(v)][0] for v in t], dtype=np.float64),
+                np.array([table[int(v)][1] for v in t], dtype=np.float64))
+    return bound
+
+
+def _votes(k):
+    """run_sequential's draw: k successes per 100 samples."""
+    return lambda idx, num, start: np.full(len(idx), num * k // 100)
+
+
+def test_run_sequential_decides_on_the_running_intersection_with_its_own_settings():
+    """run_sequential's decide_many call gets the running bounds, the bound object and the futility settings
+    (kills dropping lower=, upper=, bound=, futility= or futility_ramp= there), and the running upper end is the
+    minimum over the looks (kills np.minimum(hi, upper) -> np.maximum). Bounds by look, hand-checked outcomes:
+    lower 0.7 then 0.45 certifies sigma PhiInv(0.7) at n_max; with targets 0.25 and 0.5 (thresholds Phi(0.5) and
+    Phi(1)) lower 0.55 -> 0.72 under upper 0.75 -> 0.95 stops at the second look (running upper 0.75 < Phi(1))
+    with sigma PhiInv(0.72); a bound read 0.6 at n_max keeps an image with no successes going at futility 0.3
+    (the default bound would give it up); 40 of 100 at futility 0.3 stops at once with the ramp 0 (as decide)."""
+    kw = {"futility": None}
+    lower = _bound_by_look({100: (0.7, 0.9), 1000: (0.45, 0.9)})
+    res = stopping.run_sequential(_votes(50), [3], 1000, SIGMA, ALPHA, None, bound=lower, points=[100, 1000], **kw)
+    assert res.prediction.tolist() == [3] and res.radius[0] == pytest.approx(_radius(0.7), rel=1e-12)
+    assert res.lower.tolist() == [0.7] and res.upper.tolist() == [0.9]
+    assert [stopping.thresholds([0.25, 0.5], SIGMA)[i] for i in (1, 2)] == pytest.approx(
+        [NormalDist().cdf(0.5), NormalDist().cdf(1.0)], rel=1e-14)
+    upper = _bound_by_look({100: (0.55, 0.75), 200: (0.72, 0.95), 300: (0.9, 0.95)})
+    res = stopping.run_sequential(_votes(50), [3], 300, SIGMA, ALPHA, [0.25, 0.5], bound=upper,
+                                  points=[100, 200, 300], **kw)
+    assert res.samples.tolist() == [200] and res.upper.tolist() == [0.75]
+    assert res.prediction.tolist() == [3] and res.radius[0] == pytest.approx(_radius(0.72), rel=1e-12)
+    best = _bound_by_look({100: (0.3, 0.9), 1000: (0.6, 0.9)})
+    res = stopping.run_sequential(_votes(0), [3], 1000, SIGMA, ALPHA, None, bound=best, points=[100, 1000],
+                                  futility=0.3, futility_ramp=0.0)
+    assert res.samples.tolist() == [1000] and res.radius[0] == pytest.approx(_radius(0.6), rel=1e-12)
+    for ramp, samples in ((0.0, 100), (1.0, 10_000)):
+        res = stopping.run_sequential(_votes(40), [3], 10_000, SIGMA, ALPHA, None, bound="cs",
+                                      points=[100, 10_000], futility=0.3, futility_ramp=ramp)
+        assert res.samples.tolist() == [samples] and res.prediction.tolist() == [-1]
+
+
+def test_route_stage_at_the_edges_of_certifying_and_of_the_budget():
+    """Routing rules at their edges, with given bounds 0.3 / 0.9 and a bound object read at n_max: a best
+    reachable lower end exactly p0 = 1/2 can still certify (certify needs lower >= p0), so the stage goes on under
+    both rules, and one ulp below it cannot (route_stage_many's `np.maximum(best_lower, lo) < p0`; kills `<= p0`);
+    at t = n_max an uncertified stage that could still have certified is undecided under "abstain" and falls
+    through under "fall_through" (`t >= n_max` in both places; kills `t > n_max`, which keeps it sampling past its
+    budget, or leaves it undecided under "fall_through")."""
+    kw = {"lower": 0.3, "upper": 0.9}
+    below = math.nextafter(0.5, 0)
+    for rule, stuck in (("abstain", "undecided"), ("fall_through", "fall_through")):
+        assert stopping.route_stage(10, 100, 1000, ALPHA, bound=_constant_bound(0.5, 0.9), undecided=rule,
+                                    **kw) == "continue"
+        assert stopping.route_stage(10, 100, 1000, ALPHA, bound=_constant_bound(below, 0.9), undecided=rule,
+                                    **kw) == stuck
+        assert stopping.route_stage(500, 1000, 1000, ALPHA, bound=_constant_bound(0.6, 0.9), undecided=rule,
+                                    **kw) == stuck
+
+
+def test_cascade_checks_its_arguments_before_drawing():
+    """run_cascade_sequential checks its arguments up front, by name, before any draw: sigmas as a numpy array
+    (kills deleting `sigmas = [float(s) for s in sigmas]`, after which `not sigmas` is ambiguous), one sigma <= 0
+    among positive ones (kills any(s <= 0) -> all and `<= 0` -> `< 0`: the later per-stage check names "sigma",
+    not "sigmas"), an unknown `undecided` rule (kills deleting its checks.choice: the routing refuses it only after
+    the selection draws), and float counts n0 / num_images (kills deleting their operator.index)."""
+    def draw(idx, stream, num, start):
+        raise AssertionError("drew samples")
+
+    for sigmas in (np.array([0.5, 0.5]), [1.0, -0.5], [1.0, 0.0]):
+        with pytest.raises(checks.ArgumentValueError, match="^sigmas"):
+            stopping.run_cascade_sequential(draw, 2, sigmas, 10, 1000, ALPHA)
+    with pytest.raises(checks.ArgumentValueError, match="^undecided"):
+        stopping.run_cascade_sequential(draw, 2, [1.0, 0.5], 10, 1000, ALPHA, undecided="maybe")
+    for n0, num_images in ((10.0, 2), (10, 2.0)):
+        with pytest.raises(TypeError):
+            stopping.run_cascade_sequential(draw, num_images, [1.0, 0.5], n0, 1000, ALPHA)
+
+
+def test_cascade_hands_its_prior_to_the_confidence_sequence():
+    """run_cascade_sequential with bound="cs" and prior=(1, 1) uses that prior (its `make_bound(..., prior=prior)`;
+    kills dropping it, which falls back to Jeffreys'): one stage (its level is alpha), every vote for class 1,
+    one look at n_max = 20: the running lower end is the uniform prior's CS end (alpha / 21)^(1/20), from
+    M = 1 / (21 p^20) < 1 / alpha, and the radius is sigma PhiInv of it."""
+    result = stopping.run_cascade_sequential(_unanimous_votes(), 1, [SIGMA], 10, 20, ALPHA, None, bound="cs",
+                                             prior=(1, 1), points=[20], futility=None)
+    lower = (ALPHA / 21) ** (1 / 20)
+    assert result.p_lower[0] == pytest.approx(lower, rel=1e-9)
+    assert result.prediction.tolist() == [1] and result.radius[0] == pytest.approx(SIGMA * PHI_INV(lower), rel=1e-8)
+
+
+def test_cascade_samples_are_int64_counts():
+    """CascadeResult.samples is int64 [B, L] (_CascadeRun's `self.drawn = np.zeros(shape, dtype=np.int64)`; kills
+    dropping the dtype, which returned float64 sample counts): one stage, every vote for class 1, looks 100 and
+    1000, no targets: 1000 samples drawn, and none at a stage never entered."""
+    result = stopping.run_cascade_sequential(_unanimous_votes(), 1, [1.0, SIGMA], 10, 1000, ALPHA, None,
+                                             points=[100, 1000])
+    assert result.samples.dtype == np.int64
+    assert result.samples.tolist() == [[1000, 0]] and result.prediction.tolist() == [1]
+
+
+def test_cascade_refuses_a_negative_vote_count_in_one_image():
+    """run_cascade_sequential checks every vote count of every image: a row [n + 1, -1] sums to the n samples
+    drawn, so only the sign check catches it, and one such row among good ones is refused by name (kills
+    np.any(votes < 0) -> np.all in _CascadeRun._draw)."""
+    def draw(idx, stream, num, start):
+        votes = np.zeros((len(idx), 2), dtype=np.int64)
+        votes[:, 1] = num
+        votes[0] = [num + 1, -1]
+        return votes
+
+    with pytest.raises(checks.ArgumentValueError, match="^draw"):
+        stopping.run_cascade_sequential(draw, 2, [SIGMA], 10, 1000, ALPHA, None, points=[100, 1000])
+
+
+def test_cascade_routes_with_its_own_bound_object():
+    """The cascade's routing reads the best reachable lower end from the run's bound object (_CascadeRun.route's
+    `route_stage_many(..., bound=self.bound)`; kills dropping it, which reads the default confidence sequence): a
+    bound that reads (0.3, 0.9) before n_max and (0.6, 0.9) at n_max keeps a one-stage image routing under
+    undecided="fall_through" although only 10 % of its estimation votes go to its class (by the confidence
+    sequence it could no longer certify, so it would fall through, out of stages: abstain, at the first look), and
+    at n_max the lower end 0.6 certifies sigma PhiInv(0.6), less the margin."""
+    def draw(idx, stream, num, start):
+        votes = np.zeros((len(idx), 2), dtype=np.int64)
+        votes[:, 1] = num if stream == streams.selection(0) else num // 10
+        votes[:, 0] = num - votes[:, 1]
+        return votes
+
+    bound = _bound_by_look({100: (0.3, 0.9), 1000: (0.6, 0.9)})
+    result = stopping.run_cascade_sequential(draw, 1, [SIGMA], 10, 1000, ALPHA, None, bound=bound,
+                                             points=[100, 1000], undecided="fall_through")
+    assert result.samples.tolist() == [[1000]] and result.prediction.tolist() == [1]
+    assert result.radius[0] == pytest.approx(_radius(0.6), rel=1e-12)

@@ -608,3 +608,24 @@ def test_betting_upper_end_where_the_inside_illinois_step_matters():
     _, upper = bounds.betting_bounds(1244, 158_117, alpha)
     want = _betting_end_40(1244, 158_117, alpha, "upper")
     assert upper >= want and upper == pytest.approx(want, rel=5e-14, abs=0)
+
+
+def test_betting_upper_end_is_at_most_one():
+    """An upper end whose failure-side end is below 2^-53 rounds to 1 - 0 = 1 and is stepped up one ulp for
+    safety, then clipped to 1 (betting_bounds' `np.minimum(np.nextafter(1.0 - ..., 2.0), 1.0)`; kills the clip
+    at 2.0, which returns 1 + 2^-52 there): one failure in 10 at alpha = 1e-30, and in 100 at 1e-300, have their
+    failure-side ends below 2^-54, and an end of a probability is at most 1."""
+    lower, upper = bounds.betting_bounds([9, 99], [10, 100], [1e-30, 1e-300])
+    assert upper.tolist() == [1.0, 1.0] and np.all(lower > 0)
+
+
+def test_betting_final_looks_are_increasing_integer_counts():
+    """BettingFinal's looks are integer sample counts, strictly increasing (its `[operator.index(p) for p in
+    looks]`; kills deleting it: whole floats are refused, as for AlphaSpending; and `b <= a` -> `b < a`: a repeated
+    look is refused by name); increasing counts from 1 are fine, and n_max is the last."""
+    with pytest.raises(TypeError):
+        bounds.BettingFinal([10.0, 20.0])
+    for looks in ([10, 10, 20], [10, 20, 20], [20, 10]):
+        with pytest.raises(checks.ArgumentValueError, match="looks"):
+            bounds.BettingFinal(looks)
+    assert bounds.BettingFinal([1, 10, 20]).n_max == 20

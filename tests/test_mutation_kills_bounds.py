@@ -629,3 +629,17 @@ def test_betting_final_looks_are_increasing_integer_counts():
         with pytest.raises(checks.ArgumentValueError, match="looks"):
             bounds.BettingFinal(looks)
     assert bounds.BettingFinal([1, 10, 20]).n_max == 20
+
+
+def test_betting_final_checks_its_share_and_its_level():
+    """BettingFinal's final_share lies in the open interval (0, 1): 0 would leave the final look no Clopper-Pearson
+    share, and is refused by name (kills `0.0 < final_share` -> `<=`), as is 1; its level is checked by name at
+    every look (kills deleting `level = checks.level("level", level)` in __call__, after which a level of 1.5 at a
+    look before n_max silently spends 1.5 * 0.1 on the betting sequence)."""
+    for share in (0.0, 1.0):
+        with pytest.raises(checks.ArgumentValueError, match="final_share"):
+            bounds.BettingFinal([10, 20], final_share=share)
+    bound = bounds.BettingFinal([10, 20])
+    for level in (1.5, 0.0, -0.1):
+        with pytest.raises(checks.ArgumentValueError, match="level"):
+            bound([5], [10], level)

@@ -643,3 +643,11 @@ def test_betting_final_checks_its_share_and_its_level():
     for level in (1.5, 0.0, -0.1):
         with pytest.raises(checks.ArgumentValueError, match="level"):
             bound([5], [10], level)
+
+
+def test_spending_weights_given_as_exact_fractions():
+    """spending_weights reads given weights as float64 (`np.asarray(weights, dtype=np.float64)`; kills dropping the
+    dtype, after which Fractions make an object array that np.isfinite refuses): 1/4 and 3/4 are the shares 0.25
+    and 0.75, exactly."""
+    w = bounds.spending_weights(2, weights=[Fraction(1, 4), Fraction(3, 4)])
+    assert w.dtype == np.float64 and w.tolist() == [0.25, 0.75]

@@ -883,3 +883,11 @@ def test_cascade_routes_with_its_own_bound_object():
                                              points=[100, 1000], undecided="fall_through")
     assert result.samples.tolist() == [[1000]] and result.prediction.tolist() == [1]
     assert result.radius[0] == pytest.approx(_radius(0.6), rel=1e-12)
+
+
+def test_cascade_of_no_images_has_int64_counts():
+    """With no images nothing is drawn, and the [0, L, 0] count arrays are still int64 like every other run's
+    (_CascadeRun.result's `np.zeros(..., dtype=np.int64)` stand-in; kills dropping the dtype)."""
+    r = stopping.run_cascade_sequential(_unanimous_votes(), 0, [1.0, SIGMA], 10, 1000, ALPHA, None)
+    assert r.counts0.dtype == r.counts.dtype == r.samples.dtype == np.int64
+    assert r.counts.shape == (0, 2, 0)

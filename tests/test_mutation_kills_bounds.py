@@ -603,15 +603,14 @@ def test_betting_upper_end_at_a_tiny_level_converges_to_the_crossing():
 def test_betting_bounds_of_a_batch_are_each_rows_own_ends():
     """A batch of counts gets each row's own ends (one_bet_end's max over the grid is per row, `axis=-1`; kills
     dropping the axis, which takes the largest one-bet end over every row and ratio and leaves the other rows
-    with the trivial (0, 1)): each end within 1e-9 of its 40-digit crossing, on the conservative side up to the
-    rounding of log K (1e-12)."""
+    with the trivial (0, 1)): the ends it spoils, each within 1e-9 of its 40-digit crossing, on the conservative
+    side up to the rounding of log K (1e-12)."""
     s, t = [5, 900, 37], [1000, 1000, 64]
     lower, upper = bounds.betting_bounds(s, t, 0.001)
-    for i in range(3):
-        want_lower = _betting_end_40(s[i], t[i], 0.001, "lower")
-        want_upper = _betting_end_40(s[i], t[i], 0.001, "upper")
-        assert lower[i] <= want_lower * (1 + 1e-12) and lower[i] == pytest.approx(want_lower, rel=1e-9, abs=0)
-        assert upper[i] >= want_upper * (1 - 1e-12) and upper[i] == pytest.approx(want_upper, rel=1e-9, abs=0)
+    for i, side in ((0, "lower"), (2, "lower"), (1, "upper"), (2, "upper")):
+        want, got = _betting_end_40(s[i], t[i], 0.001, side), (lower if side == "lower" else upper)[i]
+        assert (got <= want * (1 + 1e-12)) if side == "lower" else (got >= want * (1 - 1e-12))
+        assert got == pytest.approx(want, rel=1e-9, abs=0)
 
 
 def test_betting_upper_end_where_the_illinois_step_matters():
@@ -633,3 +632,46 @@ def test_betting_upper_end_where_the_inside_illinois_step_matters():
     _, upper = bounds.betting_bounds(1244, 158_117, alpha)
     want = _betting_end_40(1244, 158_117, alpha, "upper")
     assert upper >= want and upper == pytest.approx(want, rel=5e-14, abs=0)
+
+
+def test_betting_upper_end_is_at_most_one():
+    """An upper end whose failure-side end is below 2^-53 rounds to 1 - 0 = 1 and is stepped up one ulp for
+    safety, then clipped to 1 (betting_bounds' `np.minimum(np.nextafter(1.0 - ..., 2.0), 1.0)`; kills the clip
+    at 2.0, which returns 1 + 2^-52 there): one failure in 10 at alpha = 1e-30, and in 100 at 1e-300, have their
+    failure-side ends below 2^-54, and an end of a probability is at most 1."""
+    lower, upper = bounds.betting_bounds([9, 99], [10, 100], [1e-30, 1e-300])
+    assert upper.tolist() == [1.0, 1.0] and np.all(lower > 0)
+
+
+def test_betting_final_looks_are_increasing_integer_counts():
+    """BettingFinal's looks are integer sample counts, strictly increasing (its `[operator.index(p) for p in
+    looks]`; kills deleting it: whole floats are refused, as for AlphaSpending; and `b <= a` -> `b < a`: a repeated
+    look is refused by name); increasing counts from 1 are fine, and n_max is the last."""
+    with pytest.raises(TypeError):
+        bounds.BettingFinal([10.0, 20.0])
+    for looks in ([10, 10, 20], [10, 20, 20], [20, 10]):
+        with pytest.raises(checks.ArgumentValueError, match="looks"):
+            bounds.BettingFinal(looks)
+    assert bounds.BettingFinal([1, 10, 20]).n_max == 20
+
+
+def test_betting_final_checks_its_share_and_its_level():
+    """BettingFinal's final_share lies in the open interval (0, 1): 0 would leave the final look no Clopper-Pearson
+    share, and is refused by name (kills `0.0 < final_share` -> `<=`), as is 1; its level is checked by name at
+    every look (kills deleting `level = checks.level("level", level)` in __call__, after which a level of 1.5 at a
+    look before n_max silently spends 1.5 * 0.1 on the betting sequence)."""
+    for share in (0.0, 1.0):
+        with pytest.raises(checks.ArgumentValueError, match="final_share"):
+            bounds.BettingFinal([10, 20], final_share=share)
+    bound = bounds.BettingFinal([10, 20])
+    for level in (1.5, 0.0, -0.1):
+        with pytest.raises(checks.ArgumentValueError, match="level"):
+            bound([5], [10], level)
+
+
+def test_spending_weights_given_as_exact_fractions():
+    """spending_weights reads given weights as float64 (`np.asarray(weights, dtype=np.float64)`; kills dropping the
+    dtype, after which Fractions make an object array that np.isfinite refuses): 1/4 and 3/4 are the shares 0.25
+    and 0.75, exactly."""
+    w = bounds.spending_weights(2, weights=[Fraction(1, 4), Fraction(3, 4)])
+    assert w.dtype == np.float64 and w.tolist() == [0.25, 0.75]

@@ -883,3 +883,45 @@ def test_cascade_routes_with_its_own_bound_object():
                                              points=[100, 1000], undecided="fall_through")
     assert result.samples.tolist() == [[1000]] and result.prediction.tolist() == [1]
     assert result.radius[0] == pytest.approx(_radius(0.6), rel=1e-12)
+
+
+def test_cascade_of_no_images_has_int64_counts():
+    """With no images nothing is drawn, and the [0, L, 0] count arrays are still int64 like every other run's
+    (_CascadeRun.result's `np.zeros(..., dtype=np.int64)` stand-in; kills dropping the dtype)."""
+    r = stopping.run_cascade_sequential(_unanimous_votes(), 0, [1.0, SIGMA], 10, 1000, ALPHA, None)
+    assert r.counts0.dtype == r.counts.dtype == r.samples.dtype == np.int64
+    assert r.counts.shape == (0, 2, 0)
+
+
+def test_cascade_settles_an_image_at_n_max_while_another_abstains():
+    """Without target radii a certified image settles once all its components are at n_max, whatever the other
+    images do (_plan's `end.all(axis=1)`; kills `end.all()`, which waits for every image: here the other one
+    abstains in the same round and the run ends with the first never settled). A bound read on the vote share:
+    all votes -> (0.7, 0.95), half -> (0.5, 0.5), else (0.2, 0.4). Image 0 certifies class 0 at stage 0 (sigma 1)
+    and samples it to n_max: radius PhiInv(0.7), less the margin. Image 1 falls through stage 0 (30 % for class 0,
+    upper 0.4 < 1/2), certifies class 1 at stage 1 at lower 1/2 exactly, radius 0: it abstains."""
+    def bound(successes, trials, level):
+        share = np.atleast_1d(successes) / np.maximum(np.atleast_1d(trials), 1)
+        return np.where(share >= 1, 0.7, np.where(share == 0.5, 0.5, 0.2)), np.where(
+            share >= 1, 0.95, np.where(share == 0.5, 0.5, 0.4))
+
+    def draw(idx, stream, num, start):
+        votes = np.zeros((len(idx), 3), dtype=np.int64)
+        for row, i in enumerate(idx):
+            if stream == streams.selection(0):
+                votes[row, 0] = num
+            elif stream == streams.estimation(0):
+                votes[row, 0] = num if i == 0 else 3 * num // 10
+                votes[row, 1] = num - votes[row, 0]
+            elif stream == streams.selection(1):
+                votes[row, 1] = num
+            else:
+                votes[row, 1] = num // 2
+                votes[row, 0] = num - votes[row, 1]
+        return votes
+
+    r = stopping.run_cascade_sequential(draw, 2, [1.0, SIGMA], 10, 1000, ALPHA, None, bound=bound,
+                                        points=[100, 1000], futility=None)
+    assert r.prediction.tolist() == [0, -1] and r.stage.tolist() == [0, -1]
+    assert r.samples.tolist() == [[1000, 0], [100, 100]]
+    assert r.radius[0] == pytest.approx(1.0 * PHI_INV(0.7) * (1 - bounds.RADIUS_MARGIN), rel=1e-12)

@@ -650,3 +650,14 @@ def test_spending_weights_given_as_exact_fractions():
     and 0.75, exactly."""
     w = bounds.spending_weights(2, weights=[Fraction(1, 4), Fraction(3, 4)])
     assert w.dtype == np.float64 and w.tolist() == [0.25, 0.75]
+
+
+def test_voracek_weights_of_two_looks_and_a_float_count():
+    """voracek_weights on two looks is w_1 = 5 / (5 * 6) = 1/6 and the tail 5 / (2 + 4) = 5/6 (kills `num_looks ==
+    1` -> `== 2`, which gives two looks the single weight [1]); with final_share 0.9: [0.1, 0.9]; a float look
+    count is refused (kills deleting `num_looks = operator.index(num_looks)`), as for spending_weights."""
+    np.testing.assert_allclose(bounds.voracek_weights(2), [1 / 6, 5 / 6], rtol=1e-15)
+    np.testing.assert_allclose(bounds.voracek_weights(2, final_share=0.9), [0.1, 0.9], rtol=1e-15)
+    assert bounds.voracek_weights(1).tolist() == [1.0]
+    with pytest.raises(TypeError):
+        bounds.voracek_weights(3.0)

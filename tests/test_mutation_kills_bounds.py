@@ -661,3 +661,13 @@ def test_voracek_weights_of_two_looks_and_a_float_count():
     assert bounds.voracek_weights(1).tolist() == [1.0]
     with pytest.raises(TypeError):
         bounds.voracek_weights(3.0)
+
+
+def test_voracek_final_share_lies_strictly_between_zero_and_one():
+    """voracek_weights' final_share on several looks lies in the open interval (0, 1): 0 would leave the final look
+    nothing, and is refused by name (kills `0.0 < share` -> `<=`), as is 1; 0.5 on three looks gives the early
+    looks the rest in the proportions 1 / ((j + 4)(j + 5)) = 1/30 : 1/42, i.e. 0.5 * (7/12, 5/12)."""
+    for share in (0.0, 1.0):
+        with pytest.raises(checks.ArgumentValueError, match="final_share"):
+            bounds.voracek_weights(3, final_share=share)
+    np.testing.assert_allclose(bounds.voracek_weights(3, final_share=0.5), [7 / 24, 5 / 24, 0.5], rtol=1e-15)

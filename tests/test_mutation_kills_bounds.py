@@ -671,3 +671,16 @@ def test_voracek_final_share_lies_strictly_between_zero_and_one():
         with pytest.raises(checks.ArgumentValueError, match="final_share"):
             bounds.voracek_weights(3, final_share=share)
     np.testing.assert_allclose(bounds.voracek_weights(3, final_share=0.5), [7 / 24, 5 / 24, 0.5], rtol=1e-15)
+
+
+def test_alpha_spending_refuses_trials_past_its_last_look_by_name():
+    """AlphaSpending is defined only at its looks: a count past the last one is refused by name like any other
+    count that is not a look (shares' `np.minimum(np.searchsorted(...), self.looks.size - 1)`; kills `size + 1`,
+    which indexes past the looks and raises a bare IndexError); at a look the share is the one given (a = 0.1 *
+    0.2 at the first look: after 0 successes in 10 the upper end is 1 - a^(1/10), the closed form)."""
+    bound = bounds.AlphaSpending([10, 20], weights=[0.2, 0.8])
+    for trials in ([30], [10, 30], [15]):
+        with pytest.raises(checks.ArgumentValueError, match="trials"):
+            bound(np.zeros(len(trials), dtype=np.int64), trials, 0.1)
+    _, upper = bound([0], [10], 0.1)
+    assert upper[0] == pytest.approx(1 - (0.1 * 0.2) ** (1 / 10), rel=1e-12)

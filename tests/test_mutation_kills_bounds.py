@@ -684,3 +684,11 @@ def test_alpha_spending_refuses_trials_past_its_last_look_by_name():
             bound(np.zeros(len(trials), dtype=np.int64), trials, 0.1)
     _, upper = bound([0], [10], 0.1)
     assert upper[0] == pytest.approx(1 - (0.1 * 0.2) ** (1 / 10), rel=1e-12)
+
+
+def test_alpha_spending_error_names_the_first_five_bad_counts():
+    """The refusal of counts that are not looks lists the first five distinct bad counts, sorted (shares' `[:5]`;
+    kills `[:6]`): six bad counts 16, 11, .., 15 are reported as [11, 12, 13, 14, 15]."""
+    bound = bounds.AlphaSpending([10, 20], weights=[0.2, 0.8])
+    with pytest.raises(checks.ArgumentValueError, match=r"got \[11, 12, 13, 14, 15\]$"):
+        bound(np.zeros(7, dtype=np.int64), [16, 11, 12, 13, 14, 15, 10], 0.1)

@@ -675,3 +675,45 @@ def test_spending_weights_given_as_exact_fractions():
     and 0.75, exactly."""
     w = bounds.spending_weights(2, weights=[Fraction(1, 4), Fraction(3, 4)])
     assert w.dtype == np.float64 and w.tolist() == [0.25, 0.75]
+
+
+def test_voracek_weights_of_two_looks_and_a_float_count():
+    """voracek_weights on two looks is w_1 = 5 / (5 * 6) = 1/6 and the tail 5 / (2 + 4) = 5/6 (kills `num_looks ==
+    1` -> `== 2`, which gives two looks the single weight [1]); with final_share 0.9: [0.1, 0.9]; a float look
+    count is refused (kills deleting `num_looks = operator.index(num_looks)`), as for spending_weights."""
+    np.testing.assert_allclose(bounds.voracek_weights(2), [1 / 6, 5 / 6], rtol=1e-15)
+    np.testing.assert_allclose(bounds.voracek_weights(2, final_share=0.9), [0.1, 0.9], rtol=1e-15)
+    assert bounds.voracek_weights(1).tolist() == [1.0]
+    with pytest.raises(TypeError):
+        bounds.voracek_weights(3.0)
+
+
+def test_voracek_final_share_lies_strictly_between_zero_and_one():
+    """voracek_weights' final_share on several looks lies in the open interval (0, 1): 0 would leave the final look
+    nothing, and is refused by name (kills `0.0 < share` -> `<=`), as is 1; 0.5 on three looks gives the early
+    looks the rest in the proportions 1 / ((j + 4)(j + 5)) = 1/30 : 1/42, i.e. 0.5 * (7/12, 5/12)."""
+    for share in (0.0, 1.0):
+        with pytest.raises(checks.ArgumentValueError, match="final_share"):
+            bounds.voracek_weights(3, final_share=share)
+    np.testing.assert_allclose(bounds.voracek_weights(3, final_share=0.5), [7 / 24, 5 / 24, 0.5], rtol=1e-15)
+
+
+def test_alpha_spending_refuses_trials_past_its_last_look_by_name():
+    """AlphaSpending is defined only at its looks: a count past the last one is refused by name like any other
+    count that is not a look (shares' `np.minimum(np.searchsorted(...), self.looks.size - 1)`; kills `size + 1`,
+    which indexes past the looks and raises a bare IndexError); at a look the share is the one given (a = 0.1 *
+    0.2 at the first look: after 0 successes in 10 the upper end is 1 - a^(1/10), the closed form)."""
+    bound = bounds.AlphaSpending([10, 20], weights=[0.2, 0.8])
+    for trials in ([30], [10, 30], [15]):
+        with pytest.raises(checks.ArgumentValueError, match="trials"):
+            bound(np.zeros(len(trials), dtype=np.int64), trials, 0.1)
+    _, upper = bound([0], [10], 0.1)
+    assert upper[0] == pytest.approx(1 - (0.1 * 0.2) ** (1 / 10), rel=1e-12)
+
+
+def test_alpha_spending_error_names_the_first_five_bad_counts():
+    """The refusal of counts that are not looks lists the first five distinct bad counts, sorted (shares' `[:5]`;
+    kills `[:6]`): six bad counts 16, 11, .., 15 are reported as [11, 12, 13, 14, 15]."""
+    bound = bounds.AlphaSpending([10, 20], weights=[0.2, 0.8])
+    with pytest.raises(checks.ArgumentValueError, match=r"got \[11, 12, 13, 14, 15\]$"):
+        bound(np.zeros(7, dtype=np.int64), [16, 11, 12, 13, 14, 15, 10], 0.1)

@@ -42,7 +42,7 @@ def predict(engine, images, image_ids, *, sigma, n, alpha, seed, batch_size) -> 
     x, ids = engine.group(images, image_ids)
     sigma = checks.sigma("sigma", sigma)
     n = checks.integer("n", n, 1, MAX_SAMPLES)
-    alpha = checks.level("alpha", alpha)
+    alpha = checks.level("alpha", alpha, array_ok=False)  # one level for the whole call: [] would pass as "no rows"
     seed = checks.integer("seed", seed, 0, MAX_SEED)
     batch_size = checks.integer("batch_size", batch_size, 1)
     counts = engine.counts(x, ids, sigma, [(streams.PREDICT, n)], seed=seed, batch_size=batch_size)[0]

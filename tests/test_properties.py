@@ -315,6 +315,14 @@ def test_engine_rejects_a_bad_argument_before_sampling(data):
     assert_rejected_before_sampling(call_with(method, name, value), (name,))
 
 
+@pytest.mark.parametrize("method", API_ARGUMENTS["alpha"][1])
+@pytest.mark.parametrize("alpha", [[], [0.01], torch.tensor([0.01, 0.02]), (0.01,)])
+def test_engine_takes_one_alpha_not_a_list(method, alpha):
+    """A list or array of levels, even an empty one, is refused before sampling (hypothesis found predict taking
+    alpha=[]: the vectorised bounds' level check accepts arrays, and an empty one has no bad entry)."""
+    assert_rejected_before_sampling(call_with(method, "alpha", alpha), ("alpha",))
+
+
 @NO_SHRINK
 @given(data=st.data())
 def test_engine_names_values_torch_cannot_convert(data):

@@ -159,6 +159,8 @@ BOUNDS = ("spending", "cs", "betting", "betting-final", "voracek")
 DEFAULT_BETTING_RATIOS = tuple(1.0 / (1.0 + 2.0 ** k) for k in range(-20, 21))
 _BISECT_STEPS = 80  # enough to reach adjacent doubles on [0, 1]
 _BETTING_STEPS = 30  # regula falsi steps of the betting bounds (most rows converge in 6 to 12)
+_BETTING_WIDTH = 1e-15  # a betting end is done when its bracket in log u is this wide (relative): log K rounds as much
+_LOG_TINY = math.log(np.finfo(np.float64).tiny)  # log of the smallest normal double
 
 
 # ------------------------------------------------------------------------------------------------------- fixed n
@@ -448,7 +450,11 @@ def _betting_end(wins, losses, need, r) -> np.ndarray:
     safe = np.maximum(wins, 1.0)
 
     def h(rows, u, ratios, parts):
-        terms = wins[rows, None] * np.log1p(-ratios * (1.0 - u[:, None]))  # r (1 - u) < 1: finite
+        # log(1 - r (1 - u)), accurate to a few ulps for every bet: as log1p for r < 1/2, and as log((1 - r) + r u)
+        # for r >= 1/2, where 1 - r is exact (Sterbenz) and the log1p form would lose 1 - r's digits (1e-10 noise
+        # in h at r = 1 - 1e-6, more than the regula falsi's tolerance)
+        m = u[:, None]
+        terms = wins[rows, None] * np.where(ratios < 0.5, np.log1p(-ratios * (1.0 - m)), np.log((1.0 - ratios) + ratios * m))
         terms += parts
         top = terms.max(axis=-1)
         terms -= top[:, None]
@@ -473,13 +479,27 @@ def _betting_end(wins, losses, need, r) -> np.ndarray:
     h_in[back] = h(every[back], np.exp(v_in[back]), r, fixed[back])
     # if exp(v_out) underflows, the end is below the smallest normal double: 0 (returned below) is outside too
     h_out = h(every, np.maximum(np.exp(v_out), tiny), r, fixed)
+    # the outside start is outside in exact arithmetic, but log K rounds by about wins * eps * |log u| (1e-8 at
+    # 10^8 draws), more than the margin: step outward, 4x further each time, until it tests outside
+    gap = 1e-9 * np.maximum(1.0, np.abs(v_out))
+    for _ in range(_BETTING_STEPS):
+        rows = every[(wins > 0) & (h_out < 0) & (v_out > _LOG_TINY)]
+        if not rows.size:
+            break
+        v_out[rows] -= gap[rows]
+        gap[rows] *= 4.0
+        h_out[rows] = h(rows, np.maximum(np.exp(v_out[rows]), tiny), r, fixed[rows])
     kept = np.zeros(n, dtype=np.int8)  # which end the last step kept: 1 outside, -1 inside
     rows = every[wins > 0]
     for step in range(_BETTING_STEPS):
         vo, vi, ho, hi_, k = v_out[rows], v_in[rows], h_out[rows], h_in[rows], kept[rows]
         with np.errstate(invalid="ignore", divide="ignore"):
             secant = vi - hi_ * (vi - vo) / (hi_ - ho)
-        v = np.where((secant > vo) & (secant < vi), secant, 0.5 * (vo + vi))
+        # the secant point, kept a quarter of the final width inside the bracket: one on an end (where h is 0, or
+        # far nearer 0 than at the other end) would test nothing new, and bisection from there cannot close a wide
+        # bracket in _BETTING_STEPS; bisection only where the secant is undefined (0 / 0: h equal at both ends)
+        pad = 0.25 * _BETTING_WIDTH * np.maximum(1.0, np.abs(vo))
+        v = np.where(np.isnan(secant), 0.5 * (vo + vi), np.clip(secant, vo + pad, vi - pad))
         hv = h(rows, np.maximum(np.exp(v), tiny), r, fixed[rows])
         out = hv >= 0
         # Illinois: an end kept twice in a row has its value halved, so the secant moves past it
@@ -487,7 +507,7 @@ def _betting_end(wins, losses, need, r) -> np.ndarray:
         h_in[rows] = np.where(out, np.where(k == -1, 0.5 * hi_, hi_), hv)
         v_out[rows], v_in[rows] = np.where(out, v, vo), np.where(out, vi, v)
         kept[rows] = np.where(out, -1, 1)
-        rows = rows[v_in[rows] - v_out[rows] > 1e-14 * np.maximum(1.0, np.abs(v_out[rows]))]  # log K rounds as much
+        rows = rows[v_in[rows] - v_out[rows] > _BETTING_WIDTH * np.maximum(1.0, np.abs(v_out[rows]))]
         if not rows.size:
             break
     u = np.exp(v_out)
@@ -505,11 +525,10 @@ def betting_bounds(successes, trials, alpha, ratios=DEFAULT_BETTING_RATIOS):
     r = _check_ratios(ratios)
     s, t = _successes_trials(successes, trials)
     s, t, alpha = np.broadcast_arrays(s, t, np.asarray(alpha, dtype=np.float64))
-    scalar = s.ndim == 0
+    scalar, shape = s.ndim == 0, s.shape
     s, t, alpha = (np.atleast_1d(v).reshape(-1) for v in (s, t, alpha))
-    shape = np.broadcast_shapes(np.shape(successes), np.shape(trials), np.shape(alpha))
     f = t - s
-    need = np.log(1.0 / alpha)
+    need = -np.log(alpha)  # not log(1 / alpha): 1 / alpha overflows for alpha below 1 / max double (5e-324)
     lower = _betting_end(s, f, need, r)
     # upper: the same on the failures, at u = 1 - m; 1 - u rounded up, so that it stays outside
     upper = np.minimum(np.nextafter(1.0 - _betting_end(f, s, need, r), 2.0), 1.0)
@@ -608,7 +627,9 @@ def voracek_weights(num_looks: int, final_share: float | None = None) -> np.ndar
     num_looks = operator.index(num_looks)
     if num_looks < 1:
         raise checks.ArgumentValueError(f"num_looks: expected >= 1, got {num_looks}")
-    if num_looks == 1:
+    if num_looks == 1:  # all of it at the only look, as spending_weights, which checks the share the same way
+        if final_share is not None and not 0.0 < float(final_share) <= 1.0:
+            raise checks.ArgumentValueError(f"final_share: expected a value in (0, 1] with one look, got {final_share}")
         return np.ones(1)
     j = np.arange(1, num_looks, dtype=np.float64)
     early = 5.0 / ((j + 4.0) * (j + 5.0))

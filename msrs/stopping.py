@@ -216,7 +216,7 @@ def decide_many(successes, trials, n_max: int, sigma: float, alpha: float, targe
     radius > 0 only where certified. bound: a bound object (default ConfidenceSequence(prior)); lower / upper:
     bounds to use instead of bound(successes, trials) (e.g. the running intersection), valid at level alpha.
     futility / futility_ramp: the reachability prediction (reachable_successes); None: curtailment only."""
-    n_max = operator.index(n_max)
+    n_max = checks.integer("n_max", n_max, minimum=1)
     bound = ConfidenceSequence(prior) if bound is None else bound
     ths = thresholds(target_radii, sigma, p0)
     s, t = _trial_counts(successes, trials, n_max)
@@ -297,9 +297,7 @@ def checkpoints(n_max: int, schedule: str = "geometric", *, first: int | None = 
     "geometric": first, first * growth, ... (rounded up), default first = DEFAULT_FIRST (log(n_max / first) /
     log(growth) + 1 looks, overshoot of the ideal stopping time below a factor `growth`);
     "fixed": chunk, 2 chunk, ... (default chunk = max(64, n_max // 32))."""
-    n_max = operator.index(n_max)
-    if n_max < 1:
-        raise checks.ArgumentValueError(f"n_max: expected >= 1, got {n_max}")
+    n_max = checks.integer("n_max", n_max, minimum=1)
     points = []
     if schedule == "geometric":
         if not growth > 1:
@@ -386,7 +384,7 @@ def run_sequential(
     Returns a SequentialResult; iterating over it gives (prediction, radius, samples_used) per image.
     """
     cls = np.asarray(predictions, dtype=np.int64).reshape(-1)
-    n_max = operator.index(n_max)
+    n_max = checks.integer("n_max", n_max, minimum=1)
     alpha = checks.level("alpha", alpha)
     check_futility(futility, futility_ramp)
     thresholds(target_radii, sigma, p0)  # validates sigma, p0, radii up front
@@ -433,7 +431,7 @@ def route_stage_many(successes, trials, n_max: int, alpha_s: float, p0: float = 
     undecided="fall_through" (msrs.decisions): the stage falls through as soon as it can no longer certify by
     n_max (nothing needs showing that it is not confident), so ROUTE_UNDECIDED never comes back."""
     checks.choice("undecided", undecided, decisions.UNDECIDED_RULES)
-    n_max = operator.index(n_max)
+    n_max = checks.integer("n_max", n_max, minimum=1)
     bound = ConfidenceSequence(prior) if bound is None else bound
     s, t = _trial_counts(successes, trials, n_max)
     lo, hi = _current(bound, s, t, alpha_s, lower, upper)
@@ -529,10 +527,8 @@ def run_cascade_sequential(
     alpha = checks.level("alpha", alpha)
     check_futility(futility, futility_ramp)
     checks.choice("undecided", undecided, decisions.UNDECIDED_RULES)
-    n0, n_max, num_images = (operator.index(v) for v in (n0, n_max, num_images))
-    if n0 < 1 or num_images < 0:
-        raise checks.ArgumentValueError(f"n0, num_images: expected n0 >= 1 and num_images >= 0, got {n0}, "
-                                        f"{num_images}")
+    n0, n_max = checks.integer("n0", n0, minimum=1), checks.integer("n_max", n_max, minimum=1)
+    num_images = checks.integer("num_images", num_images, minimum=0)
     thresholds(target_radii, sigmas[-1], p0)  # validates p0 and the radii up front
     points = looks(n_max, points, schedule, first, growth, chunk)
     bound = make_bound(bound, points, final_share=final_share, weights=weights, prior=prior)

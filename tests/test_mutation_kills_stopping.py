@@ -925,3 +925,40 @@ def test_cascade_settles_an_image_at_n_max_while_another_abstains():
     assert r.prediction.tolist() == [0, -1] and r.stage.tolist() == [0, -1]
     assert r.samples.tolist() == [[1000, 0], [100, 100]]
     assert r.radius[0] == pytest.approx(1.0 * PHI_INV(0.7) * (1 - bounds.RADIUS_MARGIN), rel=1e-12)
+
+
+@pytest.mark.parametrize("budget", [1e5, 1000.0, True])
+def test_every_entry_point_names_a_non_integer_sample_count(budget):
+    """A budget written 1e5, or True, is refused by name in all five entry points that take n_max, before anything
+    is drawn (operator.index's TypeError said "'float' object cannot be interpreted as an integer" and took True for
+    1); the cascade names n0 and num_images the same way. The error is msrs's ArgumentTypeError, a TypeError."""
+    calls = []
+
+    def draw(*args):
+        calls.append(args)
+        raise AssertionError("drew samples")
+
+    entry_points = {
+        "decide_many": lambda n: stopping.decide_many([60], [100], n, SIGMA, ALPHA),
+        "checkpoints": lambda n: stopping.checkpoints(n),
+        "run_sequential": lambda n: stopping.run_sequential(draw, [1], n, SIGMA, ALPHA),
+        "route_stage_many": lambda n: stopping.route_stage_many([60], [100], n, 0.001),
+        "run_cascade_sequential": lambda n: stopping.run_cascade_sequential(draw, 1, [SIGMA], 10, n, ALPHA),
+    }
+    for name, call in entry_points.items():
+        with pytest.raises(checks.ArgumentTypeError, match="^n_max: expected an integer"):
+            call(budget)
+    for n0, num_images, name in ((budget, 1, "n0"), (10, budget, "num_images")):
+        with pytest.raises(checks.ArgumentTypeError, match=f"^{name}: expected an integer"):
+            stopping.run_cascade_sequential(draw, num_images, [SIGMA], n0, 1000, ALPHA)
+    assert calls == []
+
+
+def test_cascade_refuses_a_budget_of_zero_by_name():
+    """n_max, n0 and num_images have their lower limits, each named (n0 >= 1: the selection needs a sample;
+    num_images >= 0; n_max >= 1)."""
+    for kw, name in (({"n0": 0}, "n0"), ({"num_images": -1}, "num_images"), ({"n_max": 0}, "n_max")):
+        args = {"num_images": 1, "n0": 10, "n_max": 1000} | kw
+        with pytest.raises(checks.ArgumentValueError, match=f"^{name}: must be >= "):
+            stopping.run_cascade_sequential(_unanimous_votes(), args["num_images"], [SIGMA], args["n0"],
+                                            args["n_max"], ALPHA)

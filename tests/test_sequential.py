@@ -908,8 +908,8 @@ def test_cs_ends_are_the_crossings_of_one_over_alpha(s, t, alpha):
     "outside"), to within rounding, down to a lower end near 1e-10 (brentq's tolerances are relative)."""
     for method in ("bisect", "brentq"):
         lo, hi = bounds.cs_bounds(s, t, alpha, method=method)
-        assert lo == pytest.approx(_cs_end(s, t, alpha, "lower"), rel=1e-9)
-        assert hi == pytest.approx(_cs_end(s, t, alpha, "upper"), rel=1e-9)
+        assert lo == pytest.approx(_cs_end(s, t, alpha, "lower"), rel=1e-9, abs=0)
+        assert hi == pytest.approx(_cs_end(s, t, alpha, "upper"), rel=1e-9, abs=0)
 
 
 def test_betting_bounds_contain_the_estimate_are_outside_the_set_and_tighter_than_the_beta_mixture():

@@ -142,7 +142,7 @@ def test_clopper_pearson_known_answers():
             lower = bounds.clopper_pearson_lower(n, n, alpha)
             assert lower == pytest.approx(alpha ** (1 / n), rel=1e-12)
             assert lower < 1.0  # never 1 for a finite n: the radius stays finite
-            assert bounds.clopper_pearson_upper(0, n, alpha) == pytest.approx(1 - alpha ** (1 / n), rel=1e-9)
+            assert bounds.clopper_pearson_upper(0, n, alpha) == pytest.approx(1 - alpha ** (1 / n), rel=1e-9, abs=0)
             assert bounds.clopper_pearson_lower(0, n, alpha) == 0.0
             assert bounds.clopper_pearson_upper(n, n, alpha) == 1.0
     # vectorised
@@ -183,7 +183,7 @@ def test_binomial_pvalue_matches_the_exact_sum(n_a, n):
 def test_binomial_pvalue_other_p(n_a):
     """p = 0.3, n = 20: the pmf is not symmetric, so "no more likely than n_a" is not a distance from the mean."""
     assert bounds.binomial_pvalue(n_a, 20, 0.3) == pytest.approx(exact_binomial_pvalue(n_a, 20, Fraction(3, 10)),
-                                                                rel=1e-11)
+                                                                rel=1e-11, abs=0)
 
 
 def test_radius():

@@ -962,3 +962,30 @@ def test_cascade_refuses_a_budget_of_zero_by_name():
         with pytest.raises(checks.ArgumentValueError, match=f"^{name}: must be >= "):
             stopping.run_cascade_sequential(_unanimous_votes(), args["num_images"], [SIGMA], args["n0"],
                                             args["n_max"], ALPHA)
+
+
+def test_every_entry_point_refuses_a_budget_of_zero_and_takes_one_sample():
+    """n_max >= 1 in all five entry points, by name (a budget of 0 samples cannot certify anything: decide_many
+    and route_stage_many would divide their look by it), and a budget of one sample is a valid, if useless, run:
+    the only look is the final one, where a unanimous single vote is still below any usual level's bound."""
+
+    def draw(idx, num, start):
+        return _unanimous(idx, num, start)
+
+    entry_points = {
+        "decide_many": lambda n: stopping.decide_many([0], [0], n, SIGMA, ALPHA),
+        "checkpoints": lambda n: stopping.checkpoints(n),
+        "run_sequential": lambda n: stopping.run_sequential(draw, [1], n, SIGMA, ALPHA),
+        "route_stage_many": lambda n: stopping.route_stage_many([0], [0], n, 0.001),
+        "run_cascade_sequential": lambda n: stopping.run_cascade_sequential(_unanimous_votes(), 1, [SIGMA], 10, n,
+                                                                            ALPHA),
+    }
+    for name, call in entry_points.items():
+        with pytest.raises(checks.ArgumentValueError, match="^n_max: must be >= 1"):
+            call(0)
+    assert stopping.checkpoints(1) == [1]
+    status, radius, _, _ = stopping.decide_many([1], [1], 1, SIGMA, ALPHA)
+    assert status.tolist() == [stopping.ABSTAIN] and radius.tolist() == [0.0]
+    assert stopping.route_stage_many([1], [1], 1, 0.001).tolist() == [stopping.ROUTE_UNDECIDED]
+    result = stopping.run_sequential(draw, [1], 1, SIGMA, ALPHA)
+    assert len(result) == 1

@@ -555,9 +555,11 @@ def load_equivalents() -> list[dict]:
 
 def match_equivalent(mutant: Mutant, entries: list[dict]) -> dict | None:
     """The entry for this mutant: same file, operator, before/after text and source line (the line number only
-    breaks ties, so that entries survive edits elsewhere in the file)."""
+    breaks ties, so that entries survive edits elsewhere in the file), and the same column where the entry gives
+    one (`col`: needed where the line holds two mutants of the same text, of which only one is equivalent)."""
     hits = [e for e in entries if e["file"] == mutant.file and e["op"] == mutant.op and e["before"] == mutant.before
-            and e["after"] == mutant.after and e["source_line"] == mutant.source_line]
+            and e["after"] == mutant.after and e["source_line"] == mutant.source_line
+            and e.get("col", mutant.col) == mutant.col]
     if len(hits) > 1:
         hits = sorted(hits, key=lambda e: abs(e["line"] - mutant.line))[:1]
     return hits[0] if hits else None

@@ -55,3 +55,19 @@ def test_results_carry_over_to_unchanged_code_only(tmp_path):
         assert r["key"] == key and r["mutant"]["line"] == int(key.split(":")[1])
     # the same text carries everything
     assert set(m.carry_results("toy", src, OLD, OLD, results)) == set(results)
+
+
+def test_an_equivalents_entry_with_a_column_matches_only_that_mutant():
+    """Two mutants of the same text on one line (`0` -> `1` in both `t > 0` of cs_bounds' phat) differ only in
+    their column: an entry without `col` matches both, one with `col` only its own, so listing one equivalent
+    cannot hide the other."""
+    m = _harness()
+    line = "phat = np.where(t > 0, s / np.where(t > 0, t, 1.0), 0.5)\n"
+    mutants = [x for x in m.enumerate_mutants("toy", m.ROOT / "msrs" / "toy.py", False, line)
+               if x.op == "number" and x.before == "0"]
+    assert len(mutants) == 2 and mutants[0].col != mutants[1].col
+    entry = {"file": mutants[0].file, "line": 1, "op": "number", "before": "0", "after": "1",
+             "source_line": line.strip(), "why": "test"}
+    assert all(m.match_equivalent(x, [entry]) is entry for x in mutants)
+    pinned = entry | {"col": mutants[1].col}
+    assert [m.match_equivalent(x, [pinned]) is pinned for x in mutants] == [False, True]

@@ -439,11 +439,11 @@ def _betting_end(wins, losses, need, r) -> np.ndarray:
     end. 0 where wins = 0 (nothing excluded).
 
     In v = log u, h(v) = log mean((1 - r + r e^v)^wins r^losses) - wins v - need decreases with slope in
-    [-wins, 0] (nearly a line), is <= -need at u = wins / (wins + losses) (each bet is the likelihood ratio of some
-    q against u, largest at the estimate) and >= 0 where one term alone reaches D e^need, for every ratio r of the
-    D (one term of the mean alone; in closed form: the bracket starts at the largest of the
-    one-bet ends at levels need + log D and need). Regula falsi (Illinois) on that bracket, each row until
-    its bracket is a few doubles wide, each step's point tested at the double u = exp(v) that would be returned."""
+    [-wins, 0] (nearly a line), is <= -need at the estimate u = wins / (wins + losses) (each bet is the likelihood
+    ratio of some q against u, largest at the estimate: the inside start) and >= 0 where one term of the mean
+    alone reaches D e^need (the outside start: the largest such u over the D ratios, in closed form, stepped
+    further out while rounding makes it test inside). Regula falsi (Illinois) on that bracket, each row until its
+    bracket is _BETTING_WIDTH wide, each step's point tested at the double u = exp(v) that would be returned."""
     n = wins.shape[0]
     tiny = np.finfo(np.float64).tiny
     fixed = xlogy(losses[:, None], r) - math.log(r.size)  # the losses' part of each term, the same for every u
@@ -463,24 +463,19 @@ def _betting_end(wins, losses, need, r) -> np.ndarray:
 
     total = wins + losses
     every = np.arange(n)
-    estimate = np.log(np.where(total > 0, safe / np.maximum(total, 1.0), 1.0))
 
     def one_bet_end(level):  # log of the largest u at which one bet's capital alone reaches e^level, per row
         log_e = (level[:, None] - xlogy(losses[:, None], r)) / safe[:, None]  # > 0
         return np.max(np.log1p(-r) - log_e - np.log1p(-r * np.exp(-log_e)), axis=-1)
 
-    # the bracket: one bet at e^(need + log D) is outside (its term alone makes the mean reach e^need); beyond the
-    # largest one-bet end at e^need every bet's capital is below e^need, so the mean is too (inside)
-    v_out = np.minimum(one_bet_end(need + math.log(r.size) + 1e-9), estimate)  # (a margin for the rounding)
-    v_in = np.minimum(np.nextafter(one_bet_end(need), np.inf), estimate)
-    h_in = h(every, np.maximum(np.exp(v_in), tiny), r, fixed)
-    back = h_in >= 0  # (rounding, an end below the smallest double) the estimate is inside
-    v_in[back] = estimate[back]
-    h_in[back] = h(every[back], np.exp(v_in[back]), r, fixed[back])
-    # if exp(v_out) underflows, the end is below the smallest normal double: 0 (returned below) is outside too
+    # the bracket: the estimate wins / total is inside (each bet is a likelihood ratio, at most 1 there), and one
+    # bet at e^(need + log D) outside (its term alone makes the mean reach e^need)
+    v_in = np.log(np.where(total > 0, safe / np.maximum(total, 1.0), 1.0))
+    v_out = np.minimum(one_bet_end(need + math.log(r.size)), v_in)
+    h_in = h(every, np.exp(v_in), r, fixed)
     h_out = h(every, np.maximum(np.exp(v_out), tiny), r, fixed)
-    # the outside start is outside in exact arithmetic, but log K rounds by about wins * eps * |log u| (1e-8 at
-    # 10^8 draws), more than the margin: step outward, 4x further each time, until it tests outside
+    # log K rounds by about wins * eps * |log u| (1e-8 at 10^8 draws): step outward, 4x further each time, until
+    # the outside start tests outside (if exp(v_out) underflows, 0 (returned below) is outside too)
     gap = 1e-9 * np.maximum(1.0, np.abs(v_out))
     for _ in range(_BETTING_STEPS):
         rows = every[(wins > 0) & (h_out < 0) & (v_out > _LOG_TINY)]

@@ -583,13 +583,11 @@ def test_betting_ratios_must_lie_strictly_between_zero_and_one():
 
 
 def test_betting_ends_at_a_level_just_below_one():
-    """At alpha = 1 - 2^-53 the sets shrink onto the estimate, where _betting_end caps its bracket at the estimate
-    log(wins / (wins + losses)) (kills np.maximum(total, 1.0) -> np.minimum and safe / ... -> safe * ..., which
-    cap at log(wins) or log(wins total) instead, landing 9 ulps out on the lower end of 2 in 2 and 9 times too high
-    on the upper end of 0 in 2; the latter was listed as equivalent, checked only up to alpha = 0.9). There the
-    first inside end can round to outside (h_in >= 0), and the estimate takes its place (kills deleting
-    `v_in[back] = estimate[back]` or the h_in[back] recomputation after it). Both ends against the 40-digit
-    crossing of the documented 41-bet grid, on the conservative side."""
+    """At alpha = 1 - 2^-53 the sets shrink onto the estimate, the regula falsi's inside start: the lower end of 2
+    in 2 lies within the regula falsi's width (1e-15 in log u, 4.5 ulps at 1) below the 40-digit crossing, and the
+    upper end of 0 in 2 within 4e-16 above it, both on the conservative side. (Earlier kills here, of a bracket
+    capped at log(wins) and of the fallback to the estimate when the first inside start rounded to outside, went
+    with the start they tested: the estimate is now the inside start itself.)"""
     alpha = 1 - 2.0**-53
     lower, _ = bounds.betting_bounds(2, 2, alpha)
     want = _betting_end_40(2, 2, alpha, "lower")

@@ -776,3 +776,12 @@ def test_voracek_weights_of_one_look_check_the_share():
             bounds.spending_weights(1, final_share=share)
     for share in (1.0, 0.5, None):
         assert bounds.voracek_weights(1, final_share=share).tolist() == [1.0]
+
+
+def test_betting_lower_end_of_one_success_in_fifty_million_draws():
+    """One success in 48,292,440 draws at alpha = 0.0115: the outside start (where one bet alone reaches D / alpha)
+    tests inside, as log K rounds by about 1e-8 there, and must be stepped outward like any other row's (kills
+    `wins > 0` -> `wins > 1` in the stepping's row selection: the row then keeps a bracket with no outside end and
+    the bound says nothing, 0). The end is the 40-digit crossing, 2.7e-30."""
+    lower, _ = bounds.betting_bounds(1, 48_292_440, 0.0115103518592918)
+    assert lower == pytest.approx(_betting_end_40(1, 48_292_440, 0.0115103518592918, "lower"), rel=1e-12, abs=0)

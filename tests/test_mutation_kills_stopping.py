@@ -980,6 +980,11 @@ def test_every_entry_point_refuses_a_budget_of_zero_and_takes_one_sample():
         "run_cascade_sequential": lambda n: stopping.run_cascade_sequential(_unanimous_votes(), 1, [SIGMA], 10, n,
                                                                             ALPHA),
     }
+    # with the looks given, the two runners check n_max themselves (else the looks' check would name `points`)
+    entry_points["run_sequential, looks given"] = lambda n: stopping.run_sequential(draw, [1], n, SIGMA, ALPHA,
+                                                                                    points=[1])
+    entry_points["run_cascade_sequential, looks given"] = lambda n: stopping.run_cascade_sequential(
+        _unanimous_votes(), 1, [SIGMA], 10, n, ALPHA, points=[1])
     for name, call in entry_points.items():
         with pytest.raises(checks.ArgumentValueError, match="^n_max: must be >= 1"):
             call(0)

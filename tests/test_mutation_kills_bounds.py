@@ -806,3 +806,18 @@ def test_betting_ends_converge_within_ten_regula_falsi_steps(monkeypatch):
         lower, upper = bounds.betting_bounds(s, t, alpha)
         for side, got in (("lower", lower), ("upper", upper)):
             assert got == pytest.approx(_betting_end_40(s, t, alpha, side), rel=2e-9, abs=0), (s, t, alpha, side)
+
+
+def test_betting_end_below_the_smallest_normal_double_is_zero():
+    """An end below the smallest normal double is returned as 0, as documented, not as the subnormal start the
+    search began from (kills `(wins > 0) & ok` -> `|` in the return, which gives 3.1e-318 here): one success in
+    281,921 draws at alpha = 9.8e-311, where the 40-digit capital at the smallest normal double is still below
+    1 / alpha, so the crossing lies below it."""
+    alpha = 9.7996400585683e-311
+    lower, _ = bounds.betting_bounds(1, 281_921, alpha)
+    with mpmath.workdps(40):
+        tiny = mpmath.mpf(np.finfo(np.float64).tiny)
+        ratios = [mpmath.mpf(r) for r in bounds.DEFAULT_BETTING_RATIOS]
+        capital = mpmath.fsum((1 - r * (1 - tiny)) / tiny * r ** 281_920 for r in ratios) / len(ratios)
+        assert capital < 1 / mpmath.mpf(alpha)
+    assert lower == 0.0

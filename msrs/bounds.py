@@ -622,10 +622,8 @@ def voracek_weights(num_looks: int, final_share: float | None = None) -> np.ndar
     num_looks = operator.index(num_looks)
     if num_looks < 1:
         raise checks.ArgumentValueError(f"num_looks: expected >= 1, got {num_looks}")
-    if num_looks == 1:  # all of it at the only look, as spending_weights, which checks the share the same way
-        if final_share is not None and not 0.0 < float(final_share) <= 1.0:
-            raise checks.ArgumentValueError(f"final_share: expected a value in (0, 1] with one look, got {final_share}")
-        return np.ones(1)
+    if num_looks == 1:  # all of it at the only look: spending_weights' rule, and its check of the share
+        return spending_weights(1, final_share)
     j = np.arange(1, num_looks, dtype=np.float64)
     early = 5.0 / ((j + 4.0) * (j + 5.0))
     if final_share is None:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from msrs import zoo
+from msrs.fingerprint import module_digest
 from msrs.smoothing import SmoothedClassifier
 
 
@@ -54,7 +55,7 @@ class VoteRecorder(torch.nn.Module):
 class Votes:
     """One configuration's recorded fixed-n run: B images, selection counts, estimation votes in sample order."""
 
-    meta: dict  # config, sigma, n0, n, alpha, seed, images
+    meta: dict  # config, sigma, n0, n, alpha, seed, dtype, models (weights digests), images
     labels: np.ndarray  # int64 [B]
     counts0: np.ndarray  # int64 [B, K] selection counts (samples 0 .. n0 - 1 of the selection stream)
     votes: np.ndarray  # uint8 [B, n]: the class of estimation sample i of image b
@@ -76,10 +77,9 @@ class Votes:
         return cum[:, np.asarray(looks, dtype=np.int64) - 1]
 
 
-def _engine(kind: str, recorder: VoteRecorder, mean, std, num_classes, dtype, device) -> SmoothedClassifier:
-    denoiser = None if kind == "none" else zoo.load_demo_denoiser(finetuned=kind == "finetuned", device=device)
-    return SmoothedClassifier(recorder, num_classes, denoiser=denoiser, mean=mean, std=std, device=device,
-                              dtype=dtype)
+def models_digest(classifier, denoiser) -> dict:
+    """sha256 of the classifier's and the denoiser's weights (msrs.fingerprint.module_digest; None: no denoiser)."""
+    return {"classifier": module_digest(classifier), "denoiser": module_digest(denoiser)}
 
 
 def record(name: str, kind: str, sigma: float, images: torch.Tensor, labels: np.ndarray, args, out_dir: Path,
@@ -89,12 +89,16 @@ def record(name: str, kind: str, sigma: float, images: torch.Tensor, labels: np.
     recording; a chunk is not started when the seconds used plus the last chunk's would exceed them (the first
     chunk always runs), and the Votes then hold the chunks before it."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    meta = dict(config=name, sigma=sigma, n0=args.n0, n=args.n, alpha=args.alpha, seed=args.seed,
-                dtype=args.dtype)
     device = getattr(args, "device", "cpu")
     classifier, mean, std, num_classes = zoo.load_demo_classifier(device)
+    denoiser = None if kind == "none" else zoo.load_demo_denoiser(finetuned=kind == "finetuned", device=device)
+    # The models' digests belong to the settings: votes recorded with other weights (the demo models retrained)
+    # are another run, and a chunk of them is recorded again, never replayed as this one.
+    meta = dict(config=name, sigma=sigma, n0=args.n0, n=args.n, alpha=args.alpha, seed=args.seed,
+                dtype=args.dtype, models=models_digest(classifier, denoiser))
     recorder = VoteRecorder(classifier)
-    engine = _engine(kind, recorder, mean, std, num_classes, getattr(torch, args.dtype), device)
+    engine = SmoothedClassifier(recorder, num_classes, denoiser=denoiser, mean=mean, std=std, device=device,
+                                dtype=getattr(torch, args.dtype))
     start, last, done = time.perf_counter(), 0.0, images.shape[0]
     for lo in range(0, images.shape[0], chunk):
         hi = min(lo + chunk, images.shape[0])

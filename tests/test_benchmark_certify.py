@@ -83,3 +83,40 @@ def test_sequential_savings_time_budget_and_kept_votes(tmp_path):
     assert replayed["fixed"] == record["fixed"] and replayed["oracle"] == record["oracle"]
     for key in ("predictions", "radii", "samples_per_image"):
         assert replayed["sequential"][key] == record["sequential"][key]
+
+
+def test_recorded_votes_of_other_weights_are_recorded_again(tmp_path, monkeypatch):
+    """The votes of a chunk belong to the models that cast them: after the demo classifier's weights change, a
+    chunk recorded with the old weights is recorded again (its votes are the new model's, as a fresh folder
+    gives), never replayed as this run's; with the same weights the chunk is reused, not re-run."""
+    import types
+
+    import numpy as np
+    import torch
+    from conftest import load_script as load
+
+    votes = load("benchmarks/votes.py")
+    x, y = votes.zoo.digits_split("test")
+    x, y = x[:2], np.asarray(y[:2])
+    args = types.SimpleNamespace(n0=10, n=200, alpha=0.001, seed=0, dtype="float32", device="cpu", batch_size=64)
+    first = votes.record("smooth-0.25", "none", 0.25, x, y, args, tmp_path / "votes", chunk=2)
+    chunk = tmp_path / "votes" / "chunk_00000_00002.npz"
+    stamp = chunk.stat().st_mtime_ns
+    again = votes.record("smooth-0.25", "none", 0.25, x, y, args, tmp_path / "votes", chunk=2)
+    assert chunk.stat().st_mtime_ns == stamp and np.array_equal(again.votes, first.votes)
+
+    load_classifier = votes.zoo.load_demo_classifier
+
+    def retrained(device="cpu"):  # the same architecture with other weights: the last layer favours class 3
+        model, mean, std, num_classes = load_classifier(device)
+        with torch.no_grad():
+            model[-1].bias[3] += 4.0
+        return model, mean, std, num_classes
+
+    monkeypatch.setattr(votes.zoo, "load_demo_classifier", retrained)
+    stale = votes.record("smooth-0.25", "none", 0.25, x, y, args, tmp_path / "votes", chunk=2)
+    fresh = votes.record("smooth-0.25", "none", 0.25, x, y, args, tmp_path / "fresh", chunk=2)
+    assert not np.array_equal(fresh.votes, first.votes)  # the retrained model votes otherwise
+    assert np.array_equal(stale.votes, fresh.votes) and stale.meta == fresh.meta
+    assert stale.meta["models"]["classifier"] != first.meta["models"]["classifier"]
+    assert first.meta["models"]["denoiser"] is None

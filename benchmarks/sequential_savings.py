@@ -20,7 +20,11 @@ every sample count (samples_oracle) and rounded up to the sequential run's looks
 
 The recorded votes also replay any sequential rule exactly, without the engine: the benchmark replays the
 sequential run itself (and says whether the replay matches the engine's certificates), and with --variants
-replays other rules (named in VARIANTS) on the same samples, to measure what each part of the rule buys.
+replays other rules (named in VARIANTS) on the same samples, to measure what each part of the rule buys; --grid
+adds the 12 rules benchmarks/sequential_simulations.py --grid crosses (bound x futility x ramp).
+
+The recorded votes carry the models' weight digests (benchmarks/votes.py): votes of other weights are recorded
+again, not replayed.
 
 Configurations (demo models, msrs.zoo): smooth-0.25 (the classifier alone), denoised-0.25 and denoised-0.5 (the
 demo DDPM, one sigma), cascade-finetuned (the fine-tuned DDPM, sigmas 1.0, 0.5, 0.25; no oracle or replay).
@@ -225,15 +229,26 @@ def run_single(name: str, args, x, labels, target_radii, votes_dir: Path) -> dic
     record.update(_ratios(fixed, seq, record["oracle"]))
     record.update(compare(fixed, seq, target_radii, labels))
     record["variants"] = {}
-    for variant in args.variants or []:
-        res = replay(votes, target_radii, {**options, **VARIANTS[variant]})
+    for variant, variant_options in replayed_rules(args).items():
+        res = replay(votes, target_radii, {**options, **variant_options})
         v = summary(res.prediction, res.radius, n0 + res.samples, labels, target_radii)
-        entry = {"options": VARIANTS[variant], "samples": v["samples"], "per_image": v["per_image"],
+        entry = {"options": variant_options, "samples": v["samples"], "per_image": v["per_image"],
                  "certified": v["certified"], "certified_accuracy": v["certified_accuracy"]}
         entry.update(_ratios(fixed, v, record["oracle"]))
         entry.update(compare(fixed, v, target_radii, labels))
         record["variants"][variant] = entry
     return record
+
+
+def replayed_rules(args) -> dict:
+    """name -> run_sequential options of the rules replayed besides the sequential run: --variants, then with
+    --grid the rules of sequential_simulations.GRID (the grid the default was chosen on, on validation data)."""
+    rules = {name: VARIANTS[name] for name in args.variants or []}
+    if args.grid:
+        from sequential_simulations import GRID
+
+        rules.update(GRID)
+    return rules
 
 
 def _rate(run: dict) -> float | None:
@@ -341,6 +356,9 @@ def main(argv=None) -> int:
                    help="a run_sequential option for the sequential run, e.g. futility=0.1 or growth=2.0")
     p.add_argument("--variants", nargs="*", choices=sorted(VARIANTS), default=None,
                    help="other rules replayed on the recorded votes")
+    p.add_argument("--grid", action="store_true",
+                   help="also replay the rules of benchmarks/sequential_simulations.py --grid (bound x futility x "
+                        "ramp) on the recorded votes")
     p.add_argument("--votes-dir", type=Path, default=None,
                    help="where the fixed-n votes are recorded (chunks are reused if present; default: a "
                         "temporary folder)")

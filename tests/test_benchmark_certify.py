@@ -120,3 +120,21 @@ def test_recorded_votes_of_other_weights_are_recorded_again(tmp_path, monkeypatc
     assert np.array_equal(stale.votes, fresh.votes) and stale.meta == fresh.meta
     assert stale.meta["models"]["classifier"] != first.meta["models"]["classifier"]
     assert first.meta["models"]["denoiser"] is None
+
+
+def test_sequential_savings_grid_replays_the_default_among_its_rules(tmp_path):
+    """--grid replays sequential_simulations.GRID's 12 rules on the recorded votes; the one with the default's
+    options (spending, futility 0.02, ramp 0.1) draws exactly the samples of the engine's sequential run, and
+    every rule certifies the same images."""
+    module = load_script("benchmarks/sequential_savings.py")
+    out = tmp_path / "grid.json"
+    assert module.main(["--configs", "smooth-0.25", "--images", "4", "--n0", "10", "--n", "2000", "--batch-size",
+                        "512", "--chunk", "4", "--grid", "--variants", "betting", "--json", str(out)]) == 0
+    (record,) = json.loads(out.read_text())
+    rules = record["variants"]
+    assert len(rules) == 13 and rules["betting"]["options"] == {"bound": "betting"}
+    default = rules["spending fut 0.02 ramp 0.1"]
+    assert default["options"] == {"bound": "spending", "futility": 0.02, "futility_ramp": 0.1}
+    assert default["samples"] == record["sequential"]["samples"] and record["sequential"]["replay_matches"]
+    assert rules["betting fut 0.02 ramp 0.1"]["samples"] == rules["betting"]["samples"]
+    assert {name for name, rule in rules.items() if rule["samples"] != default["samples"]}  # the rules differ

@@ -3,9 +3,9 @@
     python benchmarks/sequential_savings.py --target-radii 0 0.25 0.5 0.75 1 1.5 2 --configs smooth-0.25 \\
         --n 100000 --json benchmarks/results/sequential_smooth-0.25_n100000.json --votes-dir .votes/smooth
 
-For each configuration the same images (the first --images test digits, global ids 0 .. B-1) are certified twice
-with the same engine, seed and models: Cohen's CERTIFY with a fixed n, and the sequential mode with n as its
-budget (n_max) and --target-radii as the radii whose bucket must be settled. Reported per run: Monte Carlo samples
+For each configuration the same images (the first --images digits of --split, test by default; global ids
+0 .. B-1) are certified twice with the same engine, seed and models: Cohen's CERTIFY with a fixed n, and the
+sequential mode with n as its budget (n_max) and --target-radii as the radii whose bucket must be settled. Reported per run: Monte Carlo samples
 (selection + estimation), wall seconds, per-image samples (median, 90th percentile, maximum), and at each target
 radius the certified fraction (prediction made, radius >= r) and the certified accuracy (also correct); then the
 images whose radius bucket differs and the largest difference in certified images at any one radius.
@@ -195,7 +195,8 @@ def run_single(name: str, args, x, labels, target_radii, votes_dir: Path) -> dic
     fixed["seconds"] = round(votes.seconds, 2)
     fixed["samples_per_s"] = _rate(fixed)
     options = sequential_options(args)
-    record = dict(config=name, sigmas=[sigma], images=int(x.shape[0]), images_requested=requested, n0=n0, n=args.n,
+    record = dict(config=name, split=args.split, sigmas=[sigma], images=int(x.shape[0]), images_requested=requested,
+                  n0=n0, n=args.n,
                   alpha=args.alpha, target_radii=list(target_radii), dtype=args.dtype, compile=args.compile,
                   seed=args.seed, device=args.device, batch_size=args.batch_size, options=options, fixed=fixed)
     # the sequential run through the engine (timed), and its replay on the recorded votes
@@ -283,7 +284,8 @@ def run_cascade(name: str, args, x, labels, target_radii) -> dict:
                              labels, target_radii)
         runs[mode]["seconds"] = round(time.perf_counter() - t0, 2)
         runs[mode]["samples_per_s"] = _rate(runs[mode])
-    record = dict(config=name, sigmas=list(sigmas), images=int(x.shape[0]), images_requested=int(x.shape[0]),
+    record = dict(config=name, split=args.split, sigmas=list(sigmas), images=int(x.shape[0]),
+                  images_requested=int(x.shape[0]),
                   n0=args.n0, n=args.n, alpha=args.alpha, target_radii=list(target_radii), dtype=args.dtype,
                   compile=args.compile, seed=args.seed, device=args.device, batch_size=args.batch_size,
                   options=sequential_options(args),
@@ -348,7 +350,10 @@ def main(argv=None) -> int:
     p.add_argument("--target-radii", type=float, nargs="+", default=list(TARGET_RADII),
                    help="radii whose bucket the sequential run settles (default: the report's radii)")
     p.add_argument("--configs", default="smooth-0.25", help="comma-separated: " + ", ".join(CONFIGS))
-    p.add_argument("--images", type=int, default=100, help="first test digits (default 100)")
+    p.add_argument("--images", type=int, default=100, help="first digits of --split (default 100)")
+    p.add_argument("--split", default="test", choices=("test", "validation"),
+                   help="the digits certified: test (reported), or validation (held out of the demo models' "
+                        "training, for choosing a rule; msrs.zoo.digits_split)")
     p.add_argument("--n0", type=int, default=100)
     p.add_argument("--n", type=int, default=100_000, help="fixed n, and the sequential budget n_max")
     p.add_argument("--alpha", type=float, default=0.001)
@@ -391,7 +396,7 @@ def main(argv=None) -> int:
     if unknown:
         p.error(f"--configs: unknown {unknown}; expected {', '.join(CONFIGS)}")
     target_radii = sorted(set(args.target_radii))
-    x, y = zoo.digits_split("test")
+    x, y = zoo.digits_split(args.split)
     x, labels = x[: args.images], np.asarray(y[: args.images])
     records = []
     with tempfile.TemporaryDirectory() as tmp:

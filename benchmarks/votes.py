@@ -96,6 +96,9 @@ def record(name: str, kind: str, sigma: float, images: torch.Tensor, labels: np.
     # are another run, and a chunk of them is recorded again, never replayed as this one.
     meta = dict(config=name, sigma=sigma, n0=args.n0, n=args.n, alpha=args.alpha, seed=args.seed,
                 dtype=args.dtype, models=models_digest(classifier, denoiser))
+    split = getattr(args, "split", "test")
+    if split != "test":  # another split's digits are other images under the same ids (test recordings omit the key)
+        meta["split"] = split
     recorder = VoteRecorder(classifier)
     engine = SmoothedClassifier(recorder, num_classes, denoiser=denoiser, mean=mean, std=std, device=device,
                                 dtype=getattr(torch, args.dtype))

@@ -120,6 +120,13 @@ def test_recorded_votes_of_other_weights_are_recorded_again(tmp_path, monkeypatc
     assert np.array_equal(stale.votes, fresh.votes) and stale.meta == fresh.meta
     assert stale.meta["models"]["classifier"] != first.meta["models"]["classifier"]
     assert first.meta["models"]["denoiser"] is None
+    # the validation digits under the same ids are other images: their chunk is recorded, not the test one reused
+    monkeypatch.setattr(votes.zoo, "load_demo_classifier", load_classifier)
+    xv, yv = votes.zoo.digits_split("validation")
+    args.split = "validation"
+    held_out = votes.record("smooth-0.25", "none", 0.25, xv[:2], np.asarray(yv[:2]), args, tmp_path / "votes", chunk=2)
+    assert held_out.meta["split"] == "validation" and np.array_equal(held_out.labels, np.asarray(yv[:2]))
+    assert not np.array_equal(held_out.counts0, first.counts0)
 
 
 def test_sequential_savings_grid_replays_the_default_among_its_rules(tmp_path):

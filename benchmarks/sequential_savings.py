@@ -5,9 +5,9 @@
 
 For each configuration the same images (the first --images digits of --split, test by default; global ids
 0 .. B-1) are certified twice with the same engine, seed and models: Cohen's CERTIFY with a fixed n, and the
-sequential mode with n as its budget (n_max) and --target-radii as the radii whose bucket must be settled. Reported per run: Monte Carlo samples
-(selection + estimation), wall seconds, per-image samples (median, 90th percentile, maximum), and at each target
-radius the certified fraction (prediction made, radius >= r) and the certified accuracy (also correct); then the
+sequential mode with n as its budget (n_max) and --target-radii as the radii whose bucket must be settled.
+Reported per run: Monte Carlo samples (selection + estimation), wall seconds, per-image samples (median, 90th
+percentile, maximum), and at each target radius the certified fraction (prediction made, radius >= r) and the certified accuracy (also correct); then the
 images whose radius bucket differs and the largest difference in certified images at any one radius.
 
 The hindsight oracle. The noise of a sample is keyed by its index (msrs.ops.philox), so the counts of a

@@ -3,12 +3,12 @@
     python benchmarks/sequential_savings.py --target-radii 0 0.25 0.5 0.75 1 1.5 2 --configs smooth-0.25 \\
         --n 100000 --json benchmarks/results/sequential_smooth-0.25_n100000.json --votes-dir .votes/smooth
 
-For each configuration the same images (the first --images digits of --split, test by default; global ids
-0 .. B-1) are certified twice with the same engine, seed and models: Cohen's CERTIFY with a fixed n, and the
-sequential mode with n as its budget (n_max) and --target-radii as the radii whose bucket must be settled.
-Reported per run: Monte Carlo samples (selection + estimation), wall seconds, per-image samples (median, 90th
-percentile, maximum), and at each target radius the certified fraction (prediction made, radius >= r) and the certified accuracy (also correct); then the
-images whose radius bucket differs and the largest difference in certified images at any one radius.
+For each configuration the same images (the first --images digits of --split, test by default; global ids 0 .. B-1)
+are certified twice with the same engine, seed and models: Cohen's CERTIFY with a fixed n, and the sequential mode
+with n as its budget (n_max) and --target-radii as the radii whose bucket must be settled. Reported per run: Monte
+Carlo samples (selection + estimation), wall seconds, per-image samples (median, 90th percentile, maximum), and at
+each target radius the certified fraction (prediction made, radius >= r) and the certified accuracy (also correct);
+then the images whose radius bucket differs and the largest difference in certified images at any one radius.
 
 The hindsight oracle. The noise of a sample is keyed by its index (msrs.ops.philox), so the counts of a
 sequential run after t samples are those of the first t samples of the fixed-n run. The fixed-n run records every

@@ -196,9 +196,9 @@ def run_single(name: str, args, x, labels, target_radii, votes_dir: Path) -> dic
     fixed["samples_per_s"] = _rate(fixed)
     options = sequential_options(args)
     record = dict(config=name, split=args.split, sigmas=[sigma], images=int(x.shape[0]), images_requested=requested,
-                  n0=n0, n=args.n,
-                  alpha=args.alpha, target_radii=list(target_radii), dtype=args.dtype, compile=args.compile,
-                  seed=args.seed, device=args.device, batch_size=args.batch_size, options=options, fixed=fixed)
+                  n0=n0, n=args.n, alpha=args.alpha, target_radii=list(target_radii), dtype=args.dtype,
+                  compile=args.compile, seed=args.seed, device=args.device, batch_size=args.batch_size,
+                  options=options, fixed=fixed)
     # the sequential run through the engine (timed), and its replay on the recorded votes
     result = replay(votes, target_radii, options)
     replayed = summary(result.prediction, result.radius, n0 + result.samples, labels, target_radii)

@@ -45,29 +45,32 @@ stopping look. The prediction never enters a bound (tests/test_validity.py's Pre
 when it does). Why it pays: the images whose fixed-n radius lies just below a target radius cannot show
 upper < threshold before n_max (their pA is above the threshold, only the final bound's margin keeps them below),
 so with curtailment alone they draw the whole budget; the hindsight oracle (benchmarks/sequential_savings.py)
-spends almost nothing on them. Measured on recorded votes (benchmarks/results/sequential_*.json): about 3x fewer
-samples than curtailment alone at N = 100,000 on the digits, at the price of about one image per 100 in a lower
-bucket (simulations: benchmarks/sequential_simulations.py, results in benchmarks/results/).
+spends almost nothing on them. Measured on recorded votes (benchmarks/results/sequential_*.json): 1.8x fewer
+samples than curtailment alone at N = 100,000 on the test digits (685,918 against 1,217,850), every image in its
+fixed-n bucket; in simulations about one image per 100 in a lower bucket or fewer
+(benchmarks/sequential_simulations.py, results in benchmarks/results/).
 
-Which bound (issue 14; benchmarks/results/sequential_smooth-0.25_n100000_betting.json and
-sequential_simulations_*_betting.json). Replayed on the recorded votes (smooth-0.25, N = 100,000, the first 100
-test digits, target radii 0 .. 2; fixed n 10,010,000 samples, hindsight oracle 188,900), total samples and images
-in another bucket than fixed n's:
-    spending (default) 441,522 (22.7x fewer than fixed n, 2.34x the oracle), 1 image;  cs 426,176 (23.5x), 1;
-    betting 401,693 (24.9x, 2.13x the oracle), 1;  voracek 424,815 (23.6x), 1;
-    betting-final 482,611 (20.7x), 1;  betting-final with final_share 0.5 436,058 (23.0x), 1.
-On simulated streams (benchmarks/sequential_simulations.py, 16 seeds; fixed-n samples / the rule's, images per
-100 in another bucket than fixed n's): smooth-0.25 population: spending 16.0x, 0.13; betting 20.2x, 1.06; voracek
-17.7x, 0.81; cs 20.7x, 1.38; denoised-0.25: spending 5.6x, 0.31; betting 7.5x, 4.9; voracek 6.2x, 2.8; cs 7.6x,
-6.1; denoised-0.5: spending 11.9x, 0.19; betting 14.9x, 1.75; voracek 13.2x, 0.88; cs 15.1x, 1.94.
+Which bound (issue 14; benchmarks/results/sequential_smooth-0.25_n100000.json and _grid.json,
+sequential_simulations_*_betting.json). Replayed on the recorded votes (smooth-0.25, the shipped classifier,
+N = 100,000, the first 100 test digits, target radii 0 .. 2; fixed n 10,010,000 samples, hindsight oracle
+115,941), total samples (every image in its fixed-n bucket with each bound):
+    spending (default) 685,918 (14.6x fewer than fixed n, 5.9x the oracle);  cs 596,721 (16.8x);
+    betting 618,172 (16.2x, 5.3x the oracle);  voracek 652,625 (15.3x);
+    betting-final 729,597 (13.7x);  betting-final with final_share 0.5 679,210 (14.7x).
+On the first 100 validation digits: spending 429,904 (23.3x), betting 349,275 (28.7x, one image a bucket lower).
+On simulated streams (benchmarks/sequential_simulations.py, 16 seeds; fixed-n samples / the rule's, images per 100
+in another bucket than fixed n's): smooth-0.25 population (the radii of the classifier before its retraining):
+spending 16.0x, 0.13; betting 20.2x, 1.06; voracek 17.7x, 0.81; cs 20.7x, 1.38; denoised-0.25: spending 5.6x, 0.31;
+betting 7.5x, 4.9; voracek 6.2x, 2.8; cs 7.6x, 6.1; denoised-0.5: spending 11.9x, 0.19; betting 14.9x, 1.75; voracek
+13.2x, 0.88; cs 15.1x, 1.94.
 The betting CS is the tightest anytime bound (1 - lower 17 % above fixed-n Clopper-Pearson at 0.9 alpha on
 average, "cs" 32 %, the spending's early looks 44 %), so it stops the settled images soonest; but at n_max it is
 looser than Clopper-Pearson at 0.9 alpha, so the images near a threshold end a bucket lower, 8 to 16 times as
 often as with the default; Voracek's shares (0.062 alpha at n_max) likewise, 4 to 9 times (with final_share 0.9
-instead, "voracek" spends less early than the default: 498,814 samples in the replay). Spending 0.1 alpha on the
+instead, "voracek" spends less early than the default: 753,614 samples in the replay). Spending 0.1 alpha on the
 betting CS instead of on the early looks ("betting-final") saves nothing: at 0.1 alpha the betting CS is no
 tighter than Clopper-Pearson at 0.1 alpha / 76 once an image has a few failures. So "spending" stays the default
-(no bound both saves samples and keeps the buckets), and "betting" is the choice when 20-30 % fewer samples
+(no bound both saves samples and keeps the buckets), and "betting" is the choice when 10-20 % fewer samples
 matter more than 1 to 5 images per 100 in a lower bucket.
 
 Looks. The default schedule is geometric from DEFAULT_FIRST = 64 samples with growth DEFAULT_GROWTH = 1.1 (77

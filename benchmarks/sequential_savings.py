@@ -198,7 +198,7 @@ def run_single(name: str, args, x, labels, target_radii, votes_dir: Path) -> dic
     record = dict(config=name, split=args.split, sigmas=[sigma], images=int(x.shape[0]), images_requested=requested,
                   n0=n0, n=args.n, alpha=args.alpha, target_radii=list(target_radii), dtype=args.dtype,
                   compile=args.compile, seed=args.seed, device=args.device, batch_size=args.batch_size,
-                  options=options, fixed=fixed)
+                  options=options, models=votes.meta["models"], fixed=fixed)
     # the sequential run through the engine (timed), and its replay on the recorded votes
     result = replay(votes, target_radii, options)
     replayed = summary(result.prediction, result.radius, n0 + result.samples, labels, target_radii)
@@ -289,6 +289,7 @@ def run_cascade(name: str, args, x, labels, target_radii) -> dict:
                   n0=args.n0, n=args.n, alpha=args.alpha, target_radii=list(target_radii), dtype=args.dtype,
                   compile=args.compile, seed=args.seed, device=args.device, batch_size=args.batch_size,
                   options=sequential_options(args),
+                  models=recorded.models_digest(engine.classifier, engine.denoiser),
                   fixed=runs["fixed"], sequential=runs["sequential"])
     record["samples_ratio"] = round(runs["fixed"]["samples"] / max(runs["sequential"]["samples"], 1), 3)
     record["time_ratio"] = round(runs["fixed"]["seconds"] / max(runs["sequential"]["seconds"], 1e-9), 3)

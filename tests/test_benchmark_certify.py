@@ -57,6 +57,7 @@ def test_sequential_savings_smoke(tmp_path):
                         "--json", str(out)]) == 0
     (record,) = json.loads(out.read_text())
     assert record["config"] == "smooth-0.25" and record["samples_fixed"] == 3 * 310
+    assert len(record["models"]["classifier"]) == 64 and record["models"]["denoiser"] is None  # sha256 hex
     assert 3 * (10 + 64) <= record["samples_sequential"] <= record["samples_fixed"]
     assert record["table_equal"] == (record["table_fixed"] == record["table_sequential"])
     assert len(record["table_fixed"]) == len(module.DEFAULT_RADII)
@@ -145,3 +146,30 @@ def test_sequential_savings_grid_replays_the_default_among_its_rules(tmp_path):
     assert default["samples"] == record["sequential"]["samples"] and record["sequential"]["replay_matches"]
     assert rules["betting fut 0.02 ramp 0.1"]["samples"] == rules["betting"]["samples"]
     assert {name for name, rule in rules.items() if rule["samples"] != default["samples"]}  # the rules differ
+
+
+def test_quoted_sequential_results_are_the_shipped_models_and_the_readme_quotes_them():
+    """The README's sequential-savings table quotes benchmarks/results/sequential_smooth-0.25_n100000*.json; those
+    records must come from the shipped demo classifier's votes (the weights' digest recorded with them), and the
+    README's numbers must be the record's. The earlier records came from the classifier before its retraining and
+    were quoted as this one's; their *_pre-retraining.json copies are exempt."""
+    from pathlib import Path
+
+    from msrs import zoo
+
+    votes = load_script("benchmarks/votes.py")
+    root = Path(__file__).resolve().parents[1]
+    shipped = votes.models_digest(zoo.load_demo_classifier()[0], None)
+    files = sorted(p for p in (root / "benchmarks" / "results").glob("sequential_smooth-0.25_n100000*.json")
+                   if "pre-retraining" not in p.name)
+    assert len(files) >= 3
+    for path in files:
+        for record in json.loads(path.read_text()):
+            assert record.get("models") == shipped, f"{path.name}: recorded with other weights than the shipped"
+    (record,) = json.loads((root / "benchmarks/results/sequential_smooth-0.25_n100000.json").read_text())
+    readme = (root / "README.md").read_text()
+    row = f"| sequential (default) | {record['sequential']['samples']:,} | **{record['samples_ratio']:.1f}x fewer** |"
+    assert row in readme
+    assert f"| fixed n | {record['fixed']['samples']:,} | 1x |" in readme
+    assert f"| hindsight oracle | {record['oracle']['samples']:,} |" in readme
+    assert f"{record['oracle_ratio']:.1f}x the oracle's samples" in readme

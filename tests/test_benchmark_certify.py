@@ -150,22 +150,26 @@ def test_sequential_savings_grid_replays_the_default_among_its_rules(tmp_path):
 
 def test_quoted_sequential_results_are_the_shipped_models_and_the_readme_quotes_them():
     """The README's sequential-savings table quotes benchmarks/results/sequential_smooth-0.25_n100000*.json; those
-    records must come from the shipped demo classifier's votes (the weights' digest recorded with them), and the
-    README's numbers must be the record's. The earlier records came from the classifier before its retraining and
-    were quoted as this one's; their *_pre-retraining.json copies are exempt."""
+    records, and the denoised ones beside them, must come from the shipped demo models' votes (the weights'
+    digests recorded with them), and the README's numbers must be the record's. The earlier records came from the
+    classifier before its retraining and were quoted as this one's; their *_pre-retraining.json copies are exempt."""
     from pathlib import Path
 
     from msrs import zoo
 
     votes = load_script("benchmarks/votes.py")
+    savings = load_script("benchmarks/sequential_savings.py")
     root = Path(__file__).resolve().parents[1]
-    shipped = votes.models_digest(zoo.load_demo_classifier()[0], None)
-    files = sorted(p for p in (root / "benchmarks" / "results").glob("sequential_smooth-0.25_n100000*.json")
-                   if "pre-retraining" not in p.name)
-    assert len(files) >= 3
+    classifier = zoo.load_demo_classifier()[0]
+    shipped = {"none": votes.models_digest(classifier, None),
+               "plain": votes.models_digest(classifier, zoo.load_demo_denoiser())}
+    files = sorted(p for pattern in ("sequential_smooth-0.25_n100000*.json", "sequential_denoised-*.json")
+                   for p in (root / "benchmarks" / "results").glob(pattern) if "pre-retraining" not in p.name)
+    assert len(files) >= 4
     for path in files:
         for record in json.loads(path.read_text()):
-            assert record.get("models") == shipped, f"{path.name}: recorded with other weights than the shipped"
+            kind = savings.CONFIGS[record["config"]][0]
+            assert record.get("models") == shipped[kind], f"{path.name}: recorded with other weights than the shipped"
     (record,) = json.loads((root / "benchmarks/results/sequential_smooth-0.25_n100000.json").read_text())
     readme = " ".join((root / "README.md").read_text().split())  # line breaks do not matter
     row = f"| sequential (default) | {record['sequential']['samples']:,} | **{record['samples_ratio']:.1f}x fewer** |"

@@ -94,9 +94,8 @@ def test_recorded_votes_of_other_weights_are_recorded_again(tmp_path, monkeypatc
 
     import numpy as np
     import torch
-    from conftest import load_script as load
 
-    votes = load("benchmarks/votes.py")
+    votes = load_script("benchmarks/votes.py")
     x, y = votes.zoo.digits_split("test")
     x, y = x[:2], np.asarray(y[:2])
     args = types.SimpleNamespace(n0=10, n=200, alpha=0.001, seed=0, dtype="float32", device="cpu", batch_size=64)

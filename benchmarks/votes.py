@@ -6,8 +6,10 @@ a fixed-n run that records every vote in order holds every sequential run's data
 CERTIFY (msrs.procedures.certify) with a classifier wrapper that keeps the argmax of each batch of logits; the
 engine enumerates its rows in a fixed order (selection samples, image-major, then estimation samples, image-major;
 batches in row order on one process), so the kept classes are the votes in sample order. Each chunk of images is
-checked against the certificate's own vote counts and saved (a long run can be resumed chunk by chunk). The models
-run on args.device (default cpu); a time budget stops the recording before a chunk that would not fit, and the
+checked against the certificate's own vote counts and saved (a long run can be resumed chunk by chunk), with a
+digest of each image it certified: a chunk is reused only for the same settings, the same weights and the same images
+(another split, another data set or other labels under the same ids is another run). The models run on args.device
+(default cpu); a time budget stops the recording before a chunk that would not fit, and the
 Votes then hold the images recorded so far (the first ones: a shorter run, not a different one).
 
   record(config_name, images, labels, args, out_dir)   -> Votes (and out_dir/chunk_*.npz)
@@ -28,7 +30,7 @@ import numpy as np
 import torch
 
 from msrs import zoo
-from msrs.fingerprint import module_digest
+from msrs.fingerprint import module_digest, tensor_digest
 from msrs.smoothing import SmoothedClassifier
 
 
@@ -55,8 +57,9 @@ class VoteRecorder(torch.nn.Module):
 class Votes:
     """One configuration's recorded fixed-n run: B images, selection counts, estimation votes in sample order."""
 
-    meta: dict  # config, sigma, n0, n, alpha, seed, dtype, models (weights digests), images
+    meta: dict  # config, sigma, n0, n, alpha, seed, dtype, device, models (weights digests), images
     labels: np.ndarray  # int64 [B]
+    image_digests: np.ndarray  # str [B]: image_digests(images, labels) of the images the votes are of
     counts0: np.ndarray  # int64 [B, K] selection counts (samples 0 .. n0 - 1 of the selection stream)
     votes: np.ndarray  # uint8 [B, n]: the class of estimation sample i of image b
     seconds: float  # wall seconds of the fixed-n CERTIFY calls (the recorder included)
@@ -82,6 +85,12 @@ def models_digest(classifier, denoiser) -> dict:
     return {"classifier": module_digest(classifier), "denoiser": module_digest(denoiser)}
 
 
+def image_digests(images: torch.Tensor, labels) -> np.ndarray:
+    """str [B]: sha256 of each image's tensor and its label (msrs.fingerprint.tensor_digest)."""
+    labels = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
+    return np.array([tensor_digest([image, label]) for image, label in zip(images, labels)])
+
+
 def record(name: str, kind: str, sigma: float, images: torch.Tensor, labels: np.ndarray, args, out_dir: Path,
            chunk: int = 10, budget_s: float | None = None) -> Votes:
     """The fixed-n CERTIFY of `images` (global ids 0 .. B-1) in chunks of `chunk` images, each chunk's votes saved
@@ -94,11 +103,9 @@ def record(name: str, kind: str, sigma: float, images: torch.Tensor, labels: np.
     denoiser = None if kind == "none" else zoo.load_demo_denoiser(finetuned=kind == "finetuned", device=device)
     # The models' digests belong to the settings: votes recorded with other weights (the demo models retrained)
     # are another run, and a chunk of them is recorded again, never replayed as this one.
-    meta = dict(config=name, sigma=sigma, n0=args.n0, n=args.n, alpha=args.alpha, seed=args.seed,
-                dtype=args.dtype, models=models_digest(classifier, denoiser))
-    split = getattr(args, "split", "test")
-    if split != "test":  # another split's digits are other images under the same ids (test recordings omit the key)
-        meta["split"] = split
+    meta = {"config": name, "sigma": sigma, "n0": args.n0, "n": args.n, "alpha": args.alpha, "seed": args.seed,
+            "dtype": args.dtype, "device": str(device), "models": models_digest(classifier, denoiser)}
+    digests = image_digests(images, labels)
     recorder = VoteRecorder(classifier)
     engine = SmoothedClassifier(recorder, num_classes, denoiser=denoiser, mean=mean, std=std, device=device,
                                 dtype=getattr(torch, args.dtype))
@@ -106,7 +113,7 @@ def record(name: str, kind: str, sigma: float, images: torch.Tensor, labels: np.
     for lo in range(0, images.shape[0], chunk):
         hi = min(lo + chunk, images.shape[0])
         path = out_dir / f"chunk_{lo:05d}_{hi:05d}.npz"
-        if path.is_file() and json.loads(str(np.load(path)["meta"])) == meta:
+        if _holds(path, meta, digests[lo:hi]):
             continue
         if budget_s is not None and last > 0 and time.perf_counter() - start + last > budget_s:
             done = lo
@@ -130,18 +137,27 @@ def record(name: str, kind: str, sigma: float, images: torch.Tensor, labels: np.
                 and np.array_equal(counts, np.stack([c.counts[0] for c in certs]))):
             raise RuntimeError("the recorded votes do not add up to the certificates' counts (row order changed?)")
         _save_chunk(path, meta, counts0, est, seconds, np.array([c.radius for c in certs]),
-                    np.array([c.prediction for c in certs]), labels[lo:hi])
+                    np.array([c.prediction for c in certs]), labels[lo:hi], digests[lo:hi])
         last = time.perf_counter() - t0
         print(f"# {name} fixed-n: images {lo}..{hi - 1} in {seconds:.1f} s", flush=True)
     return load(out_dir, meta, images=done)
 
 
-def _save_chunk(path: Path, meta: dict, counts0, votes, seconds, radius, prediction, labels) -> None:
+def _holds(path: Path, meta: dict, digests: np.ndarray) -> bool:
+    """The chunk at `path` exists and holds the votes of this run (meta) on these images (digests)."""
+    if not path.is_file():
+        return False
+    chunk = np.load(path)
+    return (json.loads(str(chunk["meta"])) == meta and "image_digests" in chunk.files
+            and np.array_equal(chunk["image_digests"], digests))
+
+
+def _save_chunk(path: Path, meta: dict, counts0, votes, seconds, radius, prediction, labels, digests) -> None:
     """One chunk file, written under a name that load() does not read and then renamed: a run stopped while
     writing leaves no broken chunk behind."""
     partial = path.with_name(".partial_" + path.name)
     np.savez_compressed(partial, meta=json.dumps(meta), counts0=counts0, votes=votes, seconds=seconds,
-                        radius=radius, prediction=prediction, labels=labels)
+                        radius=radius, prediction=prediction, labels=labels, image_digests=digests)
     os.replace(partial, path)
 
 
@@ -152,7 +168,7 @@ def save(votes: Votes, out_dir: Path) -> Path:
     meta = {k: v for k, v in votes.meta.items() if k != "images"}
     path = out_dir / f"chunk_00000_{votes.votes.shape[0]:05d}.npz"
     _save_chunk(path, meta, votes.counts0, votes.votes, votes.seconds, votes.fixed_radius, votes.fixed_prediction,
-                votes.labels)
+                votes.labels, votes.image_digests)
     return path
 
 
@@ -169,6 +185,8 @@ def load(out_dir: Path, meta: dict | None = None, images: int | None = None) -> 
     if not paths:
         raise FileNotFoundError(f"no recorded votes (chunk_*.npz) in {out_dir}")
     parts = [np.load(p) for p in paths]
+    if any("image_digests" not in p.files for p in parts):
+        raise ValueError(f"{out_dir}: chunks without image digests (recorded by an older votes.py): record them again")
     metas = {str(p["meta"]) for p in parts}
     if len(metas) != 1 or (meta is not None and json.loads(metas.pop()) != meta):
         raise ValueError(f"{out_dir}: chunks recorded with other settings")
@@ -178,6 +196,7 @@ def load(out_dir: Path, meta: dict | None = None, images: int | None = None) -> 
     def cat(key):
         return np.concatenate([p[key] for p in parts])
 
-    return Votes(meta, cat("labels").astype(np.int64), cat("counts0").astype(np.int64), cat("votes"),
+    return Votes(meta, cat("labels").astype(np.int64), cat("image_digests").astype(str),
+                 cat("counts0").astype(np.int64), cat("votes"),
                  float(sum(float(p["seconds"]) for p in parts)), cat("radius").astype(np.float64),
                  cat("prediction").astype(np.int64))

@@ -86,10 +86,11 @@ def test_sequential_savings_time_budget_and_kept_votes(tmp_path):
         assert replayed["sequential"][key] == record["sequential"][key]
 
 
-def test_recorded_votes_of_other_weights_are_recorded_again(tmp_path, monkeypatch):
-    """The votes of a chunk belong to the models that cast them: after the demo classifier's weights change, a
-    chunk recorded with the old weights is recorded again (its votes are the new model's, as a fresh folder
-    gives), never replayed as this run's; with the same weights the chunk is reused, not re-run."""
+def test_recorded_votes_of_other_weights_or_images_are_recorded_again(tmp_path, monkeypatch):
+    """The votes of a chunk belong to the models that cast them and the images they were cast on: after the demo
+    classifier's weights change, or under the same image ids other images or labels, the chunk is recorded again
+    (its votes are the ones a fresh folder gives), never replayed as this run's; with the same weights and images
+    the chunk is reused, not re-run."""
     import types
 
     import numpy as np
@@ -120,13 +121,30 @@ def test_recorded_votes_of_other_weights_are_recorded_again(tmp_path, monkeypatc
     assert np.array_equal(stale.votes, fresh.votes) and stale.meta == fresh.meta
     assert stale.meta["models"]["classifier"] != first.meta["models"]["classifier"]
     assert first.meta["models"]["denoiser"] is None
-    # the validation digits under the same ids are other images: their chunk is recorded, not the test one reused
+
+    # Other images under the same ids (the validation digits; one pixel changed; one label changed) are another run:
+    # their chunk is recorded again, with the fresh folder's votes, never the stored chunk reused.
     monkeypatch.setattr(votes.zoo, "load_demo_classifier", load_classifier)
+    votes.record("smooth-0.25", "none", 0.25, x, y, args, tmp_path / "votes", chunk=2)
     xv, yv = votes.zoo.digits_split("validation")
-    args.split = "validation"
-    held_out = votes.record("smooth-0.25", "none", 0.25, xv[:2], np.asarray(yv[:2]), args, tmp_path / "votes", chunk=2)
-    assert held_out.meta["split"] == "validation" and np.array_equal(held_out.labels, np.asarray(yv[:2]))
-    assert not np.array_equal(held_out.counts0, first.counts0)
+    nudged = x.clone()
+    nudged[1, 0, 4, 4] += 0.5
+    relabelled = y.copy()
+    relabelled[0] = (relabelled[0] + 1) % 10
+    for i, (images, labels) in enumerate([(xv[:2], np.asarray(yv[:2])), (nudged, y), (x, relabelled)]):
+        stamp = chunk.stat().st_mtime_ns
+        other = votes.record("smooth-0.25", "none", 0.25, images, labels, args, tmp_path / "votes", chunk=2)
+        alone = votes.record("smooth-0.25", "none", 0.25, images, labels, args, tmp_path / f"alone{i}", chunk=2)
+        assert chunk.stat().st_mtime_ns != stamp and np.array_equal(other.labels, labels)
+        assert np.array_equal(other.votes, alone.votes) and np.array_equal(other.counts0, alone.counts0)
+        assert not np.array_equal(other.image_digests, first.image_digests)
+    assert not np.array_equal(other.image_digests, votes.image_digests(x, y))  # the label alone changes the digest
+    # a chunk written before image digests were kept is not read as this run's
+    legacy = dict(np.load(chunk))
+    del legacy["image_digests"]
+    np.savez(chunk, **legacy)
+    with pytest.raises(ValueError, match="without image digests"):
+        votes.load(tmp_path / "votes", images=2)
 
 
 def test_sequential_savings_grid_replays_the_default_among_its_rules(tmp_path):

@@ -9,8 +9,8 @@ batches in row order on one process), so the kept classes are the votes in sampl
 checked against the certificate's own vote counts and saved (a long run can be resumed chunk by chunk), with a
 digest of each image it certified: a chunk is reused only for the same settings, the same weights and the same images
 (another split, another data set or other labels under the same ids is another run). The models run on args.device
-(default cpu); a time budget stops the recording before a chunk that would not fit, and the
-Votes then hold the images recorded so far (the first ones: a shorter run, not a different one).
+(default cpu); a time budget stops the recording before a chunk that would not fit, and the Votes then hold the
+images recorded so far (the first ones: a shorter run, not a different one).
 
   record(config_name, images, labels, args, out_dir)   -> Votes (and out_dir/chunk_*.npz)
   load(out_dir, images=B)                              -> Votes of the chunks covering images 0 .. B-1

@@ -166,9 +166,10 @@ def test_sequential_savings_grid_replays_the_default_among_its_rules(tmp_path):
 
 
 def test_quoted_sequential_results_are_the_shipped_models_and_the_readme_quotes_them():
-    """The README's sequential-savings table quotes benchmarks/results/sequential_smooth-0.25_n100000*.json; those
-    records, and the denoised ones beside them, must come from the shipped demo models' votes (the weights'
-    digests recorded with them), and the README's numbers must be the record's. The earlier records came from the
+    """The README's two sequential-savings tables quote benchmarks/results/sequential_smooth-0.25_n100000.json and
+    sequential_denoised-0.25_n100000.json; those records, and the other smooth and denoised ones beside them, must
+    come from the shipped demo models' votes (the weights' digests recorded with them), and the README's numbers
+    must be the records'. The earlier records came from the
     classifier before its retraining and were quoted as this one's; their *_pre-retraining.json copies are exempt."""
     from pathlib import Path
 

@@ -139,6 +139,19 @@ def test_recorded_votes_of_other_weights_or_images_are_recorded_again(tmp_path, 
         assert np.array_equal(other.votes, alone.votes) and np.array_equal(other.counts0, alone.counts0)
         assert not np.array_equal(other.image_digests, first.image_digests)
     assert not np.array_equal(other.image_digests, votes.image_digests(x, y))  # the label alone changes the digest
+
+    # The device is part of the run: the same chunk stamped as recorded on a GPU (where kernels round otherwise)
+    # is recorded again on the CPU, not replayed as this run's votes.
+    mine = votes.record("smooth-0.25", "none", 0.25, x, y, args, tmp_path / "votes", chunk=2)
+    assert mine.meta["device"] == "cpu"
+    on_gpu = dict(np.load(chunk))
+    on_gpu["meta"] = json.dumps({**json.loads(str(on_gpu["meta"])), "device": "cuda:0"})
+    np.savez(chunk, **on_gpu)
+    stamp = chunk.stat().st_mtime_ns
+    again = votes.record("smooth-0.25", "none", 0.25, x, y, args, tmp_path / "votes", chunk=2)
+    assert chunk.stat().st_mtime_ns != stamp and again.meta["device"] == "cpu"
+    assert np.array_equal(again.votes, mine.votes)
+
     # a chunk written before image digests were kept is not read as this run's
     legacy = dict(np.load(chunk))
     del legacy["image_digests"]

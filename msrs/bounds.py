@@ -448,13 +448,18 @@ def _betting_end(wins, losses, need, r) -> np.ndarray:
     tiny = np.finfo(np.float64).tiny
     fixed = xlogy(losses[:, None], r) - math.log(r.size)  # the losses' part of each term, the same for every u
     safe = np.maximum(wins, 1.0)
+    # log(1 - r (1 - u)), accurate to a few ulps for every bet: as log1p for r < 1/2, and as log((1 - r) + r u) for
+    # r >= 1/2, where 1 - r is exact (Sterbenz) and the log1p form would lose 1 - r's digits (1e-10 noise in h at
+    # r = 1 - 1e-6, more than the regula falsi's tolerance); each bet's log computed in its own form only
+    small = r < 0.5
+    r_small, r_large = r[small], r[~small]
 
-    def h(rows, u, ratios, parts):
-        # log(1 - r (1 - u)), accurate to a few ulps for every bet: as log1p for r < 1/2, and as log((1 - r) + r u)
-        # for r >= 1/2, where 1 - r is exact (Sterbenz) and the log1p form would lose 1 - r's digits (1e-10 noise
-        # in h at r = 1 - 1e-6, more than the regula falsi's tolerance)
+    def h(rows, u, parts):
         m = u[:, None]
-        terms = wins[rows, None] * np.where(ratios < 0.5, np.log1p(-ratios * (1.0 - m)), np.log((1.0 - ratios) + ratios * m))
+        terms = np.empty((rows.size, r.size))
+        terms[:, small] = np.log1p(-r_small * (1.0 - m))
+        terms[:, ~small] = np.log((1.0 - r_large) + r_large * m)
+        terms *= wins[rows, None]
         terms += parts
         top = terms.max(axis=-1)
         terms -= top[:, None]
@@ -472,8 +477,8 @@ def _betting_end(wins, losses, need, r) -> np.ndarray:
     # bet at e^(need + log D) outside (its term alone makes the mean reach e^need)
     v_in = np.log(np.where(total > 0, safe / np.maximum(total, 1.0), 1.0))
     v_out = np.minimum(one_bet_end(need + math.log(r.size)), v_in)
-    h_in = h(every, np.exp(v_in), r, fixed)
-    h_out = h(every, np.maximum(np.exp(v_out), tiny), r, fixed)
+    h_in = h(every, np.exp(v_in), fixed)
+    h_out = h(every, np.maximum(np.exp(v_out), tiny), fixed)
     # log K rounds by about wins * eps * |log u| (1e-8 at 10^8 draws): step outward, 4x further each time, until
     # the outside start tests outside (if exp(v_out) underflows, 0 (returned below) is outside too)
     gap = 1e-9 * np.maximum(1.0, np.abs(v_out))
@@ -483,7 +488,7 @@ def _betting_end(wins, losses, need, r) -> np.ndarray:
             break
         v_out[rows] -= gap[rows]
         gap[rows] *= 4.0
-        h_out[rows] = h(rows, np.maximum(np.exp(v_out[rows]), tiny), r, fixed[rows])
+        h_out[rows] = h(rows, np.maximum(np.exp(v_out[rows]), tiny), fixed[rows])
     kept = np.zeros(n, dtype=np.int8)  # which end the last step kept: 1 outside, -1 inside
     rows = every[wins > 0]
     for step in range(_BETTING_STEPS):
@@ -495,7 +500,7 @@ def _betting_end(wins, losses, need, r) -> np.ndarray:
         # bracket in _BETTING_STEPS; bisection only where the secant is undefined (0 / 0: h equal at both ends)
         pad = 0.25 * _BETTING_WIDTH * np.maximum(1.0, np.abs(vo))
         v = np.where(np.isnan(secant), 0.5 * (vo + vi), np.clip(secant, vo + pad, vi - pad))
-        hv = h(rows, np.maximum(np.exp(v), tiny), r, fixed[rows])
+        hv = h(rows, np.maximum(np.exp(v), tiny), fixed[rows])
         out = hv >= 0
         # Illinois: an end kept twice in a row has its value halved, so the secant moves past it
         h_out[rows] = np.where(out, hv, np.where(k == 1, 0.5 * ho, ho))

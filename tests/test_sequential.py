@@ -113,6 +113,39 @@ def test_spending_bound_is_clopper_pearson_at_the_spent_level_of_each_look():
     assert stopping.make_bound(bound, looks) is bound
 
 
+class _Wald:
+    """A broken bound (negative control): the normal approximation at the same level, tighter than any valid bound
+    near 0 and 1 (at s = t its interval is the single point 1)."""
+
+    def __call__(self, successes, trials, level):
+        s, t = np.asarray(successes, dtype=np.float64), np.asarray(trials, dtype=np.float64)
+        p = s / t
+        half = norm.ppf(1 - level) * np.sqrt(p * (1 - p) / t)
+        return np.clip(p - half, 0, 1), np.clip(p + half, 0, 1)
+
+
+@pytest.mark.parametrize("name", ["spending", "voracek", "cs", "betting", "betting-final", "wald (broken)"])
+def test_no_bound_is_tighter_than_clopper_pearson_at_the_full_level_at_any_look(name):
+    """A bound valid at every look is, at each fixed count, a fixed-n bound too, and one-sided ends that are a
+    monotone function of the counts can then never lie inside exact Clopper-Pearson's at the full level (were the
+    lower end above CP's at s of t, every p between them would be missed with probability P_p(S >= s) > alpha). So
+    no rule certifies a bucket at a look where fixed-n Clopper-Pearson at the full alpha does not already reach it:
+    why the hindsight oracle of benchmarks/sequential_savings.py bounds what any of these bounds can save. Checked
+    at every default look of a 100,000-sample budget and counts from 0 to t; the normal approximation fails it."""
+    n_max, alpha = 100_000, 0.001
+    looks = stopping.checkpoints(n_max)
+    bound = _Wald() if name == "wald (broken)" else bounds.make_bound(name, looks)
+    fractions = np.array([0.0, 1e-4, 0.01, 0.3, 0.5, 0.7, 0.99, 0.9999, 1.0])
+    t = np.repeat(np.asarray(looks, dtype=np.int64), fractions.size)
+    s = np.round(np.tile(fractions, len(looks)) * t).astype(np.int64)
+    lower, upper = bound(s, t, alpha)
+    inside = (lower > bounds.clopper_pearson_lower(s, t, alpha)) | (upper < bounds.clopper_pearson_upper(s, t, alpha))
+    if name == "wald (broken)":
+        assert inside.any()
+    else:
+        assert not inside.any(), [(int(a), int(b)) for a, b in zip(s[inside][:5], t[inside][:5])]
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"final_share": 0.0}, "final_share"), ({"final_share": 1.0}, "final_share"), ({"final_share": 1.5}, "final_share"),
     ({"final_share": float("nan")}, "final_share"), ({"final_share": 0.1}, "final_share"),  # < 1/5: not the largest

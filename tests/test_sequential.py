@@ -129,9 +129,10 @@ def test_no_bound_is_tighter_than_clopper_pearson_at_the_full_level_at_any_look(
     """A bound valid at every look is, at each fixed count, a fixed-n bound too, and one-sided ends that are a
     monotone function of the counts can then never lie inside exact Clopper-Pearson's at the full level (were the
     lower end above CP's at s of t, every p between them would be missed with probability P_p(S >= s) > alpha). So
-    no rule certifies a bucket at a look where fixed-n Clopper-Pearson at the full alpha does not already reach it:
-    why the hindsight oracle of benchmarks/sequential_savings.py bounds what any of these bounds can save. Checked
-    at every default look of a 100,000-sample budget and counts from 0 to t; the normal approximation fails it."""
+    no rule certifies a bucket at a look where fixed-n Clopper-Pearson at the full alpha does not already reach it
+    (the hindsight oracle of benchmarks/sequential_savings.py stops at the first look where it reaches the final
+    bucket). Checked at every default look of a 100,000-sample budget and counts from 0 to t; the normal
+    approximation fails it."""
     n_max, alpha = 100_000, 0.001
     looks = stopping.checkpoints(n_max)
     bound = _Wald() if name == "wald (broken)" else bounds.make_bound(name, looks)

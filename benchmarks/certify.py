@@ -407,7 +407,9 @@ def bench_workload(name: str, args) -> list[dict]:
             runners[key] = make_runner(key[0], getattr(torch, key[1]), w, args, key[2])
         except Exception as exc:  # noqa: BLE001 - a variant that cannot run here is reported, not fatal
             print(f"# {name}/{key}: skipped ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})", file=sys.stderr)
-    # round-robin: one warm-up run each, then `repeat` rounds; the UNet-only pass follows each timed run
+    # round-robin: one warm-up run each, then `repeat` rounds, every other one in reverse order, so that a machine
+    # speeding up or slowing down through the run (shared CPUs drift by 30 % in minutes) does not favour the variant
+    # that runs first; the UNet-only pass follows each timed run
     times = {key: [] for key in runners}
     unet_times = {key: [] for key in runners}
     unet_samples = {}
@@ -418,7 +420,8 @@ def bench_workload(name: str, args) -> list[dict]:
     for run, _, _, _ in runners.values():
         run()
     for round_index in range(args.repeat):
-        for key, (run, unet_call, shapes, _) in runners.items():
+        order = list(runners.items())
+        for key, (run, unet_call, shapes, _) in (order[::-1] if round_index % 2 else order):
             shapes.clear()
             _sync(device)
             _reset_peak(mem_device)

@@ -63,6 +63,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
+from msrs import hardware  # noqa: E402
 from msrs.autobatch import _reset_peak, peak_memory_bytes  # noqa: E402
 
 IMPLS = ("reference", "msrs", "msrs+compile", "msrs+channels_last", "msrs+sequential", "msrs+compile+sequential")
@@ -82,8 +83,6 @@ DEFAULT_IMPLS = {
 def default_impls(device: str) -> str:
     """The default --impls for ``device``: DEFAULT_IMPLS["cpu"] / ["cuda"] where bf16 is native there,
     DEFAULT_IMPLS["emulated-bf16"] (float32 rows only) where it is not."""
-    from msrs import hardware
-
     native, _ = hardware.native_support(torch.bfloat16, device)
     if not native:
         return DEFAULT_IMPLS["emulated-bf16"]
@@ -92,8 +91,6 @@ def default_impls(device: str) -> str:
 
 def default_dtype(device: str) -> str:
     """The dtype of msrs impls given without :DTYPE: msrs.hardware.resolve_dtype("auto", device)."""
-    from msrs import hardware
-
     return str(hardware.resolve_dtype("auto", device)[0]).replace("torch.", "")
 TARGET_RADII = (0.25, 0.5, 0.75, 1.0)
 DEFAULTS = {
@@ -417,6 +414,7 @@ def bench_workload(name: str, args) -> list[dict]:
     batches, preds = {}, {}
     t_step = timestep_reference(torch.as_tensor(w["scheduler"].alphas_cumprod), args.sigma)[0]
     mem_device = device if device.type == "cuda" else None
+    machine = hardware.machine(device)  # the CPU flags and the load at the start, beside the figures
     for run, _, _, _ in runners.values():
         run()
     for round_index in range(args.repeat):
@@ -466,6 +464,7 @@ def bench_workload(name: str, args) -> list[dict]:
             prediction_agreement_with_reference=(round(float(np.mean(np.asarray(preds[key]) ==
                                                                       np.asarray(preds[ref_key]))), 3)
                                                  if ref_key else None),
+            machine=machine,
         )
         rec.update(runners[key][3])
         records.append(rec)

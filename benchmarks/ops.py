@@ -306,21 +306,12 @@ def main(argv=None) -> None:
     devices = [torch.device(d) for d in args.devices if not (args.cpu_only and d == "cuda")]
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} CPU threads; fused ops via msrs.ops with check=False"
           + (f"; {torch.cuda.get_device_name()}" if any(d.type == "cuda" for d in devices) else ""))
-    machine = machine_context()
+    machine = hardware.machine("cuda" if any(d.type == "cuda" for d in devices) else "cpu")
     records = run(devices, args.workloads, args.budget, args.triton_interpret, args.backends)
     print(table(records))
     print(f"# CPU flags {' '.join(machine['cpu_flags']) or 'unknown'}; load average at the start {machine['loadavg']}")
     if args.json:
         args.json.write_text(json.dumps([{**r, "machine": machine} for r in records], indent=2) + "\n")
-
-
-def machine_context() -> dict:
-    """What a speed figure depends on besides the code: the CPU's flags that decide its kernels (avx2, avx512*,
-    amx*; msrs.hardware.REPORTED_FLAGS), the threads, the load average before the run, torch and the GPU."""
-    flags = hardware.cpu_flags() or frozenset()
-    return {"cpu_flags": sorted(f for f in flags if f in hardware.REPORTED_FLAGS), "threads": torch.get_num_threads(),
-            "loadavg": [round(v, 2) for v in os.getloadavg()], "torch": torch.__version__,
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
 
 if __name__ == "__main__":

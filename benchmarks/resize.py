@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import re
 import sys
 from pathlib import Path
 
@@ -32,20 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ops import time_round_robin  # noqa: E402  (benchmarks/ops.py)
 
-from msrs import ops  # noqa: E402
+from msrs import hardware, ops  # noqa: E402
 
 WORKLOADS = {  # name: (channels, data size, classifier size)
     "cifar10-vit": (3, 32, 224),
     "imagenet-beit": (3, 224, 512),
 }
-
-
-def cpu_flags() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor()
-    return " ".join(sorted(set(re.findall(r"avx512[a-z_0-9]*|amx[a-z_0-9]*|avx2", text))))
 
 
 def measure(name: str, rows: int, device: torch.device) -> dict:
@@ -81,7 +72,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     device = torch.device(args.device)
     records = [measure(name, args.rows, device) for name in args.workloads.split(",")]
-    flags = cpu_flags() if device.type == "cpu" else torch.cuda.get_device_name(device)
+    flags = (" ".join(hardware.machine()["cpu_flags"]) or platform.processor()) if device.type == "cpu" \
+        else torch.cuda.get_device_name(device)
     print(f"device {device} ({flags}), {torch.get_num_threads()} threads, {args.rows} rows per call")
     print(f"{'workload':<16}{'finalize':>12}{'resize':>12}{'unfused':>12}{'fusion could save at most':>28}")
     for r in records:

@@ -41,8 +41,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import re
 import sys
 import tempfile
 import time
@@ -57,7 +55,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import votes as recorded  # noqa: E402
-from msrs import stopping, zoo  # noqa: E402
+from msrs import hardware, stopping, zoo  # noqa: E402
 from msrs.report import DEFAULT_RADII  # noqa: E402
 from msrs.smoothing import SmoothedClassifier  # noqa: E402
 
@@ -316,18 +314,6 @@ def _legacy_fields(record: dict) -> dict:
             "table_equal": all(fixed["certified_accuracy"][i] == seq["certified_accuracy"][i] for i in pick)}
 
 
-def machine(device: str = "cpu") -> dict:
-    flags = sorted(set(re.findall(r"avx512[a-z_0-9]*|amx[a-z_0-9]*|avx2", Path("/proc/cpuinfo").read_text())))\
-        if Path("/proc/cpuinfo").exists() else []
-    load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else []
-    out = {"cpu_flags": flags, "loadavg": load, "threads": torch.get_num_threads(), "torch": torch.__version__,
-           "python": platform.python_version()}
-    if device == "cuda":
-        out.update(gpu=torch.cuda.get_device_name(), torch_cuda=torch.version.cuda,
-                   cudnn_allow_tf32=torch.backends.cudnn.allow_tf32)
-    return out
-
-
 def print_table(records: list[dict]) -> None:
     for r in records:
         fixed, seq = r["fixed"], r["sequential"]
@@ -408,7 +394,7 @@ def main(argv=None) -> int:
             else:
                 record = run_single(name, args, x, labels, target_radii, votes_dir)
             record.update(_legacy_fields(record))
-            record["machine"] = machine(args.device)
+            record["machine"] = hardware.machine(args.device)
             record["command"] = "python benchmarks/sequential_savings.py " + " ".join(
                 sys.argv[1:] if argv is None else argv)
             records.append(record)

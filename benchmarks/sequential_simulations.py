@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -31,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from msrs import bounds, stopping  # noqa: E402
+from msrs import bounds, hardware, stopping  # noqa: E402
 
 N0 = 100
 
@@ -147,12 +146,6 @@ def clairvoyant(setting, cum, final, lowers, looks):
     return np.where(final == 0, looks[0], used)
 
 
-def cpu_flags() -> list[str]:
-    """The vector extensions of this machine's CPU (the flags benchmarks/results/README.md quotes)."""
-    info = Path("/proc/cpuinfo")
-    return sorted(set(re.findall(r"avx512[a-z_0-9]*|amx[a-z_0-9]*|avx2", info.read_text()))) if info.exists() else []
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--population", type=Path, required=True, help="a benchmarks/sequential_savings.py JSON")
@@ -177,7 +170,7 @@ def main(argv=None) -> int:
     fixed_total = (args.n + N0) * p.size
     out = {"command": "python benchmarks/sequential_simulations.py " + " ".join(
                repr(a) if " " in a else a for a in (sys.argv[1:] if argv is None else argv)),
-           "cpu_flags": cpu_flags(),
+           "cpu_flags": hardware.machine()["cpu_flags"],
            "population": str(args.population), "config": args.config, "sigma": sigma, "n": args.n, "alpha": args.alpha,
            "target_radii": args.target_radii, "seeds": list(seeds), "rules": {}, "clairvoyant": {}}
     rules = GRID if args.grid else RULES

@@ -13,6 +13,7 @@ slower than fp32 itself. On CUDA bf16 is native from compute capability 8.0 (Amp
   slow_dtype_warning(dtype, device)   the one-line warning for a forced emulated dtype (None when there is none)
   warn_if_slow(dtype, device)         prints that line to stderr; returns it
   compile_advice(samples, device)     -> (worth: bool or None, reason): whether torch.compile pays for a run
+  machine(device)                     what a speed figure depends on besides the code (benchmark records)
 
 On a CPU both sources are consulted: the kernel's flags and torch's own detection (its cpuinfo library). bf16 counts
 as native only where both say so (a hypervisor may list a flag whose instructions it does not enable, and torch's
@@ -63,6 +64,7 @@ __all__ = [
     "REPORTED_FLAGS",
     "compile_advice",
     "cpu_flags",
+    "machine",
     "native_support",
     "read_cpuinfo",
     "resolve_dtype",
@@ -110,6 +112,23 @@ def cpu_flags(cpuinfo: Optional[str] = None) -> Optional[frozenset]:
         if sep and key.strip().lower() in ("flags", "features"):
             return frozenset(value.split())
     return None
+
+
+def machine(device: DeviceLike = "cpu") -> dict:
+    """What a speed figure depends on besides the code, for benchmark records: the CPU flags that decide which
+    kernels run (those the README's `grep -o 'avx512[a-z_0-9]*\\|amx[a-z_0-9]*\\|avx2' /proc/cpuinfo` prints;
+    [] where the flags are unknown), torch's threads, the load average at the call, torch and Python; on CUDA also
+    the GPU, torch's CUDA and whether cuDNN may use TF32."""
+    flags = cpu_flags() or frozenset()
+    out = {"cpu_flags": sorted(f for f in flags if f == "avx2" or f.startswith(("avx512", "amx"))),
+           "threads": torch.get_num_threads(),
+           "loadavg": [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+           "torch": torch.__version__, "python": platform.python_version()}
+    device = _device(device)
+    if device.type == "cuda":
+        out.update(gpu=torch.cuda.get_device_name(device), torch_cuda=torch.version.cuda,
+                   cudnn_allow_tf32=torch.backends.cudnn.allow_tf32)
+    return out
 
 
 def torch_cpu_report() -> dict:

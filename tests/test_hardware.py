@@ -64,6 +64,20 @@ def test_cpu_flags_from_cpuinfo_text():
     assert hardware.cpu_flags("") is None
 
 
+@pytest.mark.parametrize("text", [EPYC_AVX2, SAPPHIRE_RAPIDS, GRAVITON3, ""])
+def test_machine_records_the_flags_the_readme_grep_prints(monkeypatch, text):
+    """hardware.machine(), what benchmark records carry beside a speed figure, gives the CPU flags that the README's
+    `grep -o 'avx512[a-z_0-9]*\\|amx[a-z_0-9]*\\|avx2' /proc/cpuinfo | sort -u` prints (the same regex run here on the
+    whole text), and the threads and torch the figure was measured with."""
+    import re
+
+    monkeypatch.setattr(hardware, "read_cpuinfo", lambda path="/proc/cpuinfo": text)
+    record = hardware.machine()
+    assert record["cpu_flags"] == sorted(set(re.findall(r"avx512[a-z_0-9]*|amx[a-z_0-9]*|avx2", text)))
+    assert record["threads"] == torch.get_num_threads() and record["torch"] == torch.__version__
+    assert "gpu" not in record and len(record["loadavg"]) == 3
+
+
 @pytest.mark.parametrize("text, report, native", [
     (EPYC_AVX2, TORCH_AVX2, False),
     (SAPPHIRE_RAPIDS, TORCH_SPR, True),
